@@ -1,0 +1,18 @@
+#!/bin/sh
+# Install the Debian packages sendwarden and its tests need, only when some are missing.
+# postfix is preseeded with "No configuration": tests start private instances from their
+# own config directories and never touch the system's Postfix.
+set -eu
+PACKAGES="redis-server postfix sasl2-bin libsasl2-modules swaks libmilter-dev postgresql python3-venv build-essential python3-dev"
+missing=""
+for package in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing="$missing $package"
+done
+[ -z "$missing" ] && exit 0
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing Debian packages:$missing"
+echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing

@@ -1,0 +1,3 @@
+"""sendwarden: an outbound mail policy milter for hosting providers."""
+
+__version__ = "0.1.0"
