@@ -1,0 +1,3 @@
+from sendwarden.cli import main
+
+raise SystemExit(main())

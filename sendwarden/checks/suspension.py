@@ -1,0 +1,21 @@
+"""Suspended accounts are refused at MAIL (one Redis GET per message)."""
+
+from __future__ import annotations
+
+from sendwarden.checks.base import Check
+from sendwarden.policy.facts import Transaction
+from sendwarden.policy.suspension import RULE, suspension_verdict
+from sendwarden.policy.verdict import Verdict
+from sendwarden.store.suspensions import SuspensionStore
+
+
+class SuspensionCheck(Check):
+    name = RULE
+
+    def __init__(self, store: SuspensionStore) -> None:
+        self._store = store
+
+    def at_mail(self, txn: Transaction) -> Verdict | None:
+        if txn.account is None:
+            return None
+        return suspension_verdict(txn.account.id, self._store.get(txn.account.id))

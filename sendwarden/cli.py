@@ -1,0 +1,57 @@
+"""The ``sendwarden`` command: one subcommand per module in :mod:`sendwarden.commands`.
+
+Each command module has ``register(subparsers)``, which adds its parser and sets
+``handler`` (a function of the parsed arguments returning the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from sendwarden import __version__
+from sendwarden.config import ConfigError
+from sendwarden.store import StoreError
+
+COMMAND_MODULES = (
+    "sendwarden.commands.milter",
+    "sendwarden.commands.check_config",
+    "sendwarden.commands.account",
+)
+DEFAULT_CONFIG = "/etc/sendwarden/sendwarden.toml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sendwarden", description="Outbound mail policy milter for hosting providers."
+    )
+    parser.add_argument("--version", action="version", version=f"sendwarden {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=DEFAULT_CONFIG,
+        help=f"TOML config file (default {DEFAULT_CONFIG})",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as error:
+        print(f"sendwarden: config error: {error}", file=sys.stderr)
+        return 2
+    except StoreError as error:
+        print(f"sendwarden: store unavailable: {error}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130

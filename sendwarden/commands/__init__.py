@@ -1,0 +1,1 @@
+"""Subcommands of the ``sendwarden`` CLI, one module each."""

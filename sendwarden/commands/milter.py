@@ -1,0 +1,26 @@
+"""``sendwarden milter -c FILE``: run the milter in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from sendwarden.cli import add_config_argument
+from sendwarden.config import load_settings
+from sendwarden.decisionlog import configure_logging
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "milter", help="run the milter in the foreground (SIGHUP reloads, SIGTERM stops)"
+    )
+    add_config_argument(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sendwarden.milter.server import MilterServer  # imports libmilter only when needed
+
+    settings = load_settings(args.config)
+    configure_logging(settings.log.level, settings.log.decisions)
+    return MilterServer(args.config, settings).serve()

@@ -1,0 +1,307 @@
+"""TOML configuration loaded into typed, validated, immutable settings.
+
+Each section is a frozen dataclass; its fields *are* the schema. The loader walks
+the fields, so adding a key is adding a field, and every error names the exact
+key (``policy.trusted_networks[1]``, ``accounts[acme].uids``) and the problem in
+one line, which is what ``sendwarden check-config`` prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+StoreErrorAction = Literal["tempfail", "accept"]
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message names the key and the problem."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key = key
+        self.problem = problem
+
+
+def _parse_networks(value: Any, key: str) -> tuple[IPNetwork, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list of CIDR networks, got {_kind(value)}")
+    networks: list[IPNetwork] = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ConfigError(f"{key}[{index}]", f"expected a CIDR string, got {_kind(item)}")
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as error:
+            raise ConfigError(
+                f"{key}[{index}]", f"{item!r} is not a valid network ({error})"
+            ) from None
+    return tuple(networks)
+
+
+def _parse_domains(value: Any, key: str) -> tuple[str, ...]:
+    from sendwarden.addresses import normalise_domain  # local: keeps config import-light
+
+    items = _convert(tuple[str, ...], value, key)
+    domains = []
+    for index, item in enumerate(items):
+        try:
+            domains.append(normalise_domain(item))
+        except ValueError as error:
+            raise ConfigError(f"{key}[{index}]", str(error)) from None
+    return tuple(domains)
+
+
+def parse_socket(spec: str) -> str:
+    """Validate a milter socket spec: ``unix:/path``, ``local:/path`` or ``inet[6]:PORT@HOST``."""
+    scheme, _, rest = spec.partition(":")
+    if scheme in ("unix", "local"):
+        if not rest.startswith("/") and not rest.startswith("."):
+            raise ValueError(
+                f"{spec!r}: a unix socket needs a path, e.g. unix:/run/sendwarden/milter.sock"
+            )
+        return spec
+    if scheme in ("inet", "inet6"):
+        port, at, host = rest.partition("@")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{spec!r}: expected {scheme}:PORT@HOST with a port from 1 to 65535")
+        if at and not host:
+            raise ValueError(f"{spec!r}: empty host after '@'")
+        return spec
+    raise ValueError(f"{spec!r}: unknown socket scheme {scheme!r} (use unix:, inet: or inet6:)")
+
+
+def _socket(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, got {_kind(value)}")
+    try:
+        return parse_socket(value)
+    except ValueError as error:
+        raise ConfigError(key, str(error)) from None
+
+
+def _positive(value: Any, key: str) -> int:
+    number = _convert(int, value, key)
+    if number <= 0:
+        raise ConfigError(key, f"must be a positive whole number, got {number}")
+    return typing.cast(int, number)
+
+
+def parsed(parser: Callable[[Any, str], Any], **kwargs: Any) -> Any:
+    """A dataclass field whose raw TOML value goes through ``parser(value, key)``."""
+    return field(metadata={"parse": parser}, **kwargs)
+
+
+@dataclass(frozen=True)
+class MilterSettings:
+    socket: str = parsed(_socket, default="unix:/run/sendwarden/milter.sock")
+    timeout: int = parsed(_positive, default=60)  # seconds the MTA waits for one reply
+    name: str = "sendwarden"
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str = "redis://127.0.0.1:6379/0"
+    timeout_ms: int = parsed(_positive, default=250)
+    key_prefix: str = "sw"
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    local_domains: tuple[str, ...] = parsed(_parse_domains, default=())
+    trusted_networks: tuple[IPNetwork, ...] = parsed(
+        _parse_networks,
+        default=(ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+    )
+    recipients_per_hour: int = parsed(_positive, default=500)
+    max_attachment_bytes: int = parsed(_positive, default=20 * 1024 * 1024)
+    on_store_error: StoreErrorAction = "tempfail"
+
+
+@dataclass(frozen=True)
+class ConsentSettings:
+    database: str = "sqlite:////var/lib/sendwarden/consent.db"
+    bulk_recipient_threshold: int = parsed(_positive, default=50)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    decisions: bool = True  # one JSON line per decision
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    logins: tuple[str, ...] = ()
+    uids: tuple[int, ...] = ()
+    domains: tuple[str, ...] = parsed(_parse_domains, default=())
+    networks: tuple[IPNetwork, ...] = parsed(_parse_networks, default=())
+    recipients_per_hour: int | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    milter: MilterSettings = field(default_factory=MilterSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    consent: ConsentSettings = field(default_factory=ConsentSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    accounts: tuple[Account, ...] = ()
+
+    def account(self, account_id: str) -> Account:
+        """The account with this id; ConfigError names it when it is not configured."""
+        for account in self.accounts:
+            if account.id == account_id:
+                return account
+        raise ConfigError("accounts", f"no account with id {account_id!r}")
+
+    def recipients_per_hour(self, account: Account | None) -> int:
+        if account is not None and account.recipients_per_hour is not None:
+            return account.recipients_per_hour
+        return self.policy.recipients_per_hour
+
+
+def _kind(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "a whole number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def _convert(kind: Any, value: Any, key: str) -> Any:
+    """Check a raw TOML value against a field's type annotation."""
+    origin = typing.get_origin(kind)
+    if origin is Literal:
+        choices = typing.get_args(kind)
+        if value not in choices:
+            allowed = ", ".join(repr(choice) for choice in choices)
+            raise ConfigError(key, f"{value!r} is not one of {allowed}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return _convert(inner, value, key)
+    if origin is tuple:
+        inner = typing.get_args(kind)[0]
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {_kind(value)}")
+        return tuple(_convert(inner, item, f"{key}[{index}]") for index, item in enumerate(value))
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected a whole number, got {_kind(value)}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"expected a number, got {_kind(value)}")
+        return float(value)
+    if kind in (str, bool):
+        if type(value) is not kind:
+            raise ConfigError(key, f"expected {_kind(kind())}, got {_kind(value)}")
+        return value
+    if dataclasses.is_dataclass(kind):
+        return _build(typing.cast(type, kind), value, key)
+    raise TypeError(f"config field {key} has an unsupported type {kind!r}")
+
+
+def _build(cls: type, table: Any, key: str) -> Any:
+    """Build one section dataclass from its TOML table, naming any bad key."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(key, f"expected a table, got {_kind(table)}")
+    hints = typing.get_type_hints(cls)
+    fields = {spec.name: spec for spec in dataclasses.fields(cls)}
+    prefix = f"{key}." if key else ""
+    for name in table:
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{prefix}{name}", f"unknown key (known keys here: {known})")
+    values: dict[str, Any] = {}
+    for name, spec in fields.items():
+        if name not in table:
+            no_default = (
+                spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+            )
+            if no_default:
+                raise ConfigError(f"{prefix}{name}", "is required")
+            continue
+        parser = spec.metadata.get("parse")
+        raw = table[name]
+        values[name] = (
+            parser(raw, f"{prefix}{name}") if parser else _convert(hints[name], raw, prefix + name)
+        )
+    return cls(**values)
+
+
+def _build_accounts(raw: Any) -> tuple[Account, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("accounts", "expected [[accounts]] tables")
+    accounts: list[Account] = []
+    for index, table in enumerate(raw):
+        label = table.get("id") if isinstance(table, Mapping) else None
+        name = f"accounts[{label}]" if isinstance(label, str) and label else f"accounts[{index}]"
+        account = typing.cast(Account, _build(Account, table, name))
+        if not account.id.strip():
+            raise ConfigError(f"{name}.id", "must not be empty")
+        accounts.append(account)
+    _check_unique(accounts)
+    return tuple(accounts)
+
+
+def _check_unique(accounts: list[Account]) -> None:
+    """An identity that maps to two accounts would make attribution a coin toss."""
+    ids: set[str] = set()
+    owners: dict[tuple[str, object], str] = {}
+    for account in accounts:
+        if account.id in ids:
+            raise ConfigError(f"accounts[{account.id}].id", "the same id is used twice")
+        ids.add(account.id)
+        identities: list[tuple[str, object]] = [
+            ("logins", login.casefold()) for login in account.logins
+        ]
+        identities += [("uids", uid) for uid in account.uids]
+        identities += [("domains", domain) for domain in account.domains]
+        identities += [("networks", network) for network in account.networks]
+        for kind, identity in identities:
+            owner = owners.setdefault((kind, identity), account.id)
+            if owner != account.id:
+                raise ConfigError(
+                    f"accounts[{account.id}].{kind}",
+                    f"{identity!s} already belongs to account {owner!r}",
+                )
+
+
+def settings_from_mapping(document: Mapping[str, Any]) -> Settings:
+    """Validate a parsed TOML document (also used by tests that build configs in code)."""
+    document = dict(document)
+    accounts = _build_accounts(document.pop("accounts", []))
+    settings = typing.cast(Settings, _build(Settings, document, ""))
+    return dataclasses.replace(settings, accounts=accounts)
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate a TOML config file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError("", f"cannot read {path}: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError("", f"{path} is not UTF-8 text: {error}") from error
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError("", f"{path} is not valid TOML: {error}") from error
+    return settings_from_mapping(document)

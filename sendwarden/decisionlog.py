@@ -1,0 +1,82 @@
+"""Every decision as one JSON line: what the log, metrics and alerts are fed from."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sendwarden.policy.facts import Transaction
+from sendwarden.policy.verdict import Verdict
+
+DECISIONS = logging.getLogger("sendwarden.decisions")
+
+
+@dataclass(slots=True)
+class RuleTrace:
+    """Which checks ran in a transaction, and which of them fired."""
+
+    hits: list[str] = field(default_factory=list)
+    passed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def ran(self, check: str, fired: bool) -> None:
+        if fired:
+            self.hits.append(check)
+        elif check not in self.passed:
+            self.passed.append(check)
+
+
+def decision_record(
+    txn: Transaction, stage: str, verdict: Verdict, trace: RuleTrace, recipient: str | None = None
+) -> dict[str, Any]:
+    """The fields of one decision line; a plain dict so tests can assert on it."""
+    record: dict[str, Any] = {
+        "ts": round(time.time(), 3),
+        "event": "decision",
+        "stage": stage,
+        "queue_id": txn.queue_id or None,
+        "account": txn.account_id,
+        "account_source": txn.account_source or None,
+        "client": str(txn.client),
+        "client_address": str(txn.client.address) if txn.client.address else None,
+        "login": txn.login,
+        "mail_from": txn.mail_from,
+        "recipients": len(txn.recipients),
+        "verdict": verdict.action.value,
+        "rule": verdict.rule or None,
+        "reply": verdict.reply() or None,
+        "hits": trace.hits,
+        "passed": trace.passed,
+    }
+    if recipient is not None:
+        record["recipient"] = recipient
+    if trace.notes:
+        record["notes"] = trace.notes
+    return record
+
+
+def log_decision(record: dict[str, Any]) -> None:
+    DECISIONS.info("%s", json.dumps(record, ensure_ascii=False, sort_keys=False))
+
+
+def configure_logging(level: str, decisions: bool, stream: Any = None) -> None:
+    """Plain lines for operations, raw JSON lines for decisions, both to stderr
+    (journald under systemd)."""
+    stream = stream or sys.stderr
+    root = logging.getLogger()
+    root.handlers.clear()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    DECISIONS.handlers.clear()
+    DECISIONS.propagate = False
+    if decisions:
+        raw = logging.StreamHandler(stream)
+        raw.setFormatter(logging.Formatter("%(message)s"))
+        DECISIONS.addHandler(raw)
+    DECISIONS.setLevel(logging.INFO if decisions else logging.CRITICAL + 1)

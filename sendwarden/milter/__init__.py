@@ -1,0 +1,1 @@
+"""The pymilter adapter: libmilter callbacks -> facts -> pipeline -> SMTP reply."""

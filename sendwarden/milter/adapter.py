@@ -1,0 +1,179 @@
+"""pymilter callbacks translated into pipeline calls.
+
+Only the steps the active checks need are negotiated: the header step always
+(sendmail(1) mail is attributed by the uid in Postfix's Received header), the
+body step only when a check reads the body, no HELO/DATA/EOH/unknown steps, and
+no-reply flags on every step that never refuses. Every callback is guarded: an
+unexpected error becomes a 451 4.3.0 (the client retries, nothing is lost),
+never a traceback to the MTA.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import Milter
+
+from sendwarden.addresses import strip_brackets
+from sendwarden.milter.replies import render
+from sendwarden.pipeline import Pipeline
+from sendwarden.policy.facts import Client, IPAddress, Transaction
+from sendwarden.policy.verdict import Verdict, tempfail
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = tempfail(
+    "internal-error",
+    "451",
+    "4.3.0",
+    "Temporary problem in the sending policy filter; the message was not accepted, "
+    "please try again later.",
+)
+FAILED = "_adapter_failed"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guarded(callback: F) -> F:
+    """Catch everything a callback raises: log it, and tempfail instead of crashing."""
+
+    @functools.wraps(callback)
+    def wrapper(self: SendwardenMilter, *args: Any) -> Any:
+        try:
+            return callback(self, *args)
+        except Exception:
+            log.exception("milter %s callback failed", callback.__name__)
+            if self.txn is not None:
+                self.txn.scratch[FAILED] = True
+            if callback.__name__ in ("header", "body", "connect", "close", "abort"):
+                return Milter.CONTINUE  # no reply allowed here: refuse at end of message
+            return render(self, INTERNAL_ERROR)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _no_pipeline() -> Pipeline:
+    raise RuntimeError("set_pipeline_source() was not called before the milter started")
+
+
+_pipeline_source: Callable[[], Pipeline] = _no_pipeline
+
+
+def set_pipeline_source(source: Callable[[], Pipeline]) -> None:
+    """Where new connections get the current pipeline (swapped on reload)."""
+    global _pipeline_source
+    _pipeline_source = source
+
+
+def client_from_connect(hostname: str, family: int, hostaddr: Any) -> Client:
+    """The client as libmilter describes it. Postfix presents sendmail(1) mail
+    (non_smtpd_milters) as ``localhost`` 127.0.0.1 port 0."""
+    address: IPAddress | None = None
+    port = 0
+    if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
+        host = hostaddr[0] if isinstance(hostaddr, tuple) else hostaddr
+        port = int(hostaddr[1]) if isinstance(hostaddr, tuple) and len(hostaddr) > 1 else 0
+        try:
+            address = ipaddress.ip_address(str(host).split("%")[0])
+        except ValueError:
+            address = None
+    local = (
+        isinstance(hostaddr, tuple)
+        and port == 0
+        and address is not None
+        and address.is_loopback
+        and hostname == "localhost"
+    )
+    return Client(address=address, hostname=hostname or "", port=port, local_submission=local)
+
+
+class SendwardenMilter(Milter.Base):  # type: ignore[misc]
+    """One instance per MTA connection; transactions follow one another on it."""
+
+    def __init__(self) -> None:
+        self.pipeline: Pipeline = _pipeline_source()  # fixed for the connection's life
+        self.client = Client(address=None)
+        self.txn: Transaction | None = None
+
+    @Milter.noreply
+    @guarded
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        self.client = client_from_connect(hostname, family, hostaddr)
+        return int(Milter.CONTINUE)
+
+    @Milter.symlist("{auth_authen}", "i")
+    @guarded
+    def envfrom(self, mail_from: str, *params: str) -> int:
+        if self.txn is not None:  # a transaction the MTA never closed
+            self.pipeline.abort(self.txn)
+        self.txn = self.pipeline.begin(
+            self.client,
+            login=self.getsymval("{auth_authen}"),
+            mail_from=strip_brackets(mail_from),
+            queue_id=self.getsymval("i") or "",
+        )
+        verdict = self.pipeline.mail(self.txn)
+        if verdict.is_final:
+            self.txn = None
+        return self._reply(verdict)
+
+    @Milter.symlist("i")
+    @guarded
+    def envrcpt(self, recipient: str, *params: str) -> int:
+        if self.txn is None:
+            return int(Milter.CONTINUE)
+        return self._reply(self.pipeline.rcpt(self.txn, strip_brackets(recipient)))
+
+    @Milter.noreply
+    @guarded
+    def header(self, name: str, value: str) -> int:
+        if self.txn is not None:
+            self.pipeline.header(self.txn, name, value)
+        return int(Milter.CONTINUE)
+
+    @Milter.symlist("i")
+    @guarded
+    def eom(self) -> int:
+        txn, self.txn = self.txn, None
+        if txn is None:
+            return int(Milter.CONTINUE)
+        txn.queue_id = txn.queue_id or self.getsymval("i") or ""
+        if txn.scratch.get(FAILED):
+            self.pipeline.abort(txn)
+            return self._reply(INTERNAL_ERROR)
+        return self._reply(self.pipeline.eom(txn))
+
+    @guarded
+    def abort(self) -> int:
+        txn, self.txn = self.txn, None
+        if txn is not None:
+            self.pipeline.abort(txn)
+        return int(Milter.CONTINUE)
+
+    @guarded
+    def close(self) -> int:
+        return self.abort()
+
+    def _reply(self, verdict: Verdict) -> int:
+        return render(self, verdict)
+
+
+class SendwardenBodyMilter(SendwardenMilter):
+    """The same milter with the body step negotiated, for checks that read the body."""
+
+    @Milter.noreply
+    @guarded
+    def body(self, chunk: bytes) -> int:
+        if self.txn is not None:
+            self.pipeline.body(self.txn, chunk)
+        return int(Milter.CONTINUE)
+
+
+def milter_class(pipeline: Pipeline) -> type[SendwardenMilter]:
+    """Negotiate the body step only when an active check needs it."""
+    return SendwardenBodyMilter if pipeline.needs_body else SendwardenMilter

@@ -1,0 +1,187 @@
+"""Runs libmilter: sockets, signals, reload.
+
+libmilter's own signal thread would stop on SIGHUP, so libmilter runs in a
+worker thread (which blocks the signals for itself and its threads) and the
+main thread takes SIGTERM/SIGINT (stop cleanly) and SIGHUP (reload the config;
+a bad new config is refused with a log line and the old one stays).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+import threading
+from pathlib import Path
+from types import FrameType
+
+import Milter
+import milter as libmilter
+
+from sendwarden.config import ConfigError, Settings, load_settings
+from sendwarden.milter.adapter import milter_class, set_pipeline_source
+from sendwarden.pipeline import Pipeline
+from sendwarden.runtime import Runtime, build_runtime
+
+log = logging.getLogger(__name__)
+
+
+class MilterServer:
+    def __init__(self, config_path: str | Path, settings: Settings) -> None:
+        self.config_path = Path(config_path)
+        self.runtime: Runtime = build_runtime(settings)
+        self._retired: list[Runtime] = []
+        self._stopping = threading.Event()
+        set_pipeline_source(self.current_pipeline)
+
+    def current_pipeline(self) -> Pipeline:
+        return self.runtime.pipeline
+
+    # -- reload -------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Swap in a new configuration; connections in flight keep the old one."""
+        try:
+            settings = load_settings(self.config_path)
+        except ConfigError as error:
+            log.error("reload refused, keeping the running configuration: %s", error)
+            return False
+        if settings.milter.socket != self.runtime.settings.milter.socket:
+            log.warning("milter.socket changed; the new socket takes effect only after a restart")
+        self._retired.append(self.runtime)
+        self.runtime = build_runtime(settings)
+        Milter.factory = milter_class(self.runtime.pipeline)
+        log.info("configuration reloaded from %s", self.config_path)
+        return True
+
+    # -- run ----------------------------------------------------------------------
+
+    def serve(self) -> int:
+        settings = self.runtime.settings
+        spec = settings.milter.socket
+        _prepare_socket_path(spec)
+        Milter.factory = milter_class(self.runtime.pipeline)
+        _register(settings.milter.name)
+        libmilter.setconn(spec)
+        libmilter.settimeout(settings.milter.timeout)
+        libmilter.setbacklog(128)
+        libmilter.opensocket(True)
+        _after_open(spec)
+
+        failure: list[BaseException] = []
+
+        def run_libmilter() -> None:
+            try:
+                libmilter.main()
+            except BaseException as error:  # reported by the main thread
+                failure.append(error)
+            finally:
+                self._stopping.set()
+
+        worker = threading.Thread(target=run_libmilter, name="libmilter", daemon=True)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+        worker.start()
+        log.info("sendwarden milter listening on %s", spec)
+        while not self._stopping.wait(1.0):
+            pass
+        worker.join(timeout=30)
+        self.runtime.close()
+        for runtime in self._retired:
+            runtime.close()
+        _remove_socket_path(spec)
+        if failure:
+            log.error("libmilter stopped: %s", failure[0])
+            return 1
+        log.info("sendwarden milter stopped")
+        return 0
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        log.info(
+            "signal %s: stopping (connections in flight finish first)", signal.Signals(signum).name
+        )
+        libmilter.stop()
+        self._stopping.set()
+
+    def _on_reload(self, signum: int, frame: FrameType | None) -> None:
+        self.reload()
+
+
+def _register(name: str) -> None:
+    """Wire libmilter's callbacks to the per-connection Milter instances (as
+    ``Milter.runmilter`` does, without its socket handling)."""
+    libmilter.set_connect_callback(Milter.connect_callback)
+    libmilter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    libmilter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    libmilter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    libmilter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    libmilter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    libmilter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    libmilter.set_close_callback(Milter.close_callback)
+    libmilter.register(
+        name,
+        data=lambda ctx: ctx.getpriv().data(),
+        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+        negotiate=Milter.negotiate_callback,
+    )
+
+
+def _unix_path(spec: str) -> Path | None:
+    scheme, _, rest = spec.partition(":")
+    return Path(rest) if scheme in ("unix", "local") else None
+
+
+def _inet_port(spec: str) -> int | None:
+    scheme, _, rest = spec.partition(":")
+    return int(rest.partition("@")[0]) if scheme in ("inet", "inet6") else None
+
+
+def _prepare_socket_path(spec: str) -> None:
+    path = _unix_path(spec)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _after_open(spec: str) -> None:
+    path = _unix_path(spec)
+    if path is not None:
+        # The MTA (user postfix) must reach the socket; the directory guards access.
+        os.chmod(
+            path,
+            stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH,
+        )
+        return
+    port = _inet_port(spec)
+    if port is not None:
+        _set_nodelay_on_listener(port)
+
+
+def _set_nodelay_on_listener(port: int) -> None:
+    """Accepted sockets inherit TCP_NODELAY from the listener on Linux; without it
+    every milter reply waits out a Nagle/delayed-ACK stall (~40-90 ms a message)."""
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError, ValueError):
+            duplicate = os.dup(int(name))
+            try:
+                sock = socket.socket(fileno=duplicate)
+            except OSError:
+                os.close(duplicate)
+                continue
+            with sock:
+                inet = sock.family in (socket.AF_INET, socket.AF_INET6)
+                if inet and sock.type == socket.SOCK_STREAM and sock.getsockname()[1] == port:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    log.debug("TCP_NODELAY set on the milter listener (port %s)", port)
+
+
+def _remove_socket_path(spec: str) -> None:
+    path = _unix_path(spec)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.unlink()

@@ -1,0 +1,199 @@
+"""Runs the checks stage by stage, records every decision, and maps storage
+failures to ``on_store_error``. Adapters (milter, tests) drive it; it does no
+protocol work of its own."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from sendwarden.checks.base import Check
+from sendwarden.config import Settings
+from sendwarden.decisionlog import RuleTrace, decision_record, log_decision
+from sendwarden.policy.accounts import AccountDirectory, is_trusted, local_submission_uid
+from sendwarden.policy.facts import Client, Transaction
+from sendwarden.policy.verdict import CONTINUE, Action, Verdict, tempfail
+from sendwarden.store import StoreError
+
+log = logging.getLogger(__name__)
+
+STORE_RULE = "store-unavailable"
+TRACE = "_trace"
+
+
+class StoreHealth:
+    """Logs a storage outage once when it starts and once when it ends, not per message."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._down: set[str] = set()
+
+    def failed(self, error: StoreError) -> None:
+        with self._lock:
+            if error.backend in self._down:
+                return
+            self._down.add(error.backend)
+        log.error(
+            "%s is unavailable (%s); on_store_error decides until it is back",
+            error.backend,
+            error.detail,
+        )
+
+    def succeeded(self) -> None:
+        if not self._down:
+            return
+        with self._lock:
+            recovered, self._down = self._down, set()
+        for backend in sorted(recovered):
+            log.warning("%s is available again", backend)
+
+
+class Pipeline:
+    """The checks of one configuration, in order. Safe to share between threads."""
+
+    def __init__(self, settings: Settings, checks: Sequence[Check]) -> None:
+        self.settings = settings
+        self.checks = tuple(checks)
+        self.directory = AccountDirectory(settings.accounts)
+        self.needs_body = any(check.needs_body for check in self.checks)
+        self.health = StoreHealth()
+
+    # -- transaction life cycle -------------------------------------------------
+
+    def begin(
+        self, client: Client, *, login: str | None, mail_from: str, queue_id: str = ""
+    ) -> Transaction:
+        """A new transaction at MAIL FROM, with trust and (for SMTP) the account resolved."""
+        txn = Transaction(
+            client=client,
+            trusted=client.local_submission
+            or is_trusted(client.address, self.settings.policy.trusted_networks),
+            login=login or None,
+            queue_id=queue_id,
+            mail_from=mail_from,
+        )
+        txn.scratch[TRACE] = RuleTrace()
+        if not client.local_submission:
+            self._resolve_account(txn)
+        return txn
+
+    def mail(self, txn: Transaction) -> Verdict:
+        """MAIL FROM. Local submissions are judged whole at end of message."""
+        if txn.client.local_submission:
+            return CONTINUE
+        return self._finish_if_final(txn, "mail", self._run(txn, lambda check: check.at_mail(txn)))
+
+    def rcpt(self, txn: Transaction, recipient: str) -> Verdict:
+        """RCPT TO: an accepted recipient is added to the transaction."""
+        if not txn.client.local_submission:
+            verdict = self._run(txn, lambda check: check.at_rcpt(txn, recipient))
+            if verdict.is_final:
+                log_decision(decision_record(txn, "rcpt", verdict, self._trace(txn), recipient))
+                return verdict
+        txn.recipients.append(recipient)
+        return CONTINUE
+
+    def header(self, txn: Transaction, name: str, value: str) -> None:
+        if txn.client.local_submission and txn.uid is None and name.lower() == "received":
+            txn.uid = local_submission_uid(value)
+        txn.headers.append((name, value))
+        for check in self.checks:
+            check.at_header(txn, name, value)
+
+    def body(self, txn: Transaction, chunk: bytes) -> None:
+        for check in self.checks:
+            if check.needs_body:
+                check.at_body(txn, chunk)
+
+    def eom(self, txn: Transaction) -> Verdict:
+        """End of message: the final verdict, after which checks commit or give back."""
+        verdict = CONTINUE
+        if txn.client.local_submission:
+            verdict = self._local_submission_envelope(txn)
+        if not verdict.is_final:
+            verdict = self._run(txn, lambda check: check.at_eom(txn))
+        if txn.account is None and txn.trusted:
+            self._trace(txn).notes.append("unknown account on a trusted network")
+        return self._finish(txn, "eom", verdict)
+
+    def abort(self, txn: Transaction) -> None:
+        """The client gave up (RSET, QUIT, lost connection) before end of message."""
+        self._finish(
+            txn, "abort", Verdict(Action.DISCARD, rule="aborted"), log_it=bool(txn.recipients)
+        )
+
+    # -- internals --------------------------------------------------------------
+
+    def _resolve_account(self, txn: Transaction) -> None:
+        txn.account, txn.account_source = self.directory.resolve(
+            login=txn.login, uid=txn.uid, client_address=txn.client.address, mail_from=txn.mail_from
+        )
+
+    def _local_submission_envelope(self, txn: Transaction) -> Verdict:
+        """sendmail(1): Postfix forbids per-recipient replies here, so the MAIL and RCPT
+        checks run now and any refusal refuses the whole message."""
+        self._resolve_account(txn)
+        verdict = self._run(txn, lambda check: check.at_mail(txn))
+        if verdict.is_final:
+            return verdict
+        for recipient in txn.recipients:
+            verdict = self._run(txn, lambda check: check.at_rcpt(txn, recipient))  # noqa: B023
+            if verdict.is_final:
+                return verdict
+        return CONTINUE
+
+    def _run(self, txn: Transaction, hook: Callable[[Check], Verdict | None]) -> Verdict:
+        trace = self._trace(txn)
+        for check in self.checks:
+            try:
+                verdict = hook(check)
+            except StoreError as error:
+                self.health.failed(error)
+                verdict = self._store_failed(txn, check, error)
+            trace.ran(check.name, verdict is not None and verdict.is_final)
+            if verdict is not None and verdict.is_final:
+                return verdict
+        self.health.succeeded()
+        return CONTINUE
+
+    def _store_failed(self, txn: Transaction, check: Check, error: StoreError) -> Verdict | None:
+        self._trace(txn).notes.append(f"{check.name}: {error}")
+        if self.settings.policy.on_store_error == "accept":
+            return None
+        return tempfail(
+            STORE_RULE,
+            "451",
+            "4.3.0",
+            f"Temporary problem checking the sending policy ({check.name}: {error.backend} is "
+            f"unavailable) for {txn.account_id or 'this sender'}; the message was not accepted, "
+            "please try again later.",
+        )
+
+    def _finish_if_final(self, txn: Transaction, stage: str, verdict: Verdict) -> Verdict:
+        return self._finish(txn, stage, verdict) if verdict.is_final else verdict
+
+    def _finish(
+        self, txn: Transaction, stage: str, verdict: Verdict, log_it: bool = True
+    ) -> Verdict:
+        for check in self.checks:
+            try:
+                check.after_verdict(txn, verdict)
+            except StoreError as error:
+                self.health.failed(error)
+            except Exception:
+                log.exception("%s failed to settle a transaction", check.name)
+        if log_it:
+            log_decision(decision_record(txn, stage, verdict, self._trace(txn)))
+        return verdict
+
+    @staticmethod
+    def _trace(txn: Transaction) -> RuleTrace:
+        trace = txn.scratch.get(TRACE)
+        if not isinstance(trace, RuleTrace):
+            trace = txn.scratch[TRACE] = RuleTrace()
+        return trace
+
+    def close(self) -> None:
+        for check in self.checks:
+            check.close()

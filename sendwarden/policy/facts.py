@@ -1,0 +1,61 @@
+"""The facts a message is judged on, gathered by adapters before the core decides."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from sendwarden.config import Account
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """The SMTP client, or the local submission pseudo-client of sendmail(1)."""
+
+    address: IPAddress | None
+    hostname: str = ""
+    port: int = 0
+    local_submission: bool = False  # sendmail(1)/pickup via non_smtpd_milters
+
+    def __str__(self) -> str:
+        if self.local_submission:
+            return "local submission (sendmail)"
+        return f"{self.hostname or 'unknown'}[{self.address or 'unknown'}]"
+
+
+@dataclass(slots=True)
+class Transaction:
+    """One message's facts as they arrive. Rules read it; only adapters write it.
+
+    ``scratch`` holds per-message working state of the checks (keyed by check
+    name), because check objects are shared between concurrent connections.
+    """
+
+    client: Client
+    trusted: bool = False
+    login: str | None = None
+    uid: int | None = None
+    queue_id: str = ""
+    mail_from: str = ""
+    recipients: list[str] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    account: Account | None = None
+    account_source: str = ""  # login, uid, network, sender-domain, or '' when unknown
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def account_id(self) -> str | None:
+        return self.account.id if self.account else None
+
+    @property
+    def identified(self) -> bool:
+        """Whether the sender proved who it is (SASL, local uid, or an account's own network)."""
+        return self.login is not None or self.account_source in ("login", "uid", "network")
+
+    def header_values(self, name: str) -> list[str]:
+        """All values of a header field, case-insensitively, in message order."""
+        wanted = name.lower()
+        return [value for field_name, value in self.headers if field_name.lower() == wanted]
