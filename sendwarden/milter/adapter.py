@@ -22,8 +22,8 @@ import Milter
 from sendwarden.addresses import strip_brackets
 from sendwarden.milter.replies import render
 from sendwarden.pipeline import Pipeline
-from sendwarden.policy.facts import Client, IPAddress, Transaction
-from sendwarden.policy.verdict import Verdict, tempfail
+from sendwarden.policy.facts import Client, IPAddress, MessageChanges, Transaction
+from sendwarden.policy.verdict import Action, Verdict, tempfail
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,10 @@ class SendwardenMilter(Milter.Base):  # type: ignore[misc]
         if txn.scratch.get(FAILED):
             self.pipeline.abort(txn)
             return self._reply(INTERNAL_ERROR)
-        return self._reply(self.pipeline.eom(txn))
+        verdict = self.pipeline.eom(txn)
+        if not verdict.is_final or verdict.action is Action.ACCEPT:
+            self._apply(txn.changes)
+        return self._reply(verdict)
 
     @guarded
     def abort(self) -> int:
@@ -158,6 +161,15 @@ class SendwardenMilter(Milter.Base):  # type: ignore[misc]
     @guarded
     def close(self) -> int:
         return self.abort()
+
+    def _apply(self, changes: MessageChanges) -> None:
+        """Header and recipient edits the checks asked for (end of message only)."""
+        for name, index in changes.remove_headers:
+            self.chgheader(name, index, "")
+        for recipient in changes.remove_recipients:
+            self.delrcpt(f"<{recipient}>")
+        for position, (name, value) in enumerate(changes.add_headers):
+            self.addheader(name, value, position)
 
     def _reply(self, verdict: Verdict) -> int:
         return render(self, verdict)

@@ -27,6 +27,16 @@ class Client:
 
 
 @dataclass(slots=True)
+class MessageChanges:
+    """Edits a check asks for at end of message; the adapter applies them only when
+    the message is accepted (headers are added/removed, recipients dropped)."""
+
+    add_headers: list[tuple[str, str]] = field(default_factory=list)  # prepended, in order
+    remove_headers: list[tuple[str, int]] = field(default_factory=list)  # (name, 1-based index)
+    remove_recipients: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Transaction:
     """One message's facts as they arrive. Rules read it; only adapters write it.
 
@@ -45,6 +55,7 @@ class Transaction:
     account: Account | None = None
     account_source: str = ""  # login, uid, network, sender-domain, or '' when unknown
     scratch: dict[str, Any] = field(default_factory=dict)
+    changes: MessageChanges = field(default_factory=MessageChanges)
 
     @property
     def account_id(self) -> str | None:

@@ -1,0 +1,1 @@
+"""Consent records: the evidence ledger, bulk detection, import and queries."""
