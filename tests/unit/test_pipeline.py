@@ -1,0 +1,190 @@
+"""The pipeline: stage sequencing, decision records, storage failures."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from sendwarden.checks.relay import RelayCheck
+from sendwarden.checks.suspension import SuspensionCheck
+from sendwarden.config import Settings, settings_from_mapping
+from sendwarden.pipeline import Pipeline
+from sendwarden.policy.facts import Client
+from sendwarden.policy.suspension import Suspension
+from sendwarden.policy.verdict import Action
+from tests.unit.fakes import MemorySuspensions, RecordingCheck
+
+CONFIG = {
+    "policy": {"local_domains": ["hosting.example"], "trusted_networks": ["127.0.0.1/32"]},
+    "accounts": [
+        {
+            "id": "acme",
+            "logins": ["alice@acme.example"],
+            "uids": [1001],
+            "domains": ["acme.example"],
+        }
+    ],
+}
+REMOTE = Client(address=ipaddress.ip_address("198.51.100.7"), hostname="client.example", port=4711)
+LOCAL = Client(
+    address=ipaddress.ip_address("127.0.0.1"), hostname="localhost", local_submission=True
+)
+
+
+def build(
+    on_store_error: str = "tempfail",
+) -> tuple[Pipeline, MemorySuspensions, RecordingCheck]:
+    document = {**CONFIG, "policy": {**CONFIG["policy"], "on_store_error": on_store_error}}  # type: ignore[dict-item]
+    settings: Settings = settings_from_mapping(document)
+    suspensions = MemorySuspensions()
+    recorder = RecordingCheck()
+    checks = [SuspensionCheck(suspensions), RelayCheck(settings.policy.local_domains), recorder]
+    return Pipeline(settings, checks), suspensions, recorder
+
+
+@pytest.fixture
+def decisions(caplog: pytest.LogCaptureFixture) -> Iterator[list[dict[str, object]]]:
+    caplog.set_level(logging.INFO, logger="sendwarden.decisions")
+    records: list[dict[str, object]] = []
+
+    class Collector(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(json.loads(record.getMessage()))
+
+    handler = Collector()
+    logging.getLogger("sendwarden.decisions").addHandler(handler)
+    yield records
+    logging.getLogger("sendwarden.decisions").removeHandler(handler)
+
+
+def test_authenticated_message_passes_every_stage(decisions: list[dict[str, object]]) -> None:
+    pipeline, _, recorder = build()
+    txn = pipeline.begin(
+        REMOTE, login="alice@acme.example", mail_from="a@acme.example", queue_id="Q1"
+    )
+    assert pipeline.mail(txn).action is Action.CONTINUE
+    assert pipeline.rcpt(txn, "bob@remote.example").action is Action.CONTINUE
+    assert pipeline.eom(txn).action is Action.CONTINUE
+    assert recorder.calls == [
+        ("mail", "acme"),
+        ("rcpt", "bob@remote.example"),
+        ("eom", ""),
+        ("after", "continue"),
+    ]
+    (record,) = decisions
+    assert record["queue_id"] == "Q1"
+    assert record["account"] == "acme"
+    assert record["account_source"] == "login"
+    assert record["verdict"] == "continue"
+    assert record["hits"] == []
+    assert record["passed"] == ["suspended", "relay", "recorder"]
+
+
+def test_relay_refused_recipient_is_logged_and_not_added(
+    decisions: list[dict[str, object]],
+) -> None:
+    pipeline, _, recorder = build()
+    txn = pipeline.begin(REMOTE, login=None, mail_from="x@elsewhere.example")
+    pipeline.mail(txn)
+    verdict = pipeline.rcpt(txn, "bob@remote.example")
+    assert verdict.reply().startswith("554 5.7.1")
+    assert pipeline.rcpt(txn, "info@hosting.example").action is Action.CONTINUE
+    assert txn.recipients == ["info@hosting.example"]
+    assert ("rcpt", "bob@remote.example") not in recorder.calls  # refused before it counts
+    assert decisions[0]["stage"] == "rcpt"
+    assert decisions[0]["hits"] == ["relay"]
+    assert decisions[0]["recipient"] == "bob@remote.example"
+
+
+def test_suspended_account_refused_at_mail(decisions: list[dict[str, object]]) -> None:
+    pipeline, suspensions, recorder = build()
+    suspensions.suspend("acme", Suspension(reason="spam complaints", since="2026-11-20T10:00:00Z"))
+    txn = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="a@acme.example")
+    verdict = pipeline.mail(txn)
+    assert verdict.reply().startswith("550 5.7.1 Account acme is suspended")
+    assert "spam complaints" in verdict.text
+    assert recorder.calls == [("after", "reject")]  # settled once, nothing counted
+    assert decisions[0]["rule"] == "suspended"
+
+
+def test_local_submission_is_judged_whole_at_end_of_message() -> None:
+    pipeline, suspensions, recorder = build()
+    suspensions.suspend("acme", Suspension(reason="abuse", since="2026-11-20T10:00:00Z"))
+    txn = pipeline.begin(LOCAL, login=None, mail_from="www-data@host")
+    assert pipeline.mail(txn).action is Action.CONTINUE  # no replies before end of message
+    assert pipeline.rcpt(txn, "bob@remote.example").action is Action.CONTINUE
+    pipeline.header(txn, "Received", "by mx.hosting.example (Postfix, from userid 1001) id X")
+    pipeline.header(txn, "Received", "by evil (Postfix, from userid 1002) id Y")
+    verdict = pipeline.eom(txn)
+    assert txn.uid == 1001 and txn.account_id == "acme" and txn.account_source == "uid"
+    assert verdict.reply().startswith("550 5.7.1 Account acme is suspended")
+    assert recorder.calls == [("after", "reject")]
+
+
+def test_local_submission_runs_mail_and_rcpt_checks_at_eom() -> None:
+    pipeline, _, recorder = build()
+    txn = pipeline.begin(LOCAL, login=None, mail_from="www-data@host")
+    pipeline.mail(txn)
+    pipeline.rcpt(txn, "a@remote.example")
+    pipeline.rcpt(txn, "b@remote.example")
+    pipeline.header(txn, "Received", "by mx (Postfix, from userid 1001) id X")
+    assert recorder.calls == []
+    assert pipeline.eom(txn).action is Action.CONTINUE
+    assert recorder.calls == [
+        ("mail", "acme"),
+        ("rcpt", "a@remote.example"),
+        ("rcpt", "b@remote.example"),
+        ("eom", ""),
+        ("after", "continue"),
+    ]
+
+
+def test_store_down_tempfails_with_451_4_3_0(caplog: pytest.LogCaptureFixture) -> None:
+    pipeline, suspensions, _ = build()
+    suspensions.down = True
+    caplog.set_level(logging.ERROR, logger="sendwarden.pipeline")
+    for _ in range(3):
+        txn = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="a@acme.example")
+        verdict = pipeline.mail(txn)
+        assert verdict.reply().startswith("451 4.3.0")
+        assert "acme" in verdict.text
+    outage_lines = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(outage_lines) == 1  # once per outage, not once per message
+    suspensions.down = False
+    caplog.set_level(logging.WARNING, logger="sendwarden.pipeline")
+    txn = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="a@acme.example")
+    assert pipeline.mail(txn).action is Action.CONTINUE
+    assert any("available again" in r.getMessage() for r in caplog.records)
+
+
+def test_store_down_with_accept_lets_mail_through() -> None:
+    pipeline, suspensions, _ = build(on_store_error="accept")
+    suspensions.down = True
+    txn = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="a@acme.example")
+    assert pipeline.mail(txn).action is Action.CONTINUE
+
+
+def test_unknown_sender_on_trusted_network_is_accepted_and_noted(
+    decisions: list[dict[str, object]],
+) -> None:
+    pipeline, _, _ = build()
+    client = Client(address=ipaddress.ip_address("127.0.0.1"), hostname="web1", port=5000)
+    txn = pipeline.begin(client, login=None, mail_from="nobody@unknown.example")
+    pipeline.mail(txn)
+    pipeline.rcpt(txn, "bob@remote.example")
+    assert pipeline.eom(txn).action is Action.CONTINUE
+    assert decisions[-1]["account"] is None
+    assert decisions[-1]["notes"] == ["unknown account on a trusted network"]
+
+
+def test_abort_settles_the_transaction() -> None:
+    pipeline, _, recorder = build()
+    txn = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="a@acme.example")
+    pipeline.mail(txn)
+    pipeline.rcpt(txn, "b@remote.example")
+    pipeline.abort(txn)
+    assert recorder.calls[-1] == ("after", "discard")
