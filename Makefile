@@ -6,7 +6,7 @@ RUN_DIR := .run
 RUN_CONFIG ?= deploy/sendwarden.dev.toml
 REDIS_PORT ?= 6379
 
-.PHONY: run test lint bench system-deps venv clean
+.PHONY: run stop test lint bench system-deps venv clean
 
 system-deps:
 	./scripts/install-system-deps.sh
@@ -31,6 +31,10 @@ run: venv
 	fi
 	$(VENV)/bin/sendwarden check-config -c $(RUN_CONFIG)
 	exec $(VENV)/bin/sendwarden milter -c $(RUN_CONFIG)
+
+# Stops the private Redis that `make run` started (the milter stops with Ctrl-C).
+stop:
+	@if [ -f $(RUN_DIR)/redis.pid ]; then redis-cli -p $(REDIS_PORT) shutdown nosave || true; fi
 
 test: venv
 	$(VENV)/bin/ruff check sendwarden tests loadtest
