@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from sendwarden.checks.base import Check
 from sendwarden.config import Settings
 from sendwarden.decisionlog import RuleTrace, decision_record, log_decision
-from sendwarden.policy.accounts import AccountDirectory, is_trusted, local_submission_uid
+from sendwarden.policy.accounts import AccountDirectory, is_trusted
 from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.verdict import CONTINUE, Action, Verdict, tempfail
 from sendwarden.store import StoreError
@@ -95,8 +95,6 @@ class Pipeline:
         return CONTINUE
 
     def header(self, txn: Transaction, name: str, value: str) -> None:
-        if txn.client.local_submission and txn.uid is None and name.lower() == "received":
-            txn.uid = local_submission_uid(value)
         txn.headers.append((name, value))
         for check in self.checks:
             check.at_header(txn, name, value)
@@ -107,7 +105,8 @@ class Pipeline:
                 check.at_body(txn, chunk)
 
     def eom(self, txn: Transaction) -> Verdict:
-        """End of message: the final verdict, after which checks commit or give back."""
+        """End of message: the final verdict, after which checks commit or give back.
+        For a local submission the adapter has set ``txn.uid`` by now."""
         verdict = CONTINUE
         if txn.client.local_submission:
             verdict = self._local_submission_envelope(txn)

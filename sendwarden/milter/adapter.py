@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import Milter
 
 from sendwarden.addresses import strip_brackets
+from sendwarden.milter.pickup import submitting_uid
 from sendwarden.milter.replies import render
 from sendwarden.pipeline import Pipeline
 from sendwarden.policy.facts import Client, IPAddress, MessageChanges, Transaction
@@ -37,6 +38,15 @@ INTERNAL_ERROR = tempfail(
 FAILED = "_adapter_failed"
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# The only macros the checks read: the SASL login at MAIL, the queue id (which
+# Postfix's smtpd knows only from the second RCPT on, and always at end of message).
+MACROS = {
+    Milter.M_CONNECT: "j",
+    Milter.M_ENVFROM: "{auth_authen} i",
+    Milter.M_ENVRCPT: "i",
+    Milter.M_EOM: "i",
+}
 
 
 def guarded(callback: F) -> F:
@@ -106,7 +116,22 @@ class SendwardenMilter(Milter.Base):  # type: ignore[misc]
         self.client = client_from_connect(hostname, family, hostaddr)
         return int(Milter.CONTINUE)
 
-    @Milter.symlist("{auth_authen}", "i")
+    def negotiate(self, opts: list[int]) -> int:
+        """Base.negotiate, with the macro lists set in a way that works on Python 3
+        (pymilter 1.0.5's @symlist passes bytes, fails, and silently drops every
+        no-reply and no-callback flag with it)."""
+        try:
+            self._actions, offered, _, _ = opts
+            if self._actions & Milter.SETSYMLIST:
+                for stage, macros in MACROS.items():
+                    self._ctx.setsymlist(stage, macros)
+            opts[1] = self._protocol = offered & ~self.protocol_mask()
+            opts[2] = opts[3] = 0
+        except Exception:
+            log.exception("milter negotiation failed; falling back to all protocol steps")
+            return int(Milter.ALL_OPTS)
+        return int(Milter.CONTINUE)
+
     @guarded
     def envfrom(self, mail_from: str, *params: str) -> int:
         if self.txn is not None:  # a transaction the MTA never closed
@@ -122,7 +147,6 @@ class SendwardenMilter(Milter.Base):  # type: ignore[misc]
             self.txn = None
         return self._reply(verdict)
 
-    @Milter.symlist("i")
     @guarded
     def envrcpt(self, recipient: str, *params: str) -> int:
         if self.txn is None:
@@ -136,13 +160,15 @@ class SendwardenMilter(Milter.Base):  # type: ignore[misc]
             self.pipeline.header(self.txn, name, value)
         return int(Milter.CONTINUE)
 
-    @Milter.symlist("i")
     @guarded
     def eom(self) -> int:
         txn, self.txn = self.txn, None
         if txn is None:
             return int(Milter.CONTINUE)
         txn.queue_id = txn.queue_id or self.getsymval("i") or ""
+        if txn.client.local_submission and txn.queue_id:
+            queue = self.pipeline.settings.milter.postfix_queue_directory
+            txn.uid = submitting_uid(queue, txn.queue_id)
         if txn.scratch.get(FAILED):
             self.pipeline.abort(txn)
             return self._reply(INTERNAL_ERROR)

@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import socket
-import stat
 import threading
 from pathlib import Path
 from types import FrameType
@@ -69,7 +68,7 @@ class MilterServer:
         libmilter.settimeout(settings.milter.timeout)
         libmilter.setbacklog(128)
         libmilter.opensocket(True)
-        _after_open(spec)
+        _after_open(spec, int(settings.milter.socket_mode, 8))
 
         failure: list[BaseException] = []
 
@@ -105,6 +104,7 @@ class MilterServer:
             "signal %s: stopping (connections in flight finish first)", signal.Signals(signum).name
         )
         libmilter.stop()
+        _wake_listener(self.runtime.settings.milter.socket)
         self._stopping.set()
 
     def _on_reload(self, signum: int, frame: FrameType | None) -> None:
@@ -148,14 +148,10 @@ def _prepare_socket_path(spec: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _after_open(spec: str) -> None:
+def _after_open(spec: str, socket_mode: int) -> None:
     path = _unix_path(spec)
     if path is not None:
-        # The MTA (user postfix) must reach the socket; the directory guards access.
-        os.chmod(
-            path,
-            stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH,
-        )
+        os.chmod(path, socket_mode)  # the MTA's user (postfix) must be able to connect
         return
     port = _inet_port(spec)
     if port is not None:
@@ -178,6 +174,20 @@ def _set_nodelay_on_listener(port: int) -> None:
                 if inet and sock.type == socket.SOCK_STREAM and sock.getsockname()[1] == port:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     log.debug("TCP_NODELAY set on the milter listener (port %s)", port)
+
+
+def _wake_listener(spec: str) -> None:
+    """libmilter notices a stop only when its accept() returns (or every 5 s): a
+    throw-away connection makes it notice now."""
+    path, port = _unix_path(spec), _inet_port(spec)
+    with contextlib.suppress(OSError):
+        if path is not None:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(0.5)
+                sock.connect(str(path))
+        elif port is not None:
+            host = spec.partition("@")[2] or "127.0.0.1"
+            socket.create_connection((host, port), timeout=0.5).close()
 
 
 def _remove_socket_path(spec: str) -> None:

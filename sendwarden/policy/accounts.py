@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 
 from sendwarden.addresses import domain_of
@@ -86,13 +85,3 @@ def is_trusted(address: IPAddress | None, networks: Iterable[IPNetwork]) -> bool
         return False
     return any(address.version == net.version and address in net for net in networks)
 
-
-_POSTFIX_UID = re.compile(r"\(Postfix, from userid (\d+)\)")
-
-
-def local_submission_uid(received: str) -> int | None:
-    """The uid Postfix's pickup daemon records for sendmail(1) mail, from the
-    topmost ``Received: by HOST (Postfix, from userid N)`` header. Only believe
-    it for local submissions: an SMTP client can write any header it likes."""
-    match = _POSTFIX_UID.search(received)
-    return int(match.group(1)) if match else None

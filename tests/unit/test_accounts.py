@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from sendwarden.config import settings_from_mapping
-from sendwarden.policy.accounts import AccountDirectory, is_trusted, local_submission_uid
+from sendwarden.policy.accounts import AccountDirectory, is_trusted
 
 SETTINGS = settings_from_mapping(
     {
@@ -74,15 +74,3 @@ def test_trusted_networks() -> None:
     assert is_trusted(ip("::1"), networks)
     assert not is_trusted(ip("198.51.100.1"), networks)
     assert not is_trusted(None, networks)
-
-
-@pytest.mark.parametrize(
-    ("header", "uid"),
-    [
-        ("by mx.hosting.example (Postfix, from userid 1001)\n\tid 4Xy; Sun, 22 Nov 2026", 1001),
-        ("by mx.hosting.example (Postfix, from userid 0) id 1", 0),
-        ("from client.example by mx (Postfix) with ESMTPSA id 1", None),
-    ],
-)
-def test_uid_from_pickup_received_header(header: str, uid: int | None) -> None:
-    assert local_submission_uid(header) == uid

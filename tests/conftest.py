@@ -1,0 +1,46 @@
+"""Fixtures shared by every test layer: a private Redis and an SMTP sink.
+
+Both are real servers on 127.0.0.1 free ports, never the system's services.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.redis_server import RedisServer
+from tests.support.sink import SmtpSink
+
+
+@pytest.fixture(scope="session")
+def redis_server_session() -> Iterator[RedisServer]:
+    """One redis-server for the whole run (tests get it through ``redis_server``)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt install redis-server)")
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_server(redis_server_session: RedisServer) -> Iterator[RedisServer]:
+    """The shared Redis, running and empty at the start of each test.
+
+    A test may stop it (to see a store outage) and start it again; it is restarted here
+    if a test left it stopped, on the same port, so ``url`` stays valid.
+    """
+    server = redis_server_session
+    if not server.running:
+        server.start()
+    server.flushall()
+    yield server
+    if not server.running:
+        server.start()
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    """An SMTP sink on 127.0.0.1 recording what it receives (``wait_for``, ``messages``)."""
+    with SmtpSink() as sink:
+        yield sink

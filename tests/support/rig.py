@@ -1,0 +1,198 @@
+"""The whole end-to-end rig: Redis, SMTP sink, a milter, and a private Postfix using it.
+
+Started in dependency order (Redis, sink, milter, Postfix) on a caller's ExitStack, which
+stops them in reverse order however the test ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import smtplib
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tests.support import noop_milter
+from tests.support.milter_process import MilterProcess
+from tests.support.postfix import PrivatePostfix
+from tests.support.redis_server import RedisServer
+from tests.support.sendwarden_config import (
+    DEFAULT_LOCAL_DOMAINS,
+    DEFAULT_SASL_USERS,
+    write_config,
+)
+from tests.support.sink import SmtpSink
+
+MilterKind = Literal["sendwarden", "noop", "none"]
+
+
+@dataclass
+class Rig:
+    """Handles on every part of a running rig, plus the two ways to submit mail."""
+
+    dir: Path
+    sink: SmtpSink
+    postfix: PrivatePostfix
+    milter: MilterProcess | None
+    redis: RedisServer | None
+    config_path: Path | None
+    milter_socket: str
+    sasl_users: dict[str, str] = field(default_factory=dict)
+    events_path: Path | None = None
+
+    def smtp(
+        self,
+        login: str | None = None,
+        password: str | None = None,
+        *,
+        helo: str = "client.example",
+        timeout: float = 30.0,
+    ) -> smtplib.SMTP:
+        """An smtplib client connected (EHLO done) to Postfix, logged in if ``login``.
+
+        The password defaults to the one the rig gave that SASL user. Use it as a context
+        manager so the connection is closed.
+        """
+        client = smtplib.SMTP("127.0.0.1", self.postfix.smtp_port, local_hostname=helo,
+                              timeout=timeout)  # fmt: skip
+        try:
+            client.ehlo(helo)
+            if login is not None:
+                client.login(login, password if password is not None else self.sasl_users[login])
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def sendmail(
+        self,
+        message: bytes,
+        sender: str | None,
+        recipients: Sequence[str],
+        uid: int = 65534,
+        **kwargs: Any,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Local submission with sendmail(1) as ``uid``; see PrivatePostfix.sendmail."""
+        return self.postfix.sendmail(message, sender, recipients, uid, **kwargs)
+
+    def events(self) -> list[dict[str, Any]]:
+        """The no-op milter's recorded callbacks (empty for other milters)."""
+        return noop_milter.read_events(self.events_path) if self.events_path else []
+
+    def report(self, tail: int = 60) -> str:
+        """Tails of every log, for a failing test's output."""
+        parts = [f"=== rig {self.dir}"]
+        if self.milter is not None:
+            parts += ["--- milter output ---", _tail(self.milter.log(), tail)]
+        parts += ["--- postfix maillog ---", _tail(self.postfix.maillog(), tail)]
+        if self.redis is not None:
+            parts += ["--- redis log ---", _tail(self.redis.log(), 10)]
+        return "\n".join(parts)
+
+
+def _with_queue_directory(
+    extra: Mapping[str, Mapping[str, Any]] | None, queue_dir: Path
+) -> dict[str, dict[str, Any]]:
+    merged = {table: dict(values) for table, values in (extra or {}).items()}
+    merged.setdefault("milter", {}).setdefault("postfix_queue_directory", str(queue_dir))
+    return merged
+
+
+def _tail(text: str, lines: int) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def start_rig(
+    stack: contextlib.ExitStack,
+    *,
+    milter: MilterKind = "sendwarden",
+    accounts: Sequence[Mapping[str, Any]] | None = None,
+    policy: Mapping[str, Any] | None = None,
+    consent: Mapping[str, Any] | None = None,
+    config_extra: Mapping[str, Mapping[str, Any]] | None = None,
+    local_domains: Sequence[str] = DEFAULT_LOCAL_DOMAINS,
+    sasl_users: Mapping[str, str] | None = None,
+    verdicts: Sequence[noop_milter.Verdict] = (),
+    postfix_main_cf: Mapping[str, str] | None = None,
+    with_redis: bool | None = None,
+    milter_env: Mapping[str, str] | None = None,
+) -> Rig:
+    """Start Redis, sink, milter and Postfix; every stop is registered on ``stack``.
+
+    ``milter``: "sendwarden" runs ``python -m sendwarden milter -c CONFIG`` on a config
+    written from ``accounts``/``policy``/``consent``/``config_extra``; "noop" runs the
+    recording no-op milter (with ``verdicts``); "none" configures Postfix without one.
+    Redis is started for sendwarden only, unless ``with_redis`` says otherwise.
+    """
+    users = dict(DEFAULT_SASL_USERS if sasl_users is None else sasl_users)
+    rig_dir = Path(tempfile.mkdtemp(prefix="sw-e2e-"))
+    # Postfix (user postfix) must reach the milter socket in here; the milter runs as root.
+    rig_dir.chmod(0o755)
+    stack.callback(shutil.rmtree, rig_dir, True)
+    socket_spec = f"unix:{rig_dir / 'milter.sock'}"
+
+    redis: RedisServer | None = None
+    if with_redis if with_redis is not None else milter == "sendwarden":
+        redis = RedisServer()
+        stack.callback(redis.close)
+        redis.start()
+
+    sink = SmtpSink()
+    stack.callback(sink.stop)
+    sink.start()
+
+    # Built (not started) first: the milter config names its queue directory, where
+    # sendwarden reads the uid of sendmail(1) submissions.
+    postfix = PrivatePostfix(
+        sink_port=sink.port,
+        milter=socket_spec if milter != "none" else None,
+        local_domains=local_domains,
+        sasl_users=users,
+        main_cf=postfix_main_cf,
+    )
+    stack.callback(postfix.close)
+
+    process: MilterProcess | None = None
+    config_path: Path | None = None
+    events_path: Path | None = None
+    if milter == "sendwarden":
+        config_path = write_config(
+            rig_dir / "sendwarden.toml",
+            socket=socket_spec,
+            redis_url=redis.url if redis else "redis://127.0.0.1:1/0",
+            accounts=accounts,
+            policy=policy,
+            consent=consent,
+            local_domains=local_domains,
+            extra=_with_queue_directory(config_extra, postfix.queue_dir),
+        )
+        process = MilterProcess(config_path, log_path=rig_dir / "milter.log", env=milter_env)
+    elif milter == "noop":
+        events_path = rig_dir / "events.jsonl"
+        process = MilterProcess(
+            argv=noop_milter.command(socket_spec, events_path, verdicts),
+            socket=socket_spec,
+            log_path=rig_dir / "milter.log",
+            env=milter_env,
+        )
+    if process is not None:
+        stack.callback(process.stop)
+        process.start()
+
+    postfix.start()
+
+    return Rig(
+        dir=rig_dir,
+        sink=sink,
+        postfix=postfix,
+        milter=process,
+        redis=redis,
+        config_path=config_path,
+        milter_socket=socket_spec,
+        sasl_users=users,
+        events_path=events_path,
+    )
