@@ -166,3 +166,14 @@ def test_sigterm_stops_cleanly(rig: Rig) -> None:
     assert rig.milter is not None
     assert rig.milter.stop() == 0
     assert "sendwarden milter stopped" in rig.milter.log()
+
+
+def test_inet_socket_with_tcp_nodelay(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(milter_socket="inet", config_extra={"log": {"level": "debug"}})
+    assert rig.milter is not None
+    assert "TCP_NODELAY set on the milter listener" in rig.milter.log()
+    with rig.smtp("alice@acme.example") as client:
+        assert client.sendmail("alice@acme.example", ["bob@remote.example"], MESSAGE) == {}
+    rig.sink.wait_for(1)
+    with rig.smtp() as client, pytest.raises(smtplib.SMTPRecipientsRefused):
+        client.sendmail("someone@elsewhere.example", ["bob@remote.example"], MESSAGE)

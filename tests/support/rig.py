@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from tests.support import noop_milter
 from tests.support.milter_process import MilterProcess
+from tests.support.ports import free_port
 from tests.support.postfix import PrivatePostfix
 from tests.support.redis_server import RedisServer
 from tests.support.sendwarden_config import (
@@ -120,6 +121,7 @@ def start_rig(
     postfix_main_cf: Mapping[str, str] | None = None,
     with_redis: bool | None = None,
     milter_env: Mapping[str, str] | None = None,
+    milter_socket: Literal["unix", "inet"] = "unix",
 ) -> Rig:
     """Start Redis, sink, milter and Postfix; every stop is registered on ``stack``.
 
@@ -133,7 +135,11 @@ def start_rig(
     # Postfix (user postfix) must reach the milter socket in here; the milter runs as root.
     rig_dir.chmod(0o755)
     stack.callback(shutil.rmtree, rig_dir, True)
-    socket_spec = f"unix:{rig_dir / 'milter.sock'}"
+    socket_spec = (
+        f"unix:{rig_dir / 'milter.sock'}"
+        if milter_socket == "unix"
+        else f"inet:{free_port()}@127.0.0.1"
+    )
 
     redis: RedisServer | None = None
     if with_redis if with_redis is not None else milter == "sendwarden":
