@@ -1,0 +1,1 @@
+"""Benchmarks: throughput and latency, side by side with baselines measured in the same run."""

@@ -1,0 +1,127 @@
+"""Recipient rate limit: reserve at RCPT, give back when the message is not accepted.
+
+Each SMTP recipient is one reservation (one Redis round trip), so the recipients
+before the one that crosses the limit go through and the rest are deferred.
+sendmail(1) mail is judged whole at end of message: all its recipients are
+reserved in one round trip, or none. A transaction that ends without being
+accepted (refused later, aborted, connection lost) returns what it reserved, to
+the very buckets it reserved in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from sendwarden.checks.base import Check
+from sendwarden.config import Settings
+from sendwarden.policy.facts import Transaction
+from sendwarden.policy.ratelimit import (
+    RULE,
+    over_limit_verdict,
+    suspension_reason,
+    too_many_recipients_verdict,
+)
+from sendwarden.policy.suspension import Suspension, suspension_verdict
+from sendwarden.policy.verdict import Action, Verdict
+from sendwarden.ratelimit.counter import Decision
+
+KEEPS_QUOTA = (Action.CONTINUE, Action.ACCEPT)
+
+
+class Counter(Protocol):
+    """What the check needs of :class:`sendwarden.ratelimit.RecipientCounter`."""
+
+    def reserve(
+        self, account_id: str, cost: int, limit: int, suspension_reason: str = ""
+    ) -> Decision: ...
+
+    def refund(self, account_id: str, reservations: Mapping[int, int]) -> int: ...
+
+
+@dataclass(slots=True)
+class Reservations:
+    """What one transaction has counted: ``{bucket: recipients}``."""
+
+    buckets: dict[int, int] = field(default_factory=dict)
+    whole_message: bool = False  # sendmail(1): every recipient reserved at once
+    suspension: Suspension | None = None  # set when this transaction suspended the account
+
+    def add(self, bucket: int, cost: int) -> None:
+        self.buckets[bucket] = self.buckets.get(bucket, 0) + cost
+
+
+class RecipientRateCheck(Check):
+    name = RULE
+
+    def __init__(self, counter: Counter, settings: Settings) -> None:
+        self._counter = counter
+        self._settings = settings
+        self._suspend_after = settings.ratelimit.suspend_after
+        self._suspend_period = settings.ratelimit.suspend_period
+        self._reasons: dict[int, str] = {}
+
+    def at_rcpt(self, txn: Transaction, recipient: str) -> Verdict | None:
+        account = txn.account
+        if account is None:  # unknown senders are not counted (relay rules cover them)
+            return None
+        reservations = self._reservations(txn)
+        limit = self._settings.recipients_per_hour(account)
+        if txn.client.local_submission:
+            if reservations.whole_message:
+                return None
+            cost = len(txn.recipients)
+            if cost > limit:
+                return too_many_recipients_verdict(account.id, limit, cost)
+        else:
+            cost = 1
+        decision = self._counter.reserve(account.id, cost, limit, self._reason(limit))
+        if decision.admitted:
+            reservations.add(decision.bucket, cost)
+            reservations.whole_message = txn.client.local_submission
+            return None
+        suspended_after = None
+        if decision.suspended:
+            suspended_after = (self._suspend_after, self._suspend_period)
+            reservations.suspension = Suspension(
+                reason=self._reason(limit),
+                since=datetime.fromtimestamp(decision.now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            )
+        return over_limit_verdict(
+            account.id, limit, decision.frees_at, decision.now, suspended_after=suspended_after
+        )
+
+    def at_eom(self, txn: Transaction) -> Verdict | None:
+        """An account suspended during this transaction sends nothing more, not even
+        the recipients accepted before the refusal that suspended it."""
+        reservations = txn.scratch.get(self.name)
+        if txn.account is None or not isinstance(reservations, Reservations):
+            return None
+        return suspension_verdict(txn.account.id, reservations.suspension)
+
+    def after_verdict(self, txn: Transaction, verdict: Verdict) -> None:
+        reservations = txn.scratch.pop(self.name, None)
+        if (
+            txn.account is None
+            or not isinstance(reservations, Reservations)
+            or not reservations.buckets
+            or verdict.action in KEEPS_QUOTA
+        ):
+            return
+        self._counter.refund(txn.account.id, reservations.buckets)
+
+    def _reservations(self, txn: Transaction) -> Reservations:
+        reservations = txn.scratch.get(self.name)
+        if not isinstance(reservations, Reservations):
+            reservations = txn.scratch[self.name] = Reservations()
+        return reservations
+
+    def _reason(self, limit: int) -> str:
+        reason = self._reasons.get(limit)
+        if reason is None:
+            reason = self._reasons[limit] = suspension_reason(
+                limit, self._suspend_after, self._suspend_period
+            )
+        return reason

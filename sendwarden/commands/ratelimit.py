@@ -1,0 +1,59 @@
+"""``sendwarden ratelimit status|reset ACCOUNT``: what the recipient limit sees, and
+a way to clear it (e.g. after a compromised account was cleaned up)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from sendwarden.cli import add_config_argument
+from sendwarden.config import load_settings
+from sendwarden.policy.ratelimit import describe_moment, describe_period
+from sendwarden.ratelimit import counter_from_settings
+from sendwarden.store.redis import connect
+from sendwarden.store.suspensions import RedisSuspensionStore
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "ratelimit", help="show or reset an account's recipients per hour"
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    status = actions.add_parser(
+        "status", help="recipients used in the rolling hour, the limit, when capacity frees up"
+    )
+    status.add_argument("account")
+    reset = actions.add_parser(
+        "reset", help="forget the account's counted recipients and strikes (not a suspension)"
+    )
+    reset.add_argument("account")
+    for sub in (status, reset):
+        add_config_argument(sub)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    account = settings.account(args.account)  # an unknown id is a clear error
+    client = connect(settings.redis)
+    counter = counter_from_settings(settings, client)
+    if args.action == "reset":
+        counter.reset(account.id)
+        print(f"account {account.id}: recipient count and strikes reset")
+        return 0
+    limit = settings.recipients_per_hour(account)
+    usage = counter.usage(account.id)
+    print(f"account {account.id}: {usage.used} of {limit} recipients used in the last hour")
+    if usage.next_free_at is not None and usage.all_free_at is not None:
+        print(f"  capacity frees up from {describe_moment(usage.next_free_at, usage.now)}")
+        print(f"  all of it by {describe_moment(usage.all_free_at, usage.now)}")
+    if settings.ratelimit.suspend_after:
+        period = describe_period(settings.ratelimit.suspend_period)
+        print(
+            f"  limit reached {usage.strikes} time(s) in the last {period}; "
+            f"suspended automatically at {settings.ratelimit.suspend_after}"
+        )
+    suspension = RedisSuspensionStore(client, settings.redis.key_prefix).get(account.id)
+    if suspension is not None:
+        print(f"  SUSPENDED since {suspension.since}: {suspension.reason}")
+    return 0

@@ -1,0 +1,231 @@
+"""The per-account recipient counter in Redis: one EVALSHA per decision.
+
+Every MTA host sharing the Redis shares the counts. The script takes the time
+itself (``TIME``), so hosts need no synchronised clocks; tests may inject a clock
+instead. An account's keys share one hash tag (``prefix:{account}:...``), so the
+script runs unchanged on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, NamedTuple
+
+import redis
+from redis.exceptions import NoScriptError
+from redis.typing import EncodableT
+
+from sendwarden.config import Settings
+from sendwarden.ratelimit.window import (
+    BUCKET_SECONDS,
+    MICROSECONDS,
+    WINDOW_SECONDS,
+    bucket_expiry,
+    live_buckets,
+)
+from sendwarden.store import StoreError
+from sendwarden.store.redis import account_key, redis_errors
+
+Clock = Callable[[], int]  # microseconds since the epoch
+
+
+def load_script(name: str) -> str:
+    """A Lua script shipped as package data next to this module."""
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+class LuaScript:
+    """A package Lua script called by EVALSHA: one round trip, and after a Redis
+    restart (script cache empty) it is loaded again once."""
+
+    def __init__(self, client: redis.Redis, name: str) -> None:
+        self._client = client
+        self.source = load_script(name)
+        self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
+
+    def __call__(self, keys: list[str], *args: EncodableT) -> Any:
+        try:
+            return self._client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self.sha = str(self._client.script_load(self.source))
+            return self._client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+class Decision(NamedTuple):
+    """The answer to one reservation (a NamedTuple: built on every RCPT, cheaply)."""
+
+    admitted: bool
+    used: int  # recipients in the window (including this reservation when admitted)
+    limit: int
+    bucket: int  # where an admitted reservation landed; refund exactly there
+    frees_at: int | None  # refused: epoch second when the cost fits again; None = never
+    now: float  # the counter's time, epoch seconds
+    suspended: bool = False  # this refusal suspended the account
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """An account's window as ``sendwarden ratelimit status`` shows it."""
+
+    used: int
+    now: float
+    next_free_at: int | None  # epoch second when the oldest counted recipients expire
+    all_free_at: int | None  # epoch second when the window is empty
+    strikes: int  # over-limit episodes within the suspension period
+
+
+@dataclass(frozen=True, slots=True)
+class SuspensionPolicy:
+    """Automatic suspension: ``after`` over-limit episodes within ``period`` seconds
+    (``after`` 0 disables it)."""
+
+    after: int = 0
+    period: int = 86400
+    by: str = "sendwarden rate limit"
+
+
+class RecipientCounter:
+    """Reserve, refund and inspect recipients per account. Thread-safe (the redis
+    client pools connections); raises StoreError when Redis does not answer."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "sw",
+        *,
+        suspension: SuspensionPolicy | None = None,
+        clock: Clock | None = None,
+        window_seconds: int = WINDOW_SECONDS,
+        bucket_seconds: int = BUCKET_SECONDS,
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._suspension = suspension or SuspensionPolicy()
+        self._clock = clock
+        self.window_seconds = window_seconds
+        self.bucket_seconds = bucket_seconds
+        self._reserve = LuaScript(client, "reserve.lua")
+        self._refund = LuaScript(client, "refund.lua")
+        self._usage = LuaScript(client, "usage.lua")
+        self._keys: dict[str, list[str]] = {}
+        # ARGV 3-6 never change: encoded once, not per decision
+        self._settings = tuple(
+            str(number).encode()
+            for number in (
+                window_seconds,
+                bucket_seconds,
+                self._suspension.after,
+                self._suspension.period,
+            )
+        )
+        self._by = self._suspension.by.encode()
+
+    def keys(self, account_id: str) -> list[str]:
+        """The account's rate hash, strike set and suspension key (one hash tag)."""
+        keys = self._keys.get(account_id)
+        if keys is None:
+            keys = [
+                account_key(self._prefix, account_id, name)
+                for name in ("rate", "strikes", "suspended")
+            ]
+            if len(self._keys) < 100_000:  # bounded: account ids come from the config
+                self._keys[account_id] = keys
+        return keys
+
+    def reserve(
+        self, account_id: str, cost: int, limit: int, suspension_reason: str = ""
+    ) -> Decision:
+        """Count ``cost`` recipients if they fit under ``limit`` in the rolling window,
+        atomically; otherwise count nothing (and maybe suspend the account)."""
+        keys = self._keys.get(account_id) or self.keys(account_id)
+        now = self._clock() if self._clock else ""
+        try:  # not redis_errors(): a context manager costs more than the rest of this method
+            reply = self._reserve(
+                keys, cost, limit, *self._settings, suspension_reason, self._by, now
+            )
+        except redis.RedisError as error:
+            raise StoreError(
+                "redis", f"counting recipients of account {account_id}: {error}"
+            ) from error
+        admitted, used, bucket, free, script_now, suspended = reply
+        return Decision(
+            admitted == 1,
+            used,
+            limit,
+            bucket,
+            None if free < 0 else free,
+            script_now / MICROSECONDS,
+            suspended == 1,
+        )
+
+    def refund(self, account_id: str, reservations: Mapping[int, int]) -> int:
+        """Give back reservations ``{bucket: cost}``; returns how many were returned
+        (fewer when a bucket has already left the window)."""
+        if not reservations:
+            return 0
+        args: list[int] = []
+        for bucket, cost in reservations.items():
+            args += (bucket, cost)
+        with redis_errors(f"returning recipients of account {account_id}"):
+            rate_key = self.keys(account_id)[0]
+            return int(self._refund([rate_key], *args))
+
+    def usage(self, account_id: str) -> Usage:
+        """Read the account's window without changing it."""
+        rate_key, strikes_key, _ = self.keys(account_id)
+        with redis_errors(f"reading the recipient count of account {account_id}"):
+            reply = self._usage([rate_key, strikes_key])
+        seconds, micros, fields, strike_fields = typing.cast(list[typing.Any], reply)
+        now_us = self._clock() if self._clock else int(seconds) * MICROSECONDS + int(micros)
+        buckets = {
+            int(fields[i]): int(fields[i + 1])
+            for i in range(0, len(fields), 2)
+            if fields[i].isdigit()
+        }
+        strike_times = [float(strike_fields[i + 1]) for i in range(0, len(strike_fields), 2)]
+        live = live_buckets(buckets, now_us, self.window_seconds, self.bucket_seconds)
+        used = sum(live.values())
+        return Usage(
+            used=used,
+            now=now_us / MICROSECONDS,
+            next_free_at=(
+                bucket_expiry(min(live), self.window_seconds, self.bucket_seconds) if live else None
+            ),
+            all_free_at=(
+                bucket_expiry(max(live), self.window_seconds, self.bucket_seconds) if live else None
+            ),
+            strikes=sum(
+                1 for at in strike_times if at > now_us - self._suspension.period * MICROSECONDS
+            ),
+        )
+
+    def reset(self, account_id: str) -> bool:
+        """Forget the account's counts and strikes (not a suspension: staff lift that)."""
+        rate_key, strikes_key, _ = self.keys(account_id)
+        with redis_errors(f"resetting the recipient count of account {account_id}"):
+            return bool(self._client.delete(rate_key, strikes_key))
+
+
+__all__ = [
+    "Clock",
+    "Decision",
+    "RecipientCounter",
+    "SuspensionPolicy",
+    "Usage",
+    "counter_from_settings",
+]
+
+
+def counter_from_settings(settings: Settings, client: redis.Redis) -> RecipientCounter:
+    """The counter as the milter and the CLI use it, from the configuration."""
+    return RecipientCounter(
+        client,
+        settings.redis.key_prefix,
+        suspension=SuspensionPolicy(
+            after=settings.ratelimit.suspend_after, period=settings.ratelimit.suspend_period
+        ),
+    )

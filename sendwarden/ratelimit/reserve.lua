@@ -1,0 +1,138 @@
+-- Reserve `cost` recipients for one account in its sliding window, atomically.
+--
+-- One round trip decides and counts: the window is a hash of per-bucket counts
+-- (field = bucket number = floor(now / bucket), value = recipients counted in it).
+-- A bucket counts while any part of it lies inside the window, so the sum never
+-- under-counts the true rolling window and the limit is never exceeded.
+--
+-- KEYS[1] rate hash       prefix:{account}:rate
+-- KEYS[2] strike zset     prefix:{account}:strikes    (time each episode over the limit began)
+-- KEYS[3] suspension      prefix:{account}:suspended  (same JSON as `sendwarden account suspend`)
+-- ARGV[1] cost            recipients to reserve (>= 1)
+-- ARGV[2] limit           recipients allowed per window
+-- ARGV[3] window          seconds (3600)
+-- ARGV[4] bucket          seconds per bucket (60)
+-- ARGV[5] suspend_after   strikes that suspend the account (0 = never)
+-- ARGV[6] suspend_period  seconds within which the strikes must fall
+-- ARGV[7] reason          suspension reason shown to the customer
+-- ARGV[8] by              who suspends (recorded in the suspension)
+-- ARGV[9] now             microseconds since the epoch; '' = take the time here (TIME)
+--
+-- Returns {admitted, used, bucket, frees_at, now, suspended}:
+--   admitted  1 or 0
+--   used      recipients counted in the window (after the reservation when admitted)
+--   bucket    the bucket the reservation landed in (a refund decrements exactly it)
+--   frees_at  refused: epoch second from which `cost` fits again (-1 if it never can)
+--   now       the script's time, microseconds
+--   suspended 1 when this refusal suspended the account
+local rate_key, strikes_key, suspended_key = KEYS[1], KEYS[2], KEYS[3]
+local cost = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+local bucket = tonumber(ARGV[4])
+local suspend_after = tonumber(ARGV[5])
+local suspend_period = tonumber(ARGV[6])
+
+local now
+if ARGV[9] ~= '' then
+  now = tonumber(ARGV[9])
+else
+  local clock = redis.call('TIME')
+  now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+end
+
+local bucket_us = bucket * 1000000
+local current = math.floor(now / bucket_us)
+local oldest_live = math.floor((now - window * 1000000) / bucket_us)
+
+-- Sum the live buckets, drop the expired ones; the field 'o' marks "already over
+-- the limit" so one episode of refusals counts as one strike. (No table is built on
+-- this path: it runs for every recipient.)
+local fields = redis.call('HGETALL', rate_key)
+local used, over, expired = 0, false, nil
+for i = 1, #fields, 2 do
+  local number = tonumber(fields[i])
+  if number == nil then
+    over = true
+  elseif number < oldest_live then
+    expired = expired or {}
+    expired[#expired + 1] = fields[i]
+  else
+    used = used + tonumber(fields[i + 1])
+  end
+end
+if expired then
+  redis.call('HDEL', rate_key, unpack(expired))
+end
+
+if used + cost <= limit then
+  if redis.call('HINCRBY', rate_key, current, cost) == cost then
+    -- A new bucket, the newest: the whole hash is stale once it has left the window.
+    redis.call('PEXPIRE', rate_key, (window + bucket) * 1000)
+  end
+  if over then
+    redis.call('HDEL', rate_key, 'o')
+  end
+  return {1, used + cost, current, 0, now, 0}
+end
+
+-- Refused. When does enough capacity free up? Buckets leave the window oldest
+-- first; bucket b has left once now - window >= (b + 1) * bucket.
+local frees_at = -1
+if cost <= limit then
+  local live = {}
+  for i = 1, #fields, 2 do
+    local number = tonumber(fields[i])
+    if number ~= nil and number >= oldest_live then
+      live[#live + 1] = {number, tonumber(fields[i + 1])}
+    end
+  end
+  table.sort(live, function(a, b) return a[1] < b[1] end)
+  local excess = used + cost - limit
+  for _, entry in ipairs(live) do
+    excess = excess - entry[2]
+    if excess <= 0 then
+      frees_at = (entry[1] + 1) * bucket + window
+      break
+    end
+  end
+end
+
+local function iso8601(seconds)
+  -- civil date from days since the epoch (H. Hinnant's algorithm); Lua here has no os.date
+  local days = math.floor(seconds / 86400)
+  local rest = seconds - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local day = doy - math.floor((153 * mp + 2) / 5) + 1
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02dZ', year, month, day,
+    math.floor(rest / 3600), math.floor(rest % 3600 / 60), rest % 60)
+end
+
+local suspended = 0
+if cost <= limit and not over then
+  -- The first refusal of an episode (since the last admission) is one strike.
+  redis.call('HSET', rate_key, 'o', 1)
+  if suspend_after > 0 then
+    local period_us = suspend_period * 1000000
+    redis.call('ZADD', strikes_key, now, now)
+    redis.call('ZREMRANGEBYSCORE', strikes_key, '-inf', now - period_us)
+    redis.call('PEXPIRE', strikes_key, suspend_period * 1000)
+    if redis.call('ZCARD', strikes_key) >= suspend_after then
+      if redis.call('EXISTS', suspended_key) == 0 then
+        redis.call('SET', suspended_key, cjson.encode({
+          reason = ARGV[7], since = iso8601(math.floor(now / 1000000)), by = ARGV[8]}))
+        suspended = 1
+      end
+      redis.call('DEL', strikes_key)
+    end
+  end
+end
+return {0, used, current, frees_at, now, suspended}
