@@ -3,7 +3,7 @@
 # postfix is preseeded with "No configuration": tests start private instances from their
 # own config directories and never touch the system's Postfix.
 set -eu
-PACKAGES="redis-server postfix sasl2-bin libsasl2-modules swaks libmilter-dev postgresql python3-venv build-essential python3-dev"
+PACKAGES="redis-server postfix sasl2-bin libsasl2-modules swaks libmilter-dev postgresql openssl python3-venv build-essential python3-dev"
 missing=""
 for package in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing="$missing $package"

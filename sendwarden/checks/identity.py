@@ -1,0 +1,90 @@
+"""Forged headers and impersonation, judged at end of message (pure rules, no store).
+
+Forged provider headers (``Received:``/``Authentication-Results:`` in the provider's
+name, sendwarden's own headers) are refused or stripped, as
+``policy.forged_header_action`` says, for outbound mail. Mail from the internet to the
+provider's own domains is never refused for them (a message that left through this
+provider and came back through a list carries its Received line honestly); only the
+Authentication-Results and sendwarden headers are stripped from it, so nothing
+downstream trusts a result the provider never produced (RFC 8601 section 5).
+"""
+
+from __future__ import annotations
+
+from sendwarden.checks.base import Check
+from sendwarden.config import Settings
+from sendwarden.decisionlog import RuleTrace
+from sendwarden.pipeline import TRACE
+from sendwarden.policy.accounts import AccountDirectory
+from sendwarden.policy.facts import Transaction
+from sendwarden.policy.forged_headers import (
+    ForgedHeader,
+    ForgedKind,
+    authserv_ids,
+    find_forged_headers,
+    forged_header_verdict,
+)
+from sendwarden.policy.identity import MalformedHeader, identity_verdict, read_identity
+from sendwarden.policy.verdict import Verdict
+
+NAME = "identity"
+
+
+class IdentityCheck(Check):
+    name = NAME
+
+    def __init__(self, settings: Settings) -> None:
+        policy = settings.policy
+        self._directory = AccountDirectory(settings.accounts)
+        self._provider_hostnames = frozenset(policy.provider_hostnames)
+        self._authserv_ids = authserv_ids(policy.authserv_id, policy.provider_hostnames)
+        self._strip = policy.forged_header_action == "strip"
+
+    def at_eom(self, txn: Transaction) -> Verdict | None:
+        verdict = identity_verdict(
+            txn, self._directory, provider_hostnames=self._provider_hostnames
+        )
+        if verdict is not None:
+            return verdict
+        if txn.account is None and (txn.identified or txn.trusted):
+            _note(txn, f"identity: no known account; From {_from_text(txn)} accepted")
+        return self._forged_headers(txn)
+
+    def _forged_headers(self, txn: Transaction) -> Verdict | None:
+        forged = find_forged_headers(
+            txn.headers,
+            provider_hostnames=self._provider_hostnames,
+            authserv_ids=self._authserv_ids,
+            queue_id=txn.queue_id,
+        )
+        outbound = txn.identified or txn.trusted
+        if not outbound:
+            forged = [header for header in forged if header.kind is not ForgedKind.RECEIVED]
+        if not forged:
+            return None
+        if outbound and not self._strip:
+            return forged_header_verdict(txn, forged[0])
+        _strip(txn, forged)
+        return None
+
+
+def _strip(txn: Transaction, forged: list[ForgedHeader]) -> None:
+    """Remove from the highest index down, so each index still names the same header
+    whether or not the MTA renumbers after a removal."""
+    for header in sorted(forged, key=lambda header: header.index, reverse=True):
+        txn.changes.remove_headers.append((header.name, header.index))
+        _note(txn, f"identity: stripped forged {header.name} #{header.index} ({header.claim})")
+
+
+def _from_text(txn: Transaction) -> str:
+    try:
+        return ", ".join(mailbox.address for mailbox in read_identity(txn.headers).from_mailboxes)
+    except MalformedHeader:
+        return "(unreadable)"
+
+
+def _note(txn: Transaction, note: str) -> None:
+    """Add a line to the decision record of this transaction."""
+    trace = txn.scratch.get(TRACE)
+    if isinstance(trace, RuleTrace):
+        trace.notes.append(note)

@@ -1,0 +1,180 @@
+"""DKIM-signs outbound mail From an account's own domain, after every rule passed.
+
+The signer is the last check: the pipeline stops at the first refusal, so it only
+runs for mail every other rule accepted, and it signs the headers as they will be
+after the other checks' changes (a stripped header is not signed, an added one is).
+The body hash is computed while the body streams past (:mod:`sendwarden.dkim.canon`);
+dkimpy does the RSA signature and formats the header. relaxed/relaxed
+canonicalization survives the MTA refolding or re-spacing headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dkim
+from dkim.canonicalization import CanonicalizationPolicy
+from dkim.crypto import HASH_ALGORITHMS
+
+from sendwarden.checks.base import Check
+from sendwarden.config import Account, DkimKey
+from sendwarden.dkim.canon import RelaxedBodyHash
+from sendwarden.dkim.keys import parse_private_key
+from sendwarden.policy.facts import Transaction
+from sendwarden.policy.forged_headers import headers_after_removal
+from sendwarden.policy.identity import MalformedHeader, account_owns, read_identity
+from sendwarden.policy.verdict import Verdict
+
+NAME = "dkim-sign"
+ALGORITHM = b"rsa-sha256"
+CANONICALIZATION = (b"relaxed", b"relaxed")
+# Signed when present, bottom-most instance first; From is signed once more than it
+# appears, so nobody can add a second From below the signature.
+SIGNED_HEADERS = (
+    "from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id",
+    "in-reply-to", "references", "mime-version", "content-type",
+    "content-transfer-encoding", "list-id", "list-unsubscribe", "list-unsubscribe-post",
+)  # fmt: skip
+OVERSIGNED_HEADERS = ("from",)
+_NEWLINE = re.compile(rb"\r?\n")
+_SKIP = "skip"  # scratch marker: this message will not be signed, do not hash its body
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A configured key, parsed once at start-up."""
+
+    domain: str
+    selector: str
+    private_key: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_config(cls, entry: DkimKey) -> SigningKey:
+        key = parse_private_key(entry.key_file.pem, f"key file {entry.key_file.path}")
+        return cls(entry.domain, entry.selector, key)
+
+
+def key_for_domain(domain: str, keys: Mapping[str, SigningKey]) -> SigningKey | None:
+    """The key of the domain itself, else of its nearest parent (which DMARC's relaxed
+    alignment accepts for a subdomain's mail)."""
+    while domain:
+        if (key := keys.get(domain)) is not None:
+            return key
+        _, _, domain = domain.partition(".")
+    return None
+
+
+def choose_key(
+    from_domains: Iterable[str], account: Account, keys: Mapping[str, SigningKey]
+) -> SigningKey | None:
+    """The key that signs: for the first From domain the account owns that has one,
+    and only a key whose domain the account owns too."""
+    for domain in from_domains:
+        key = key_for_domain(domain, keys)
+        if key is not None and account_owns(account, domain) and account_owns(account, key.domain):
+            return key
+    return None
+
+
+def dkim_signature(
+    headers: Sequence[tuple[str, str]], body_hash: bytes, key: SigningKey, timestamp: int
+) -> str:
+    """The DKIM-Signature header value (folded with LF, as libmilter wants) over
+    ``headers`` as the milter saw them and a precomputed relaxed body hash."""
+    raw_headers = [
+        [name.encode("ascii", "surrogateescape"), b" " + _NEWLINE.sub(b"\r\n", _bytes(value))]
+        for name, value in headers
+    ]
+    for raw in raw_headers:
+        raw[1] += b"\r\n"
+    present = [name.lower() for name, _ in headers if name.lower() in SIGNED_HEADERS]
+    include = [*present, *(name for name in OVERSIGNED_HEADERS if name in present)]
+    signed = tuple(name.encode("ascii") for name in include)
+    fields = [
+        (b"v", b"1"),
+        (b"a", ALGORITHM),
+        (b"c", b"/".join(CANONICALIZATION)),
+        (b"d", key.domain.encode("ascii")),
+        (b"s", key.selector.encode("ascii")),
+        (b"t", str(timestamp).encode("ascii")),
+        (b"h", b" : ".join(signed)),
+        (b"bh", base64.b64encode(body_hash)),
+        (b"b", b"0" * 60),  # placeholder: dkimpy puts b= on its own line, then fills it
+    ]
+    signer = dkim.DKIM(signature_algorithm=ALGORITHM)
+    signer.headers = raw_headers
+    signer.hasher = HASH_ALGORITHMS[ALGORITHM]
+    policy = CanonicalizationPolicy.from_c_value(b"/".join(CANONICALIZATION))
+    value: bytes = signer.gen_header(fields, signed, policy, b"DKIM-Signature", key.private_key)
+    return value.strip().replace(b"\r\n", b"\n").decode("ascii")
+
+
+def headers_after_changes(txn: Transaction) -> list[tuple[str, str]]:
+    """The headers as the MTA will write them once the checks' changes are applied."""
+    headers = headers_after_removal(txn.headers, txn.changes.remove_headers)
+    for position, added in enumerate(txn.changes.add_headers):
+        headers.insert(position, added)
+    return headers
+
+
+class DkimSigner(Check):
+    """Signs at end of message; must be the last check in the pipeline."""
+
+    name = NAME
+    needs_body = True  # only built when a key is configured: no key, no body step
+
+    def __init__(self, keys: Iterable[SigningKey], clock: Callable[[], float] = time.time) -> None:
+        self._keys = {key.domain: key for key in keys}
+        self._clock = clock
+
+    def at_body(self, txn: Transaction, chunk: bytes) -> None:
+        state = txn.scratch.get(self.name)
+        if state is None:
+            state = txn.scratch[self.name] = self._start(txn)
+        if isinstance(state, RelaxedBodyHash):
+            state.update(chunk)
+
+    def at_eom(self, txn: Transaction) -> Verdict | None:
+        if txn.account is None or not (txn.identified or txn.trusted):
+            return None  # only outbound mail of a known account is signed
+        key = choose_key(_from_domains(txn), txn.account, self._keys)
+        state = txn.scratch.get(self.name)
+        if key is None or state == _SKIP:
+            return None
+        body_hash = state if isinstance(state, RelaxedBodyHash) else RelaxedBodyHash()
+        signature = dkim_signature(
+            headers_after_changes(txn), body_hash.digest(), key, int(self._clock())
+        )
+        txn.changes.add_headers.append(("DKIM-Signature", signature))
+        return None
+
+    def _start(self, txn: Transaction) -> RelaxedBodyHash | str:
+        """Hash the body only when a key could sign this From (the account of a
+        sendmail(1) message is known only at end of message, so not checked here)."""
+        if any(key_for_domain(domain, self._keys) for domain in _from_domains(txn)):
+            return RelaxedBodyHash()
+        return _SKIP
+
+
+def _from_domains(txn: Transaction) -> list[str]:
+    try:
+        return [mailbox.domain for mailbox in read_identity(txn.headers).from_mailboxes]
+    except MalformedHeader:
+        return []
+
+
+def _bytes(value: str) -> bytes:
+    """pymilter decodes header values as UTF-8 with surrogateescape: undo it exactly."""
+    return value.encode("utf-8", "surrogateescape")
+
+
+def signers_from_settings(keys: Sequence[DkimKey]) -> list[Check]:
+    """The signer when any key is configured, else nothing (and no body step)."""
+    if not keys:
+        return []
+    return [DkimSigner(SigningKey.from_config(entry) for entry in keys)]
