@@ -19,6 +19,10 @@ COMMAND_MODULES = (
     "sendwarden.commands.milter",
     "sendwarden.commands.check_config",
     "sendwarden.commands.account",
+    "sendwarden.commands.dkim",
+    "sendwarden.commands.ratelimit",
+    "sendwarden.commands.api",
+    "sendwarden.commands.consent",
 )
 DEFAULT_CONFIG = "/etc/sendwarden/sendwarden.toml"
 

@@ -88,6 +88,13 @@ def _socket(value: Any, key: str) -> str:
         raise ConfigError(key, str(error)) from None
 
 
+def _file_mode(value: Any, key: str) -> str:
+    text = _convert(str, value, key)
+    if not (len(text) in (3, 4) and all(char in "01234567" for char in text)):
+        raise ConfigError(key, f"{text!r} is not an octal file mode such as \"0660\"")
+    return typing.cast(str, text)
+
+
 def _positive(value: Any, key: str) -> int:
     number = _convert(int, value, key)
     if number <= 0:
@@ -105,6 +112,10 @@ class MilterSettings:
     socket: str = parsed(_socket, default="unix:/run/sendwarden/milter.sock")
     timeout: int = parsed(_positive, default=60)  # seconds the MTA waits for one reply
     name: str = "sendwarden"
+    socket_mode: str = parsed(_file_mode, default="0660")  # unix socket; the MTA must reach it
+    # Where Postfix keeps its queue: the uid of sendmail(1) mail is read from the queue
+    # file, because Postfix hides its own "Received: ... from userid N" header from milters.
+    postfix_queue_directory: str = "/var/spool/postfix"
 
 
 @dataclass(frozen=True)
@@ -123,19 +134,193 @@ class PolicySettings:
     )
     recipients_per_hour: int = parsed(_positive, default=500)
     max_attachment_bytes: int = parsed(_positive, default=20 * 1024 * 1024)
+    check_attachments: bool = True  # off: the body step is not negotiated for it
+    max_mime_depth: int = parsed(_positive, default=20)  # deeper nesting is refused
     on_store_error: StoreErrorAction = "tempfail"
+    # Host names of the provider's own MTAs: a client-supplied Received header naming
+    # one, or an Authentication-Results header for authserv_id (or one of them), is forged.
+    provider_hostnames: tuple[str, ...] = parsed(_parse_domains, default=())
+    authserv_id: str = ""
+    forged_header_action: Literal["refuse", "strip"] = "refuse"
+
+
+def _consent_database(value: Any, key: str) -> str:
+    from sendwarden.consent.store import parse_database_url  # local: no driver imported
+
+    url = typing.cast(str, _convert(str, value, key))
+    try:
+        parse_database_url(url)
+    except ValueError as error:
+        raise ConfigError(key, str(error)) from None
+    return url
 
 
 @dataclass(frozen=True)
 class ConsentSettings:
-    database: str = "sqlite:////var/lib/sendwarden/consent.db"
+    database: str = parsed(_consent_database, default="sqlite:////var/lib/sendwarden/consent.db")
+    # Longest wait for the consent database (connect, lock, query) before the store
+    # counts as unavailable and policy.on_store_error decides.
+    timeout_ms: int = parsed(_positive, default=1000)
     bulk_recipient_threshold: int = parsed(_positive, default=50)
+    # A campaign split into small messages: the account is sending bulk mail once it
+    # has written to this many different recipients in the rolling hour.
+    bulk_distinct_recipients_per_hour: int = parsed(_positive, default=200)
+    on_missing_consent: Literal["reject", "remove"] = "reject"
+
+
+def _sha256_hex(value: Any, key: str) -> str:
+    text = _convert(str, value, key).strip().lower()
+    if len(text) != 64 or any(char not in "0123456789abcdef" for char in text):
+        raise ConfigError(
+            key, "expected the 64 hex digits of a SHA-256 (sendwarden api token create)"
+        )
+    return typing.cast(str, text)
+
+
+def _listen(value: Any, key: str) -> str:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6), e.g. 127.0.0.1:8025."""
+    text = _convert(str, value, key)
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(key, f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8025")
+    return typing.cast(str, text)
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """One API bearer token, kept only as its SHA-256: the config file holds no secret."""
+
+    name: str
+    sha256: str = parsed(_sha256_hex)
+    account: str = ""  # an account token writes only this account's consent records
+    role: Literal["account", "staff"] = "account"  # staff: reads every record, writes none
+
+
+def _parse_api_tokens(value: Any, key: str) -> tuple[ApiToken, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, "expected [[api.tokens]] tables")
+    tokens: list[ApiToken] = []
+    for index, table in enumerate(value):
+        label = table.get("name") if isinstance(table, Mapping) else None
+        name = f"{key}[{label}]" if isinstance(label, str) and label else f"{key}[{index}]"
+        token = typing.cast(ApiToken, _build(ApiToken, table, name))
+        if not token.name.strip():
+            raise ConfigError(f"{name}.name", "must not be empty")
+        if token.role == "account" and not token.account:
+            raise ConfigError(f"{name}.account", 'is required unless role = "staff"')
+        if token.role == "staff" and token.account:
+            raise ConfigError(f"{name}.account", "a staff token belongs to no account")
+        if any(other.name == token.name for other in tokens):
+            raise ConfigError(f"{name}.name", "the same token name is used twice")
+        if any(other.sha256 == token.sha256 for other in tokens):
+            raise ConfigError(f"{name}.sha256", "the same token is configured twice")
+        tokens.append(token)
+    return tuple(tokens)
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """``sendwarden api``: the consent HTTP API (loopback only unless told otherwise)."""
+
+    listen: str = parsed(_listen, default="127.0.0.1:8025")
+    tokens: tuple[ApiToken, ...] = parsed(_parse_api_tokens, default=())
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: Any, key: str) -> int:
+    """Seconds: a whole number of seconds, or ``"90s"``, ``"30m"``, ``"24h"``, ``"7d"``."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        unit = _DURATION_UNITS.get(text[-1:])
+        if unit is None or not text[:-1].isdigit() or int(text[:-1]) <= 0:
+            raise ConfigError(key, f'{value!r} is not a duration (e.g. 3600, "90m", "24h", "7d")')
+        return int(text[:-1]) * unit
+    return _positive(value, key)
+
+
+def _non_negative(value: Any, key: str) -> int:
+    number = _convert(int, value, key)
+    if number < 0:
+        raise ConfigError(key, f"must be 0 or more, got {number}")
+    return typing.cast(int, number)
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    """Recipient rate limit (the limit itself is ``policy.recipients_per_hour``):
+    an account refused ``suspend_after`` separate times within ``suspend_period``
+    is suspended until staff lift it (0 never suspends)."""
+
+    suspend_after: int = parsed(_non_negative, default=5)
+    suspend_period: int = parsed(_duration, default=86400)
 
 
 @dataclass(frozen=True)
 class LogSettings:
     level: Literal["debug", "info", "warning", "error"] = "info"
     decisions: bool = True  # one JSON line per decision
+
+
+def _dkim_domain(value: Any, key: str) -> str:
+    (domain,) = _parse_domains([value], key)
+    return domain
+
+
+def _dkim_selector(value: Any, key: str) -> str:
+    from sendwarden.dkim.keys import check_selector  # local: keeps config light
+
+    try:
+        return check_selector(typing.cast(str, _convert(str, value, key)))
+    except ValueError as error:
+        raise ConfigError(key, str(error)) from None
+
+
+@dataclass(frozen=True)
+class PrivateKeyFile:
+    """A DKIM key file, read and checked when the config loads: a missing or
+    unreadable key stops the start (or the reload), never a message."""
+
+    path: str
+    pem: bytes = field(repr=False)
+
+
+def _dkim_key_file(value: Any, key: str) -> PrivateKeyFile:
+    from sendwarden.dkim.keys import KeyFileError, read_private_key  # local: keeps config light
+
+    path = typing.cast(str, _convert(str, value, key))
+    try:
+        return PrivateKeyFile(path, read_private_key(path))
+    except KeyFileError as error:
+        raise ConfigError(key, str(error)) from None
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    """``[[dkim]]``: sign mail From this domain with this key (published at
+    ``selector._domainkey.domain``)."""
+
+    domain: str = parsed(_dkim_domain)
+    selector: str = parsed(_dkim_selector)
+    key_file: PrivateKeyFile = parsed(_dkim_key_file)  # noqa: RUF009 (a field())
+
+
+def _parse_dkim_keys(value: Any, key: str) -> tuple[DkimKey, ...]:
+    """``[dkim]`` for one signing domain, ``[[dkim]]`` tables for several."""
+    if isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, list):
+        raise ConfigError(key, "expected a [dkim] table or [[dkim]] tables")
+    keys: list[DkimKey] = []
+    for index, table in enumerate(value):
+        label = table.get("domain") if isinstance(table, Mapping) else None
+        name = f"{key}[{label}]" if isinstance(label, str) and label else f"{key}[{index}]"
+        dkim_key = typing.cast(DkimKey, _build(DkimKey, table, name))
+        if any(other.domain == dkim_key.domain for other in keys):
+            raise ConfigError(f"{name}.domain", "the domain has two keys; configure one")
+        keys.append(dkim_key)
+    return tuple(keys)
 
 
 @dataclass(frozen=True)
@@ -145,7 +330,8 @@ class Account:
     uids: tuple[int, ...] = ()
     domains: tuple[str, ...] = parsed(_parse_domains, default=())
     networks: tuple[IPNetwork, ...] = parsed(_parse_networks, default=())
-    recipients_per_hour: int | None = None
+    recipients_per_hour: int | None = parsed(_positive, default=None)
+    allow_subdomains: bool = False  # From/Sender may also use subdomains of its domains
 
 
 @dataclass(frozen=True)
@@ -154,7 +340,10 @@ class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     consent: ConsentSettings = field(default_factory=ConsentSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    dkim: tuple[DkimKey, ...] = parsed(_parse_dkim_keys, default=())
     accounts: tuple[Account, ...] = ()
 
     def account(self, account_id: str) -> Account:
@@ -284,11 +473,22 @@ def _check_unique(accounts: list[Account]) -> None:
                 )
 
 
+def _check_token_accounts(tokens: tuple[ApiToken, ...], accounts: tuple[Account, ...]) -> None:
+    """An account token must name a configured account, or it could write records for nobody."""
+    known = {account.id for account in accounts}
+    for token in tokens:
+        if token.account and token.account not in known:
+            raise ConfigError(
+                f"api.tokens[{token.name}].account", f"no account with id {token.account!r}"
+            )
+
+
 def settings_from_mapping(document: Mapping[str, Any]) -> Settings:
     """Validate a parsed TOML document (also used by tests that build configs in code)."""
     document = dict(document)
     accounts = _build_accounts(document.pop("accounts", []))
     settings = typing.cast(Settings, _build(Settings, document, ""))
+    _check_token_accounts(settings.api.tokens, accounts)
     return dataclasses.replace(settings, accounts=accounts)
 
 

@@ -7,11 +7,17 @@ from dataclasses import dataclass
 
 import redis
 
+from sendwarden.checks.attachments import AttachmentCheck
 from sendwarden.checks.base import Check
+from sendwarden.checks.identity import IdentityCheck
+from sendwarden.checks.ratelimit import RecipientRateCheck
 from sendwarden.checks.relay import RelayCheck
 from sendwarden.checks.suspension import SuspensionCheck
 from sendwarden.config import Settings
+from sendwarden.consent.check import consent_check_from_settings
+from sendwarden.dkim.signer import signers_from_settings
 from sendwarden.pipeline import Pipeline
+from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store.redis import connect
 from sendwarden.store.suspensions import RedisSuspensionStore
 
@@ -27,6 +33,13 @@ class Runtime:
         self.redis.close()
 
 
+def attachment_checks(settings: Settings) -> list[Check]:
+    policy = settings.policy
+    if not policy.check_attachments:
+        return []
+    return [AttachmentCheck(policy.max_attachment_bytes, policy.max_mime_depth)]
+
+
 def build_checks(settings: Settings, client: redis.Redis) -> list[Check]:
     """The active checks in the order they run. At RCPT, checks that refuse for
     good come before ones that count, so a refused recipient consumes no quota."""
@@ -34,6 +47,16 @@ def build_checks(settings: Settings, client: redis.Redis) -> list[Check]:
     return [
         SuspensionCheck(RedisSuspensionStore(client, prefix)),
         RelayCheck(settings.policy.local_domains),
+        # Last among the RCPT checks: only recipients nothing else refused are counted.
+        RecipientRateCheck(counter_from_settings(settings, client), settings),
+        # End of message: forged From/Sender and provider headers (pure, no store).
+        IdentityCheck(settings),
+        # End of message: no file over the cap (fed the body; inbound and outbound).
+        *attachment_checks(settings),
+        # End of message: bulk mail needs consent (before any signer, which stays last).
+        consent_check_from_settings(settings, client),
+        # LAST: the DKIM signer signs only what every rule above passed.
+        *signers_from_settings(settings.dkim),
     ]
 
 

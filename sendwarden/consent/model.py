@@ -8,7 +8,7 @@ carries the hash of the one before it, so an edited or deleted row shows up in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -56,6 +56,8 @@ class ChainReport:
     events_checked: int
     first_broken_seq: int | None = None
     problem: str = ""
+    head_seq: int = 0  # the chain head the store records: newest event's seq and hash,
+    head_hash: str = ""  # worth noting down elsewhere (a later rewrite cannot match it)
 
 
 class ConsentStore(Protocol):
@@ -71,9 +73,21 @@ class ConsentStore(Protocol):
 
     def consenting(self, account: str, recipients: Sequence[str], list_id: str = "") -> set[str]:
         """The recipients whose latest event from this account (for this list, or
-        account-wide) is GRANTED. One batched query, never one per recipient."""
+        account-wide) is GRANTED. One batched query, never one per recipient.
+
+        "Latest" is by ``occurred_at``, then by recording order, so an old list
+        imported today cannot undo a newer unsubscribe. Recipients are matched in
+        normalised form; the returned set holds them as the caller spelled them."""
         ...
 
-    def verify(self) -> ChainReport: ...
+    def verify(self, progress: Callable[[int], None] | None = None) -> ChainReport:
+        """Walk the whole chain; the first event where it breaks. ``progress(n)`` is
+        called as events are checked (for a progress bar)."""
+        ...
+
+    def verify_events(self, seqs: Iterable[int]) -> ChainReport:
+        """Check only these events, their neighbours and the links between them: fast
+        enough to run with every ``consent show``."""
+        ...
 
     def close(self) -> None: ...

@@ -1,0 +1,86 @@
+"""``sendwarden api -c FILE``: serve the consent HTTP API with uvicorn.
+
+Binds to ``api.listen`` (127.0.0.1:8025 by default); put a TLS-terminating
+proxy in front of it before listening anywhere else. ``sendwarden api token
+create`` mints tokens (:mod:`sendwarden.commands.token`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import signal
+from types import FrameType
+from typing import Any
+
+from sendwarden.cli import add_config_argument
+from sendwarden.commands import token
+from sendwarden.config import ConfigError, load_settings
+from sendwarden.decisionlog import configure_logging
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "api",
+        help="serve the consent HTTP API (or: api token create)",
+        description="Serve the consent HTTP API in the foreground; SIGTERM stops it.",
+    )
+    add_config_argument(parser)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    token.register_under(actions)
+    parser.set_defaults(handler=run)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``127.0.0.1:8025`` -> ("127.0.0.1", 8025); ``[::1]:8025`` -> ("::1", 8025)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn  # imported here: the other commands need no web server
+
+    from sendwarden.consent.api import create_app
+    from sendwarden.consent.store import open_from_settings
+
+    settings = load_settings(args.config)
+    if not settings.api.tokens:
+        raise ConfigError(
+            "api.tokens", "no tokens configured; create one with `sendwarden api token create`"
+        )
+    configure_logging(settings.log.level, decisions=False)
+    host, port = split_listen(settings.api.listen)
+    if not is_loopback(host):
+        log.warning("the consent API listens on %s, beyond this host: put TLS in front of it", host)
+    store = open_from_settings(settings.consent)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that
+    # was there before: make that one a clean exit, so the store is closed and the
+    # status is 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    try:
+        app = create_app(settings.api.tokens, store)
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_config=None,  # our logging set-up, not uvicorn's
+            log_level=settings.log.level,
+            server_header=False,
+        )
+    finally:
+        store.close()
+    return 0

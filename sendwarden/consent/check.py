@@ -1,0 +1,131 @@
+"""The milter side of consent: bulk mail at end of message needs every
+recipient's consent, asked of the ledger in one batched query.
+
+Personal mail costs one Redis round trip at end of message (the account's
+distinct recipients this hour) and one after it is accepted (adding this
+message's recipients); bulk mail costs one consent query on top. The consent
+database is opened on first use, so a milter whose customers send no bulk mail
+never needs it, and a database that is down at start-up is retried per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import redis
+
+from sendwarden.checks.base import Check
+from sendwarden.config import ConsentSettings, Settings
+from sendwarden.consent.bulk import RecentRecipients, RecipientCounter
+from sendwarden.consent.model import ConsentStore
+from sendwarden.policy.consent import (
+    campaign_reason,
+    consent_outcome,
+    distinct_recipients,
+    has_list_unsubscribe,
+    is_outbound,
+    list_id_of,
+    message_bulk_reasons,
+    missing_unsubscribe_verdict,
+    no_account_verdict,
+)
+from sendwarden.policy.facts import Transaction
+from sendwarden.policy.verdict import Action, Verdict
+
+log = logging.getLogger(__name__)
+
+NAME = "consent"
+
+
+class ConsentCheck(Check):
+    name = NAME
+
+    def __init__(
+        self,
+        settings: ConsentSettings,
+        open_store: Callable[[], ConsentStore],
+        recent: RecipientCounter,
+    ) -> None:
+        self._settings = settings
+        self._open_store = open_store
+        self._recent = recent
+        self._store: ConsentStore | None = None
+        self._store_lock = threading.Lock()
+
+    def at_eom(self, txn: Transaction) -> Verdict | None:
+        if not txn.recipients or not is_outbound(txn):
+            return None
+        distinct = distinct_recipients(txn.recipients)
+        reasons = self._bulk_reasons(txn, len(distinct))
+        if not reasons:
+            return None
+        if txn.account is None:
+            log.warning(
+                "bulk mail from %s (queue id %s) belongs to no account: refused",
+                txn.client,
+                txn.queue_id or "?",
+            )
+            return no_account_verdict(txn, reasons)
+        if not has_list_unsubscribe(txn):
+            return missing_unsubscribe_verdict(txn.account.id, reasons)
+        consenting = self._store_now().consenting(txn.account.id, list(distinct), list_id_of(txn))
+        outcome = consent_outcome(
+            txn.account.id,
+            distinct,
+            consenting,
+            reasons,
+            self._settings.on_missing_consent,
+            envelope=txn.recipients,
+        )
+        if outcome.remove:
+            txn.changes.remove_recipients.extend(outcome.remove)
+        if outcome.header:
+            txn.changes.add_headers.append(outcome.header)
+        return outcome.verdict
+
+    def after_verdict(self, txn: Transaction, verdict: Verdict) -> None:
+        """Count the recipients of accepted outbound mail towards the account's hour."""
+        accepted = not verdict.is_final or verdict.action is Action.ACCEPT
+        if not accepted or txn.account is None or not is_outbound(txn):
+            return
+        removed = set(txn.changes.remove_recipients)
+        delivered = [r for r in txn.recipients if r not in removed]
+        self._recent.add(txn.account.id, delivered)
+
+    def close(self) -> None:
+        with self._store_lock:
+            store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
+    def _bulk_reasons(self, txn: Transaction, distinct_count: int) -> list[str]:
+        """The message's own bulk signals first; the hourly count only when they are silent."""
+        reasons = message_bulk_reasons(txn, self._settings.bulk_recipient_threshold, distinct_count)
+        if reasons or txn.account is None:
+            return reasons
+        reason = campaign_reason(
+            self._recent.count(txn.account.id), self._settings.bulk_distinct_recipients_per_hour
+        )
+        return [reason] if reason else []
+
+    def _store_now(self) -> ConsentStore:
+        """The ledger, opened on first use (StoreError when it cannot be reached)."""
+        with self._store_lock:
+            if self._store is None:
+                self._store = self._open_store()
+            return self._store
+
+
+def consent_check_from_settings(settings: Settings, client: redis.Redis) -> ConsentCheck:
+    """The check of one configuration: its ledger URL, its Redis and key prefix."""
+
+    def open_store() -> ConsentStore:
+        from sendwarden.consent.store import open_from_settings  # the driver only when needed
+
+        return open_from_settings(settings.consent)
+
+    return ConsentCheck(
+        settings.consent, open_store, RecentRecipients(client, settings.redis.key_prefix)
+    )

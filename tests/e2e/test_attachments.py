@@ -1,0 +1,87 @@
+"""The 20 MiB per-file cap on real Postfix: decoded size, per file, inbound and outbound."""
+
+from __future__ import annotations
+
+import smtplib
+from email.message import EmailMessage
+from email.policy import SMTP
+
+import pytest
+
+from tests.support.rig import Rig
+
+MIB = 1024 * 1024
+
+
+def message_with(*files: tuple[str, int], sender: str = "alice@acme.example") -> bytes:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = "bob@remote.example"
+    message["Subject"] = "files"
+    message.set_content("Files attached.\n")
+    for name, size in files:
+        message.add_attachment(
+            bytes(size), maintype="application", subtype="octet-stream", filename=name
+        )
+    return message.as_bytes(policy=SMTP)
+
+
+def attached_message(name: str, size: int) -> bytes:
+    inner = EmailMessage()
+    inner["From"] = "carol@acme.example"
+    inner["Subject"] = "the original"
+    inner.set_content("See attachment.\n")
+    inner.add_attachment(bytes(size), maintype="application", subtype="octet-stream", filename=name)
+    outer = EmailMessage()
+    outer["From"] = "alice@acme.example"
+    outer["To"] = "bob@remote.example"
+    outer["Subject"] = "Fwd: the original"
+    outer.set_content("Forwarding.\n")
+    outer.add_attachment(inner)  # message/rfc822
+    return outer.as_bytes(policy=SMTP)
+
+
+def send(
+    rig: Rig,
+    data: bytes,
+    recipient: str = "bob@remote.example",
+    login: str | None = "alice@acme.example",
+) -> None:
+    with rig.smtp(login) as client:
+        client.sendmail(
+            "alice@acme.example" if login else "stranger@else.example", [recipient], data
+        )
+
+
+def test_15_mib_file_is_delivered(rig: Rig) -> None:
+    send(rig, message_with(("report.pdf", 15 * MIB)))
+    (delivered,) = rig.sink.wait_for(1, timeout=60)
+    assert len(delivered.data) > 20 * MIB  # base64 made the message bigger than the cap
+
+
+def test_25_mib_file_is_refused_with_552(rig: Rig) -> None:
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(rig, message_with(("video.mp4", 25 * MIB)))
+    assert refused.value.smtp_code == 552
+    text = refused.value.smtp_error
+    assert text.startswith(b"5.3.4 Message from account acme refused")
+    assert b'"video.mp4" is 25.0 MiB (26214400 bytes)' in text
+
+
+def test_two_15_mib_files_in_one_message_are_delivered(rig: Rig) -> None:
+    send(rig, message_with(("a.bin", 15 * MIB), ("b.bin", 15 * MIB)))
+    rig.sink.wait_for(1, timeout=60)
+
+
+def test_25_mib_file_inside_an_attached_message_is_refused(rig: Rig) -> None:
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(rig, attached_message("inner.iso", 25 * MIB))
+    assert refused.value.smtp_code == 552
+    assert b'"inner.iso"' in refused.value.smtp_error
+
+
+def test_inbound_mail_to_a_local_domain_is_capped_too(rig: Rig) -> None:
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(rig, message_with(("big.zip", 25 * MIB)), recipient="info@hosting.example", login=None)
+    assert refused.value.smtp_code == 552
+    assert b"no known account" in refused.value.smtp_error
