@@ -121,7 +121,7 @@ class HeaderBlock:
         self._values[name] = value + text
 
     def parse(self) -> EntityHeaders:
-        if not self._values:  # the common case for inner parts of some messages
+        if not self._values:  # no content headers at all: the defaults
             return EntityHeaders(self.default_type, "7bit", None, None)
         content_type = self._values.get("content-type")
         params = _params(content_type or "")

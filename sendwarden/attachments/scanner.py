@@ -1,10 +1,11 @@
 """A streaming MIME scanner that measures the decoded size of every leaf part.
 
 It is fed what a milter gets (header fields, then body chunks of any size) and
-holds at most one line-start of the body at a time: content lines are counted in
-bulk as they pass, only a line that starts with "--" (a possible boundary
-delimiter) or a header line is held, and never more than MAX_LINE bytes of it.
-Containers (multiparts, attached messages) sit on a stack of at most `max_depth`.
+never holds the message: content is counted chunk by chunk as it passes (a
+regular expression finds the delimiter lines of the open multiparts), and the
+only thing kept between chunks is the line being read when it may be a delimiter
+or is a header line, never more than MAX_LINE bytes of it. Containers
+(multiparts, attached messages) sit on a stack of at most `max_depth`.
 
 The rules follow RFC 2046 and, where it is silent, the stdlib's email parser: a
 delimiter is "--boundary" (or "--boundary--") with only spaces or tabs after it,
@@ -56,7 +57,6 @@ class _Container:
     content_type: str
     depth: int
     delimiter: bytes | None  # b"--" + boundary; None for an attached message
-    started: bool = False  # the first delimiter was seen
     closed: bool = False  # the close delimiter was seen
 
 
@@ -93,7 +93,6 @@ class AttachmentScanner:
     ) -> None:
         self._max_depth = max_depth
         self._keep_parts = keep_parts
-        self._headers_in_body = headers_in_body
         self._stack: list[_Container] = []
         self._delimiter_lines: re.Pattern[bytes] | None = None  # of the open multiparts
         self._headers: HeaderBlock | None = HeaderBlock()
@@ -116,10 +115,12 @@ class AttachmentScanner:
 
     # -- public API ----------------------------------------------------------
 
-    def add_header(self, name: str, value: str) -> None:
+    def add_header(self, name: str, value: str | bytes) -> None:
         """A top-level header field (unfolded value), in the order received."""
         if self._started or self._headers is None:
             raise RuntimeError("add_header() after the body started")
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "surrogateescape")
         self._headers.add_field(name, value)
 
     def feed(self, chunk: bytes) -> None:
@@ -343,7 +344,6 @@ class AttachmentScanner:
             epilogue = EntityHeaders(container.content_type, "7bit", None, None)
             self._content = _OpenContent(RawCounter(), epilogue, container.depth, "epilogue")
         else:
-            container.started = True
             digest = container.content_type == "multipart/digest"
             self._begin_headers(
                 container.depth + 1, "message/rfc822" if digest else "text/plain", fresh=True

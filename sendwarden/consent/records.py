@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from sendwarden.addresses import split_address
 from sendwarden.consent.model import EventKind, NewEvent
+from sendwarden.policy.consent import normalise_list_id
 
 GRANT_METHODS = ("single-opt-in", "double-opt-in", "import", "in-person")
 REVOKE_METHODS = ("unsubscribe-link", "one-click", "reply", "complaint", "staff", "import")
@@ -132,7 +133,7 @@ def build_event(
         kind=kind,
         occurred_at=occurred_at,
         recorded_by=recorded_by,
-        list_id=text("list_id"),
+        list_id=normalise_list_id(text("list_id")),  # the form the milter compares
         method=method,
         source=text("source"),
         ip=ip,

@@ -340,6 +340,25 @@ def test_filenames_are_decoded_and_made_printable(
     assert report.parts[0].filename == expected
 
 
+def test_other_headers_and_their_continuation_lines_are_skipped() -> None:
+    headers = [
+        b"X-Mailer: something",
+        b" Content-Type: fake/continuation",
+        b"Content-Id: <1@x>",
+        b"content-TYPE: application/pdf;",
+        b'\tname="real.pdf"',
+        b"X-Other: 1",
+        b"\tcontinued",
+        b"Content-Transfer-Encoding: base64",
+    ]
+    raw = multipart(part(b"QUJD", *headers), part(b"QUJD", *headers, eol=b"\r\n"))
+    report = scan(raw)
+    assert [(p.content_type, p.filename, p.decoded_bytes) for p in report.parts] == [
+        ("application/pdf", "real.pdf", 3),
+        ("application/pdf", "real.pdf", 3),
+    ]
+
+
 def test_top_level_header_values_from_the_milter() -> None:
     scanner = AttachmentScanner()
     scanner.add_header("CONTENT-TYPE", 'application/zip;\r\n\tname="whole.zip"')

@@ -89,3 +89,10 @@ def test_a_revocation() -> None:
 def test_bad_records_say_why(fields: dict[str, str], reason: str) -> None:
     with pytest.raises(RecordError, match=reason.replace("(", r"\(").replace(")", r"\)")):
         build(**fields)
+
+
+@pytest.mark.parametrize(
+    "written", ["Acme News <news.acme.example>", "NEWS.acme.example", " news.acme.example "]
+)
+def test_list_id_is_stored_in_the_form_the_milter_compares(written: str) -> None:
+    assert build(list_id=written).list_id == "news.acme.example"
