@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sendwarden.attachments.report import ScanReport, oversized_file
+from sendwarden.attachments.report import PartSize, ScanReport, oversized_file
 from sendwarden.policy.verdict import Verdict, account_label, reject
 
 RULE = "attachment-size"
@@ -11,6 +11,15 @@ DEPTH_RULE = "mime-depth"
 
 def megabytes(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MiB"
+
+
+def describe(part: PartSize) -> str:
+    """How the reply names the part: its file name, or what it is."""
+    if part.filename:
+        return f'"{part.filename}"'
+    if part.role != "part":
+        return f"the text outside the parts of a {part.content_type} ({part.role})"
+    return f"an unnamed {part.content_type} part"
 
 
 def attachment_verdict(
@@ -30,9 +39,7 @@ def attachment_verdict(
     largest = oversized_file(report, max_bytes)
     if largest is None:
         return None
-    name = (
-        f'"{largest.filename}"' if largest.filename else f"an unnamed {largest.content_type} part"
-    )
+    name = describe(largest)
     return reject(
         RULE,
         "552",
