@@ -52,10 +52,15 @@ class StoreHealth:
 class Pipeline:
     """The checks of one configuration, in order. Safe to share between threads."""
 
-    def __init__(self, settings: Settings, checks: Sequence[Check]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        checks: Sequence[Check],
+        directory: AccountDirectory | None = None,
+    ) -> None:
         self.settings = settings
         self.checks = tuple(checks)
-        self.directory = AccountDirectory(settings.accounts)
+        self.directory = directory or AccountDirectory(settings.accounts)
         self.needs_body = any(check.needs_body for check in self.checks)
         self.health = StoreHealth()
 

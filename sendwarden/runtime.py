@@ -17,6 +17,7 @@ from sendwarden.config import Settings
 from sendwarden.consent.check import consent_check_from_settings
 from sendwarden.dkim.signer import signers_from_settings
 from sendwarden.pipeline import Pipeline
+from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store.redis import connect
 from sendwarden.store.suspensions import RedisSuspensionStore
@@ -40,7 +41,9 @@ def attachment_checks(settings: Settings) -> list[Check]:
     return [AttachmentCheck(policy.max_attachment_bytes, policy.max_mime_depth)]
 
 
-def build_checks(settings: Settings, client: redis.Redis) -> list[Check]:
+def build_checks(
+    settings: Settings, client: redis.Redis, directory: AccountDirectory | None = None
+) -> list[Check]:
     """The active checks in the order they run. At RCPT, checks that refuse for
     good come before ones that count, so a refused recipient consumes no quota."""
     prefix = settings.redis.key_prefix
@@ -50,7 +53,7 @@ def build_checks(settings: Settings, client: redis.Redis) -> list[Check]:
         # Last among the RCPT checks: only recipients nothing else refused are counted.
         RecipientRateCheck(counter_from_settings(settings, client), settings),
         # End of message: forged From/Sender and provider headers (pure, no store).
-        IdentityCheck(settings),
+        IdentityCheck(settings, directory),
         # End of message: no file over the cap (fed the body; inbound and outbound).
         *attachment_checks(settings),
         # End of message: bulk mail needs consent (before any signer, which stays last).
@@ -62,4 +65,6 @@ def build_checks(settings: Settings, client: redis.Redis) -> list[Check]:
 
 def build_runtime(settings: Settings) -> Runtime:
     client = connect(settings.redis)
-    return Runtime(settings, client, Pipeline(settings, build_checks(settings, client)))
+    directory = AccountDirectory(settings.accounts)  # one index, shared by pipeline and checks
+    checks = build_checks(settings, client, directory)
+    return Runtime(settings, client, Pipeline(settings, checks, directory))

@@ -33,9 +33,9 @@ NAME = "identity"
 class IdentityCheck(Check):
     name = NAME
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, directory: AccountDirectory | None = None) -> None:
         policy = settings.policy
-        self._directory = AccountDirectory(settings.accounts)
+        self._directory = directory or AccountDirectory(settings.accounts)
         self._provider_hostnames = frozenset(policy.provider_hostnames)
         self._authserv_ids = authserv_ids(policy.authserv_id, policy.provider_hostnames)
         self._strip = policy.forged_header_action == "strip"
