@@ -40,7 +40,8 @@ def build_config(
     """The config as a dict; ``policy``/``consent`` override single keys of the defaults,
     ``extra`` adds or merges whole tables (e.g. ``{"log": {"level": "debug"}}``)."""
     config: dict[str, Any] = {
-        "milter": {"socket": socket},
+        # The milter runs as root in tests and Postfix connects as user postfix.
+        "milter": {"socket": socket, "socket_mode": "0666"},
         "redis": {"url": redis_url},
         "policy": {
             "local_domains": list(local_domains),
