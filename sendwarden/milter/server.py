@@ -67,8 +67,15 @@ class MilterServer:
         libmilter.setconn(spec)
         libmilter.settimeout(settings.milter.timeout)
         libmilter.setbacklog(128)
-        libmilter.opensocket(True)
-        _after_open(spec, int(settings.milter.socket_mode, 8))
+        socket_mode = int(settings.milter.socket_mode, 8)
+        # bind() creates a unix socket with 0777 & ~umask: set the mode at birth, so
+        # the MTA never meets the socket with the wrong permissions.
+        previous_umask = os.umask(0o777 & ~socket_mode)
+        try:
+            libmilter.opensocket(True)
+        finally:
+            os.umask(previous_umask)
+        _after_open(spec, socket_mode)
 
         failure: list[BaseException] = []
 
