@@ -9,6 +9,7 @@ script runs unchanged on Redis Cluster.
 from __future__ import annotations
 
 import hashlib
+import string
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,13 +39,26 @@ def load_script(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
+def lua_string(text: str) -> str:
+    """A Lua string literal for ``text``: plain ASCII as is, every other byte as a
+    three-digit decimal escape (so no quote, backslash or newline can end it)."""
+    plain = frozenset(
+        b" .,:;-_@()/" + bytes(range(48, 58)) + bytes(range(65, 91)) + bytes(range(97, 123))
+    )
+    return (
+        '"'
+        + "".join(chr(byte) if byte in plain else f"\\{byte:03d}" for byte in text.encode())
+        + '"'
+    )
+
+
 class LuaScript:
     """A package Lua script called by EVALSHA: one round trip, and after a Redis
     restart (script cache empty) it is loaded again once."""
 
-    def __init__(self, client: redis.Redis, name: str) -> None:
+    def __init__(self, client: redis.Redis, source: str) -> None:
         self._client = client
-        self.source = load_script(name)
+        self.source = source
         self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
 
     def __call__(self, keys: list[str], *args: EncodableT) -> Any:
@@ -108,21 +122,19 @@ class RecipientCounter:
         self._clock = clock
         self.window_seconds = window_seconds
         self.bucket_seconds = bucket_seconds
-        self._reserve = LuaScript(client, "reserve.lua")
-        self._refund = LuaScript(client, "refund.lua")
-        self._usage = LuaScript(client, "usage.lua")
-        self._keys: dict[str, list[str]] = {}
-        # ARGV 3-6 never change: encoded once, not per decision
-        self._settings = tuple(
-            str(number).encode()
-            for number in (
-                window_seconds,
-                bucket_seconds,
-                self._suspension.after,
-                self._suspension.period,
-            )
+        constants = {
+            "window": window_seconds,
+            "bucket": bucket_seconds,
+            "suspend_after": self._suspension.after,
+            "suspend_period": self._suspension.period,
+            "by": lua_string(self._suspension.by),
+        }
+        self._reserve = LuaScript(
+            client, string.Template(load_script("reserve.lua")).substitute(constants)
         )
-        self._by = self._suspension.by.encode()
+        self._refund = LuaScript(client, load_script("refund.lua"))
+        self._usage = LuaScript(client, load_script("usage.lua"))
+        self._keys: dict[str, list[str]] = {}
 
     def keys(self, account_id: str) -> list[str]:
         """The account's rate hash, strike set and suspension key (one hash tag)."""
@@ -144,9 +156,7 @@ class RecipientCounter:
         keys = self._keys.get(account_id) or self.keys(account_id)
         now = self._clock() if self._clock else ""
         try:  # not redis_errors(): a context manager costs more than the rest of this method
-            reply = self._reserve(
-                keys, cost, limit, *self._settings, suspension_reason, self._by, now
-            )
+            reply = self._reserve(keys, cost, limit, suspension_reason, now)
         except redis.RedisError as error:
             raise StoreError(
                 "redis", f"counting recipients of account {account_id}: {error}"

@@ -10,13 +10,16 @@
 -- KEYS[3] suspension      prefix:{account}:suspended  (same JSON as `sendwarden account suspend`)
 -- ARGV[1] cost            recipients to reserve (>= 1)
 -- ARGV[2] limit           recipients allowed per window
--- ARGV[3] window          seconds (3600)
--- ARGV[4] bucket          seconds per bucket (60)
--- ARGV[5] suspend_after   strikes that suspend the account (0 = never)
--- ARGV[6] suspend_period  seconds within which the strikes must fall
--- ARGV[7] reason          suspension reason shown to the customer
--- ARGV[8] by              who suspends (recorded in the suspension)
--- ARGV[9] now             microseconds since the epoch; '' = take the time here (TIME)
+-- ARGV[3] reason          suspension reason shown to the customer
+-- ARGV[4] now             microseconds since the epoch; '' = take the time here (TIME)
+--
+-- The settings that never change while a configuration runs are written into the
+-- script when it is loaded (RecipientCounter), not sent with every decision:
+--   window          seconds (3600)
+--   bucket          seconds per bucket (60)
+--   suspend_after   strikes that suspend the account (0 = never)
+--   suspend_period  seconds within which the strikes must fall
+--   by              who suspends (recorded in the suspension)
 --
 -- Returns {admitted, used, bucket, frees_at, now, suspended}:
 --   admitted  1 or 0
@@ -28,14 +31,15 @@
 local rate_key, strikes_key, suspended_key = KEYS[1], KEYS[2], KEYS[3]
 local cost = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
-local window = tonumber(ARGV[3])
-local bucket = tonumber(ARGV[4])
-local suspend_after = tonumber(ARGV[5])
-local suspend_period = tonumber(ARGV[6])
+local window = $window
+local bucket = $bucket
+local suspend_after = $suspend_after
+local suspend_period = $suspend_period
+local by = $by
 
 local now
-if ARGV[9] ~= '' then
-  now = tonumber(ARGV[9])
+if ARGV[4] ~= '' then
+  now = tonumber(ARGV[4])
 else
   local clock = redis.call('TIME')
   now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
@@ -128,7 +132,7 @@ if cost <= limit and not over then
     if redis.call('ZCARD', strikes_key) >= suspend_after then
       if redis.call('EXISTS', suspended_key) == 0 then
         redis.call('SET', suspended_key, cjson.encode({
-          reason = ARGV[7], since = iso8601(math.floor(now / 1000000)), by = ARGV[8]}))
+          reason = ARGV[3], since = iso8601(math.floor(now / 1000000)), by = by}))
         suspended = 1
       end
       redis.call('DEL', strikes_key)

@@ -20,6 +20,7 @@ from redis.crc import key_slot
 
 from sendwarden.config import RedisSettings
 from sendwarden.ratelimit import RecipientCounter, SuspensionPolicy
+from sendwarden.ratelimit.counter import lua_string
 from sendwarden.ratelimit.window import MICROSECONDS, BucketWindow, bucket_of
 from sendwarden.store import StoreError
 from sendwarden.store.redis import connect
@@ -284,3 +285,26 @@ def test_silent_redis_costs_at_most_the_timeout() -> None:
         for sock in accepted:
             sock.close()
         listener.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["sendwarden rate limit", 'quote " backslash \\ newline \n digits after escape \t1', "Zoë 雪"],
+)
+def test_settings_written_into_the_script_survive_lua_quoting(
+    client: redis.Redis, text: str
+) -> None:
+    assert client.eval(f"return {lua_string(text)}", 0) == text.encode()
+
+
+def test_suspension_records_who_suspended(client: redis.Redis) -> None:
+    account = fresh_account()
+    counter = RecipientCounter(
+        client, "sw", suspension=SuspensionPolicy(after=1, period=3600, by='staff "night" desk')
+    )
+    assert counter.reserve(account, 1, 1).admitted
+    decision = counter.reserve(account, 1, 1, "over the limit")
+    assert decision.suspended
+    suspension = RedisSuspensionStore(client, "sw").get(account)
+    assert suspension is not None
+    assert (suspension.by, suspension.reason) == ('staff "night" desk', "over the limit")
