@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import smtplib
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ from tests.support.noop_milter import Verdict
 from tests.support.postfix import pid_alive, session_members
 from tests.support.redis_server import RedisServer
 from tests.support.rig import Rig, start_rig
+from tests.support.service import wait_until
 
 MESSAGE = (
     b"From: Alice <alice@acme.example>\r\n"
@@ -36,12 +36,12 @@ def events_of(rig: Rig, cb: str) -> list[dict[str, Any]]:
 
 def wait_for_event(rig: Rig, cb: str, timeout: float = 10.0) -> list[dict[str, Any]]:
     """Events of one callback kind, once at least one arrived (the milter writes async)."""
-    deadline = time.monotonic() + timeout
-    while not (found := events_of(rig, cb)):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {cb!r} event within {timeout}s: {rig.events()}")
-        time.sleep(0.02)
-    return found
+    return wait_until(
+        lambda: events_of(rig, cb),
+        timeout,
+        lambda: f"no {cb!r} event within {timeout}s: {rig.events()}",
+        interval=0.02,
+    )
 
 
 def test_authenticated_smtp_submission_relays_to_a_remote_domain(noop_rig: Rig) -> None:

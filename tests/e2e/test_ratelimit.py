@@ -4,14 +4,15 @@ after an aborted transaction, and a Redis outage is a 451 4.3.0 that heals itsel
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
-import time
 from collections.abc import Callable
 
 import pytest
 
 from tests.support.rig import Rig
 from tests.support.sendwarden_config import DEFAULT_ACCOUNT
+from tests.support.service import wait_until
 
 MESSAGE = b"From: Alice <alice@acme.example>\r\nSubject: rate limit test\r\n\r\nHello.\r\n"
 GLOBEX = {"id": "globex", "logins": ["bob@globex.example"], "domains": ["globex.example"]}
@@ -28,12 +29,13 @@ def recipients(prefix: str, count: int) -> list[str]:
 def delivered_recipients(rig: Rig, expected: int, timeout: float = 30.0) -> list[str]:
     """All recipients the sink got (Postfix splits big messages into batches), once
     ``expected`` of them arrived."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = [rcpt for message in rig.sink.messages for rcpt in message.rcpt_tos]
-        if len(got) >= expected or time.monotonic() > deadline:
-            return got
-        time.sleep(0.05)
+
+    def delivered() -> list[str]:
+        return [rcpt for message in rig.sink.messages for rcpt in message.rcpt_tos]
+
+    with contextlib.suppress(TimeoutError):  # the caller's assertion tells what arrived
+        wait_until(lambda: len(delivered()) >= expected, timeout, "too few recipients")
+    return delivered()
 
 
 def small_limit_rig(make_rig: Callable[..., Rig], **kwargs: object) -> Rig:

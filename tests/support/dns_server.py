@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Sequence
-from types import TracebackType
 
 import dns.flags
 import dns.message
@@ -23,11 +22,12 @@ import dns.rdatatype
 import dns.rrset
 
 from tests.support.ports import free_port
+from tests.support.service import Service
 
 MAX_STRING = 255  # one DNS character-string
 
 
-class TxtDnsServer:
+class TxtDnsServer(Service):
     """Serves ``publish()``-ed TXT records; every other name is NXDOMAIN."""
 
     def __init__(self, port: int | None = None, ttl: int = 60) -> None:
@@ -118,17 +118,6 @@ class TxtDnsServer:
             )
             response.answer.append(rrset)
         return response
-
-    def __enter__(self) -> TxtDnsServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _quoted(part: bytes) -> str:

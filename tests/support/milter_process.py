@@ -18,7 +18,8 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+
+from tests.support.service import ProcessService, wait_until
 
 
 class MilterStartError(RuntimeError):
@@ -76,7 +77,7 @@ def socket_from_config(config_path: str | os.PathLike[str]) -> str:
     return value
 
 
-class MilterProcess:
+class MilterProcess(ProcessService):
     """A milter subprocess with its output captured to a file.
 
     Parameters:
@@ -88,6 +89,8 @@ class MilterProcess:
             root and Postfix's smtpd as user ``postfix``, which needs write permission
             on the socket to connect; None leaves it to the milter.
     """
+
+    log_name = "milter output"
 
     def __init__(
         self,
@@ -122,16 +125,11 @@ class MilterProcess:
         self.cwd = cwd
         self.start_timeout = start_timeout
         self.socket_mode = socket_mode
-        self._proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> MilterProcess:
         """Start the milter; return once its socket accepts connections."""
@@ -152,23 +150,28 @@ class MilterProcess:
                 cwd=self.cwd,
                 start_new_session=True,  # its own group: stop() can reap helpers too
             )
-        deadline = time.monotonic() + self.start_timeout
-        while not self.socket.accepts():
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
+        try:
+            wait_until(
+                self.socket.accepts,
+                self.start_timeout,
+                "not listening",
+                interval=0.02,
+                abort=lambda: not self.running,
+            )
+        except TimeoutError:
+            code = self._proc.poll()
+            if code is not None:
                 self._proc = None
                 self.returncode = code
                 raise MilterStartError(
                     f"milter exited with {code} before listening on {self.socket_spec}\n"
                     f"argv: {self.argv}\n--- output ---\n{self.log()}"
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise MilterStartError(
-                    f"milter not listening on {self.socket_spec} after {self.start_timeout}s"
-                    f"\nargv: {self.argv}\n--- output ---\n{self.log()}"
-                )
-            time.sleep(0.02)
+                ) from None
+            self.stop()
+            raise MilterStartError(
+                f"milter not listening on {self.socket_spec} after {self.start_timeout}s"
+                f"\nargv: {self.argv}\n--- output ---\n{self.log()}"
+            ) from None
         if self.socket.family == "unix" and self.socket_mode is not None:
             assert self.socket.path is not None
             os.chmod(self.socket.path, self.socket_mode)
@@ -198,35 +201,6 @@ class MilterProcess:
         proc.wait()
         self.returncode = proc.returncode
         return self.returncode
-
-    def log(self) -> str:
-        """Everything the milter wrote to stdout/stderr so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def wait_for_log(self, needle: str, timeout: float = 10.0) -> str:
-        """Wait until ``needle`` appears in the milter's output; return the output."""
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.log()
-            if needle in text:
-                return text
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"{needle!r} not in milter output after {timeout}s:\n{text}")
-            time.sleep(0.05)
-
-    def __enter__(self) -> MilterProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<MilterProcess pid={self.pid} socket={self.socket_spec}>"

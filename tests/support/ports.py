@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import socket
-import time
+
+from tests.support.service import wait_until
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -19,14 +20,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def connect_within(
+    host: str, port: int, timeout: float, *, socket_timeout: float
+) -> socket.socket | None:
+    """A TCP connection to ``host:port``, retried until one is accepted; None if none is
+    within ``timeout``. ``socket_timeout`` is each attempt's, and the socket's after."""
+
+    def attempt() -> socket.socket | None:
+        try:
+            return socket.create_connection((host, port), timeout=socket_timeout)
+        except OSError:
+            return None
+
+    try:
+        return wait_until(attempt, timeout, f"nothing accepts on {host}:{port}", interval=0.02)
+    except TimeoutError:
+        return None
+
+
 def wait_for_tcp(host: str, port: int, timeout: float) -> bool:
     """Poll until something accepts TCP connections on ``host:port``; False on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return True
-        except OSError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.02)
+    sock = connect_within(host, port, timeout, socket_timeout=0.5)
+    if sock is None:
+        return False
+    sock.close()
+    return True

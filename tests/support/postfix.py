@@ -28,15 +28,14 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
-from tests.support.ports import free_port
+from tests.support.ports import connect_within, free_port
+from tests.support.service import LoggingService, wait_until
 
 POSTFIX_BIN = "/usr/sbin/postfix"
 SYSTEM_COMMAND_DIR = Path("/usr/sbin")
@@ -80,7 +79,7 @@ class PostfixError(RuntimeError):
     """Postfix failed to start or a command failed; the message carries its log."""
 
 
-class PrivatePostfix:
+class PrivatePostfix(LoggingService):
     """One private Postfix: SMTP on 127.0.0.1:``smtp_port``, relaying all mail to a sink.
 
     Parameters:
@@ -94,6 +93,9 @@ class PrivatePostfix:
             login in the default realm (``myhostname``).
         main_cf: extra or overriding main.cf parameters.
     """
+
+    root: Path
+    log_name = "maillog"
 
     def __init__(
         self,
@@ -130,7 +132,7 @@ class PrivatePostfix:
         # cyrus_sasl_config_path (measured with strace); both point here.
         self.sasl_dir = self.config_dir / "sasl"
         self.log_dir = self.root / "log"
-        self.maillog_path = self.log_dir / "maillog"
+        self.log_path = self.log_dir / "maillog"
         self._configured = False
         self._master_pid: int | None = None
 
@@ -150,7 +152,7 @@ class PrivatePostfix:
             "command_directory": str(self.command_dir),
             "mail_owner": "postfix",
             "setgid_group": "postdrop",
-            "maillog_file": str(self.maillog_path),
+            "maillog_file": str(self.log_path),
             "maillog_file_prefixes": str(self.log_dir),
             "myhostname": self.myhostname,
             "mydomain": "sendwarden.test",
@@ -284,7 +286,7 @@ class PrivatePostfix:
             self.stop()
             raise PostfixError(
                 f"postfix start failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}\n"
-                f"--- maillog ---\n{self.maillog()}"
+                f"--- maillog ---\n{self.log()}"
             )
         self._master_pid = self._read_master_pid()
         # smtpd dies on a bad config only when a client connects: probe once here rather
@@ -294,7 +296,7 @@ class PrivatePostfix:
             self.stop()
             raise PostfixError(
                 f"postfix smtpd on 127.0.0.1:{self.smtp_port} gave no 220 greeting "
-                f"({greeting!r})\n--- maillog ---\n{self.maillog()}"
+                f"({greeting!r})\n--- maillog ---\n{self.log()}"
             )
         return self
 
@@ -315,9 +317,8 @@ class PrivatePostfix:
         if pid is None or not self._is_our_master(pid):
             return  # never started, or already gone (a stale pid file names someone else)
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: not pid_alive(pid), timeout, "master alive", interval=0.02)
         # Children normally exit with master; give them a moment, then force.
         grace = time.monotonic() + 2.0
         give_up = grace + 5.0
@@ -342,41 +343,7 @@ class PrivatePostfix:
             return False
         return os.path.basename(exe) == "master" and Path(cwd) == self.queue_dir
 
-    def close(self) -> None:
-        """Stop and remove the whole temp directory."""
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> PrivatePostfix:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # ------------------------------------------------------------ using it
-
-    def maillog(self) -> str:
-        """Everything Postfix logged so far (its maillog_file)."""
-        try:
-            return self.maillog_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def wait_for_log(self, needle: str, timeout: float = 10.0) -> str:
-        """Wait until ``needle`` appears in the maillog; return the log."""
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.maillog()
-            if needle in text:
-                return text
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"{needle!r} not in maillog after {timeout}s:\n{text}")
-            time.sleep(0.05)
 
     def kick_pickup(self) -> None:
         """Make pickup scan the maildrop now (it does so by itself only every 60 s, as in
@@ -403,14 +370,12 @@ class PrivatePostfix:
 
     def wait_queue_empty(self, timeout: float = 10.0) -> None:
         """Wait until no message is waiting or in delivery (held mail does not count)."""
-        deadline = time.monotonic() + timeout
-        while files := self.queue_files():
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"queue not empty after {timeout}s: {[str(f) for f in files]}\n"
-                    f"--- maillog ---\n{self.maillog()}"
-                )
-            time.sleep(0.05)
+
+        def still_queued() -> str:
+            files = [str(f) for f in self.queue_files()]
+            return f"queue not empty after {timeout}s: {files}\n--- maillog ---\n{self.log()}"
+
+        wait_until(lambda: not self.queue_files(), timeout, still_queued)
 
     def sendmail(
         self,
@@ -467,7 +432,7 @@ class PrivatePostfix:
         if check and proc.returncode != 0:
             raise PostfixError(
                 f"{' '.join(argv)} failed (exit {proc.returncode}): {proc.stdout}{proc.stderr}\n"
-                f"--- maillog ---\n{self.maillog()}"
+                f"--- maillog ---\n{self.log()}"
             )
         return proc
 
@@ -513,15 +478,9 @@ def _write_public(path: Path, text: str) -> None:
 
 def _read_greeting(port: int, timeout: float) -> str:
     """The SMTP greeting on 127.0.0.1:port ("" if none), over one connection; QUITs."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-            break
-        except OSError:
-            if time.monotonic() >= deadline:
-                return ""
-            time.sleep(0.02)
+    sock = connect_within("127.0.0.1", port, timeout, socket_timeout=timeout)
+    if sock is None:
+        return ""
     with sock:
         data = b""
         with contextlib.suppress(OSError):

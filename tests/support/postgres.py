@@ -19,13 +19,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
 
 import psycopg
 
 from tests.support.ports import free_port, wait_for_tcp
+from tests.support.service import ProcessService
 
 
 class PostgresError(RuntimeError):
@@ -44,8 +43,11 @@ def find_bindir() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-class PostgresServer:
+class PostgresServer(ProcessService):
     """One private PostgreSQL cluster; ``new_database()`` gives each test a clean one."""
+
+    root: Path
+    log_name = "postgres log"
 
     def __init__(
         self,
@@ -69,7 +71,6 @@ class PostgresServer:
         self.socket_dir = self.root / "sock"
         self.log_path = self.root / "postgres.log"
         self._account = pwd.getpwnam(run_as) if os.geteuid() == 0 else None
-        self._proc: subprocess.Popen[bytes] | None = None
         self._names = itertools.count(1)
 
     # ---------------------------------------------------------------- life cycle
@@ -129,12 +130,11 @@ class PostgresServer:
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
             )
-        deadline = time.monotonic() + self.start_timeout
-        while not self._accepts():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise PostgresError(f"postgres on port {self.port} did not start:\n{self.log()}")
-            time.sleep(0.05)
+        self._wait_ready(
+            self._accepts,
+            lambda: PostgresError(f"postgres on port {self.port} did not start:\n{self.log()}"),
+            interval=0.05,
+        )
         return self
 
     def _accepts(self) -> bool:
@@ -146,81 +146,44 @@ class PostgresServer:
         except psycopg.OperationalError:
             return False
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def stop(self, timeout: float = 20.0) -> None:
         """Fast shutdown (SIGINT: disconnects clients, no waiting for them)."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def close(self) -> None:
-        """Stop the server and remove its directory."""
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        self._terminate(signal.SIGINT, timeout)
 
     # ---------------------------------------------------------------- databases
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
 
+    def _admin(self, sql: str) -> None:
+        """Run one statement in the ``postgres`` database, outside a transaction."""
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(sql)
+
     def new_database(self, prefix: str = "sw_test") -> str:
         """Create an empty database; returns its URL."""
         name = f"{prefix}_{os.getpid()}_{next(self._names)}"
-        with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        self._admin(f'CREATE DATABASE "{name}" TEMPLATE template0')
         return self.url(name)
 
     def new_schema(self, prefix: str = "sw_test") -> str:
         """An empty schema in the ``postgres`` database, first on the URL's search_path:
         as isolated as a new database for sendwarden's tables, and far cheaper to make."""
         name = f"{prefix}_{os.getpid()}_{next(self._names)}"
-        with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{name}"')
+        self._admin(f'CREATE SCHEMA "{name}"')
         return f"{self.url()}?options=-csearch_path%3D{name}"
 
     def drop_schema(self, url: str) -> None:
         """Drop a schema made by :meth:`new_schema` with everything in it."""
         name = url.rsplit("%3D", 1)[1]
-        with (
-            contextlib.suppress(psycopg.Error),
-            psycopg.connect(self.url(), autocommit=True) as conn,
-        ):
-            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        with contextlib.suppress(psycopg.Error):
+            self._admin(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
     def drop_database(self, url: str) -> None:
         """Drop a database made by :meth:`new_database`, disconnecting leftover clients."""
         name = url.rsplit("/", 1)[1]
-        with (
-            contextlib.suppress(psycopg.Error),
-            psycopg.connect(self.url(), autocommit=True) as conn,
-        ):
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    def __enter__(self) -> PostgresServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        with contextlib.suppress(psycopg.Error):
+            self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def __repr__(self) -> str:
         return f"<PostgresServer {self.url()} running={self.running}>"

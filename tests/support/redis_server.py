@@ -7,27 +7,29 @@ is down) and start it again on the same port.
 
 from __future__ import annotations
 
-import shutil
+import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
 
 from tests.support.ports import free_port
+from tests.support.service import ProcessService
 
 
 class RedisServerError(RuntimeError):
     """redis-server did not start; the message carries its log."""
 
 
-class RedisServer:
+class RedisServer(ProcessService):
     """One private redis-server process.
 
     ``start()`` and ``stop()`` may be called repeatedly; the port stays the same, so a
     client configured with ``url`` reconnects after a restart.
     """
+
+    root: Path
+    log_name = "redis log"
 
     def __init__(
         self,
@@ -40,18 +42,13 @@ class RedisServer:
         self.host = "127.0.0.1"
         self.binary = binary
         self.start_timeout = start_timeout
-        self.dir = Path(tempfile.mkdtemp(prefix="sw-redis-"))
-        self.log_path = self.dir / "redis.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.root = Path(tempfile.mkdtemp(prefix="sw-redis-"))
+        self.log_path = self.root / "redis.log"
 
     @property
     def url(self) -> str:
         """``redis://`` URL of database 0, as sendwarden's ``[redis] url`` expects."""
         return f"redis://{self.host}:{self.port}/0"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> RedisServer:
         """Start redis-server and return once it answers PING."""
@@ -61,7 +58,7 @@ class RedisServer:
             self.binary,
             "--port", str(self.port),
             "--bind", self.host,
-            "--dir", str(self.dir),
+            "--dir", str(self.root),
             "--save", "",
             "--appendonly", "no",
             "--daemonize", "no",
@@ -71,33 +68,18 @@ class RedisServer:
         self._proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + self.start_timeout
-        while not self.ping():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RedisServerError(
-                    f"redis-server on port {self.port} did not start:\n{self.log()}"
-                )
-            time.sleep(0.02)
+        self._wait_ready(
+            self.ping,
+            lambda: RedisServerError(
+                f"redis-server on port {self.port} did not start:\n{self.log()}"
+            ),
+            interval=0.02,
+        )
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate the server (no save) and wait for it; killing it if it hangs."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def close(self) -> None:
-        """Stop the server and remove its directory."""
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self._terminate(signal.SIGTERM, timeout)
 
     def ping(self) -> bool:
         """True if the server answers PING (raw RESP, so no client library is needed)."""
@@ -121,23 +103,6 @@ class RedisServer:
                 return sock.recv(65536)
         except OSError:
             return None
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<RedisServer {self.url} running={self.running}>"

@@ -89,7 +89,7 @@ class Rig:
         parts = [f"=== rig {self.dir}"]
         if self.milter is not None:
             parts += ["--- milter output ---", _tail(self.milter.log(), tail)]
-        parts += ["--- postfix maillog ---", _tail(self.postfix.maillog(), tail)]
+        parts += ["--- postfix maillog ---", _tail(self.postfix.log(), tail)]
         if self.redis is not None:
             parts += ["--- redis log ---", _tail(self.redis.log(), 10)]
         return "\n".join(parts)

@@ -12,13 +12,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from types import TracebackType
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from tests.support.ports import free_port
+from tests.support.service import Service
 
 #: Large enough for the 20 MiB attachment cap tests (base64 grows a file by 4/3) and more.
 DEFAULT_DATA_SIZE_LIMIT = 80 * 1024 * 1024
@@ -80,7 +80,7 @@ class _SinkController(Controller):
         return _SinkSMTP(self.handler, **self.SMTP_kwargs)
 
 
-class SmtpSink:
+class SmtpSink(Service):
     """A threaded aiosmtpd server recording deliveries; thread-safe ``wait_for``/``clear``."""
 
     def __init__(
@@ -155,17 +155,6 @@ class SmtpSink:
         with self._cond:
             self._messages.append(delivered)
             self._cond.notify_all()
-
-    def __enter__(self) -> SmtpSink:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<SmtpSink 127.0.0.1:{self.port} messages={len(self._messages)}>"
