@@ -21,7 +21,6 @@ import argparse
 import ipaddress
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -40,6 +39,7 @@ from sendwarden.policy.verdict import CONTINUE
 from sendwarden.store.redis import connect
 from tests.support.postgres import PostgresServer, find_bindir
 from tests.support.redis_server import RedisServer
+from tests.support.threads import Step, throughput
 
 ACCOUNTS = ("acme", "globex", "initech", "umbrella")
 SUBSCRIBERS = 5_000  # per account
@@ -130,30 +130,18 @@ def personal_contenders(client: redis.Redis) -> dict[str, Work]:
     return {"2 bare PINGs (ceiling)": ceiling, "consent check": consent_check}
 
 
-def throughput(work: Work, threads: int, seconds: float) -> float:
-    """Decisions per second from ``threads`` threads in ``seconds``."""
-    counts = [0] * threads
-    stop = threading.Event()
-    ready = threading.Barrier(threads + 1)
+def one_by_one(work: Work) -> Callable[[int], Step]:
+    """Threads deciding one message at a time, each message numbered apart from every
+    other thread's."""
 
-    def worker(index: int) -> None:
-        ready.wait()
-        done = 0
-        while not stop.is_set():
+    def worker(index: int) -> Step:
+        def step(done: int) -> int:
             work(index * 100_003 + done)
-            done += 1
-        counts[index] = done
+            return 1
 
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    ready.wait()
-    started = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    for thread in pool:
-        thread.join()
-    return sum(counts) / (time.perf_counter() - started)
+        return step
+
+    return worker
 
 
 def measure(
@@ -165,7 +153,8 @@ def measure(
     for _ in range(rounds):
         for threads in concurrency:
             for name, work in contenders.items():
-                rates.setdefault((name, threads), []).append(throughput(work, threads, seconds))
+                rate = throughput(one_by_one(work), threads, seconds)
+                rates.setdefault((name, threads), []).append(rate)
     return {key: statistics.median(values) for key, values in rates.items()}
 
 

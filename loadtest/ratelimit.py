@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +33,7 @@ from sendwarden.ratelimit import RecipientCounter
 from sendwarden.ratelimit.window import MICROSECONDS
 from sendwarden.store.redis import connect
 from tests.support.redis_server import RedisServer
+from tests.support.threads import Step, race, throughput
 
 LIMIT = 500
 CEILING_SCRIPT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
@@ -77,55 +76,38 @@ def contenders(url: str) -> list[Contender]:
     ]
 
 
-def throughput(decide: Decide, threads: int, seconds: float) -> float:
-    """Decisions per second from ``threads`` threads in ``seconds``."""
-    counts = [0] * threads
-    stop = threading.Event()
-    ready = threading.Barrier(threads + 1)
+def spread(decide: Decide) -> Callable[[int], Step]:
+    """Threads deciding over 200 accounts of their own and, every fourth decision, the
+    account all threads share; 50 decisions a step."""
 
-    def worker(index: int) -> None:
+    def worker(index: int) -> Step:
         own = [f"t{index}a{n}" for n in range(200)]
         rng = random.Random(index)
-        ready.wait()
-        done = 0
-        while not stop.is_set():
-            for _ in range(50):
-                account = "shared" if done % 4 == 0 else own[rng.randrange(200)]
-                decide(account, 1)
-                done += 1
-        counts[index] = done
 
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    ready.wait()
-    started = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    for thread in pool:
-        thread.join()
-    return sum(counts) / (time.perf_counter() - started)
+        def step(done: int) -> int:
+            for number in range(done, done + 50):
+                account = "shared" if number % 4 == 0 else own[rng.randrange(200)]
+                decide(account, 1)
+            return 50
+
+        return step
+
+    return worker
 
 
 def exactness(decide: Decide, threads: int = 16, tries: int = 60) -> int:
     """Recipients admitted when ``threads`` race on one account with costs 1/2/5."""
-    admitted = [0] * threads
-    ready = threading.Barrier(threads)
 
-    def worker(index: int) -> None:
+    def work(index: int) -> int:
         rng = random.Random(100 + index)
-        ready.wait()
+        admitted = 0
         for _ in range(tries):
             cost = rng.choice((1, 1, 2, 5))
             if decide("race", cost):
-                admitted[index] += cost
+                admitted += cost
+        return admitted
 
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    return sum(admitted)
+    return race(work, threads)
 
 
 class ManualClock:
@@ -174,7 +156,7 @@ def run(seconds: float, rounds: int, concurrency: tuple[int, ...]) -> None:
             for threads in concurrency:
                 for entry in entries:
                     entry.reset()
-                    rate = throughput(entry.decide, threads, seconds)
+                    rate = throughput(spread(entry.decide), threads, seconds)
                     rates.setdefault((entry.name, threads), []).append(rate)
         admitted: dict[str, int] = {}
         for entry in entries[1:]:

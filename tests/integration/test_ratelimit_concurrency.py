@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import multiprocessing
 import random
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -16,6 +15,7 @@ from sendwarden.config import RedisSettings
 from sendwarden.ratelimit import RecipientCounter
 from sendwarden.store.redis import connect
 from tests.support.redis_server import RedisServer
+from tests.support.threads import race
 
 LIMIT = 300
 
@@ -32,24 +32,19 @@ def hammer(
     client.incr(barrier)
     while int(client.get(barrier) or 0) < processes:
         time.sleep(0.005)
-    admitted = [0] * threads
-    start = threading.Barrier(threads)
 
-    def worker(index: int) -> None:
+    def work(index: int) -> int:
         rng = random.Random(seed * 1000 + index)
-        start.wait()
+        admitted = 0
         for _ in range(attempts):
             cost = rng.choice((1, 1, 1, 2, 5))
             if counter.reserve(account, cost, LIMIT).admitted:
-                admitted[index] += cost
+                admitted += cost
+        return admitted
 
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
+    total = race(work, threads)
     client.close()
-    return sum(admitted)
+    return total
 
 
 def window_count(url: str, account: str) -> int:
