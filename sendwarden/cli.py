@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from sendwarden import __version__
 from sendwarden.config import ConfigError
@@ -25,6 +26,7 @@ COMMAND_MODULES = (
     "sendwarden.commands.consent",
 )
 DEFAULT_CONFIG = "/etc/sendwarden/sendwarden.toml"
+Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +38,26 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     return parser
+
+
+def add_command(
+    subparsers: Any, name: str, handler: Handler, *, config: bool = False, **options: Any
+) -> argparse.ArgumentParser:
+    """Add the parser of command ``name``, run by ``handler``; ``options`` as for
+    ``add_parser`` (help, description). ``config``: the command itself takes ``-c``
+    (a command with actions usually takes it after the action instead)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, **options)
+    if config:
+        add_config_argument(parser)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_actions(
+    parser: argparse.ArgumentParser, *, dest: str = "action", required: bool = True
+) -> Any:
+    """The ACTION sub-parsers of a command (``sendwarden account suspend``)."""
+    return parser.add_subparsers(dest=dest, required=required, metavar="ACTION")
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

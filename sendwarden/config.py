@@ -13,13 +13,14 @@ import ipaddress
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 StoreErrorAction = Literal["tempfail", "accept"]
+Section = TypeVar("Section")
 
 
 class ConfigError(ValueError):
@@ -91,7 +92,7 @@ def _socket(value: Any, key: str) -> str:
 def _file_mode(value: Any, key: str) -> str:
     text = _convert(str, value, key)
     if not (len(text) in (3, 4) and all(char in "01234567" for char in text)):
-        raise ConfigError(key, f"{text!r} is not an octal file mode such as \"0660\"")
+        raise ConfigError(key, f'{text!r} is not an octal file mode such as "0660"')
     return typing.cast(str, text)
 
 
@@ -197,13 +198,10 @@ class ApiToken:
 
 
 def _parse_api_tokens(value: Any, key: str) -> tuple[ApiToken, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(key, "expected [[api.tokens]] tables")
     tokens: list[ApiToken] = []
-    for index, table in enumerate(value):
-        label = table.get("name") if isinstance(table, Mapping) else None
-        name = f"{key}[{label}]" if isinstance(label, str) and label else f"{key}[{index}]"
-        token = typing.cast(ApiToken, _build(ApiToken, table, name))
+    for name, token in _build_tables(
+        ApiToken, value, key, "name", "expected [[api.tokens]] tables"
+    ):
         if not token.name.strip():
             raise ConfigError(f"{name}.name", "must not be empty")
         if token.role == "account" and not token.account:
@@ -310,13 +308,10 @@ def _parse_dkim_keys(value: Any, key: str) -> tuple[DkimKey, ...]:
     """``[dkim]`` for one signing domain, ``[[dkim]]`` tables for several."""
     if isinstance(value, Mapping):
         value = [value]
-    if not isinstance(value, list):
-        raise ConfigError(key, "expected a [dkim] table or [[dkim]] tables")
     keys: list[DkimKey] = []
-    for index, table in enumerate(value):
-        label = table.get("domain") if isinstance(table, Mapping) else None
-        name = f"{key}[{label}]" if isinstance(label, str) and label else f"{key}[{index}]"
-        dkim_key = typing.cast(DkimKey, _build(DkimKey, table, name))
+    for name, dkim_key in _build_tables(
+        DkimKey, value, key, "domain", "expected a [dkim] table or [[dkim]] tables"
+    ):
         if any(other.domain == dkim_key.domain for other in keys):
             raise ConfigError(f"{name}.domain", "the domain has two keys; configure one")
         keys.append(dkim_key)
@@ -435,14 +430,25 @@ def _build(cls: type, table: Any, key: str) -> Any:
     return cls(**values)
 
 
+def _build_tables(
+    cls: type[Section], value: Any, key: str, label: str, expected: str
+) -> Iterator[tuple[str, Section]]:
+    """A list of tables (``[[key]]``), each built into ``cls``, one at a time, with the
+    name its errors carry: ``key[LABEL]`` by the table's ``label`` key when it has
+    one, else ``key[INDEX]``. ``expected`` is the error when ``value`` is no list."""
+    if not isinstance(value, list):
+        raise ConfigError(key, expected)
+    for index, table in enumerate(value):
+        tag = table.get(label) if isinstance(table, Mapping) else None
+        name = f"{key}[{tag}]" if isinstance(tag, str) and tag else f"{key}[{index}]"
+        yield name, typing.cast(Section, _build(cls, table, name))
+
+
 def _build_accounts(raw: Any) -> tuple[Account, ...]:
-    if not isinstance(raw, list):
-        raise ConfigError("accounts", "expected [[accounts]] tables")
     accounts: list[Account] = []
-    for index, table in enumerate(raw):
-        label = table.get("id") if isinstance(table, Mapping) else None
-        name = f"accounts[{label}]" if isinstance(label, str) and label else f"accounts[{index}]"
-        account = typing.cast(Account, _build(Account, table, name))
+    for name, account in _build_tables(
+        Account, raw, "accounts", "id", "expected [[accounts]] tables"
+    ):
         if not account.id.strip():
             raise ConfigError(f"{name}.id", "must not be empty")
         accounts.append(account)

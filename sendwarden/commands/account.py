@@ -7,7 +7,7 @@ import getpass
 from datetime import UTC, datetime
 from typing import Any
 
-from sendwarden.cli import add_config_argument
+from sendwarden.cli import add_actions, add_command, add_config_argument
 from sendwarden.config import load_settings
 from sendwarden.policy.suspension import Suspension
 from sendwarden.store.redis import connect
@@ -15,10 +15,8 @@ from sendwarden.store.suspensions import RedisSuspensionStore
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "account", help="suspend or unsuspend an account"
-    )
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    parser = add_command(subparsers, "account", run, help="suspend or unsuspend an account")
+    actions = add_actions(parser)
     suspend = actions.add_parser(
         "suspend", help="refuse all mail from the account until unsuspended"
     )
@@ -32,7 +30,6 @@ def register(subparsers: Any) -> None:
     show.add_argument("account")
     for sub in (suspend, unsuspend, show):
         add_config_argument(sub)
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import signal
 from types import FrameType
 from typing import Any
 
-from sendwarden.cli import add_config_argument
+from sendwarden.cli import add_actions, add_command
 from sendwarden.commands import token
 from sendwarden.config import ConfigError, load_settings
 from sendwarden.decisionlog import configure_logging
@@ -23,15 +23,15 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "api",
+        run,
+        config=True,
         help="serve the consent HTTP API (or: api token create)",
         description="Serve the consent HTTP API in the foreground; SIGTERM stops it.",
     )
-    add_config_argument(parser)
-    actions = parser.add_subparsers(dest="action", metavar="ACTION")
-    token.register_under(actions)
-    parser.set_defaults(handler=run)
+    token.register_under(add_actions(parser, required=False))
 
 
 def split_listen(listen: str) -> tuple[str, int]:

@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sendwarden.cli import add_config_argument
+from sendwarden.cli import add_command
 from sendwarden.config import load_settings
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "check-config", help="validate a config file; exits non-zero naming the bad key"
+    add_command(
+        subparsers,
+        "check-config",
+        run,
+        config=True,
+        help="validate a config file; exits non-zero naming the bad key",
     )
-    add_config_argument(parser)
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

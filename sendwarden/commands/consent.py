@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from sendwarden.addresses import normalise_address
-from sendwarden.cli import add_config_argument
+from sendwarden.cli import add_actions, add_command, add_config_argument
 from sendwarden.config import Settings, load_settings
 from sendwarden.consent.csvimport import ImportFileError, ImportRejected, RowError, import_csv
 from sendwarden.consent.model import ConsentStore, EventKind
@@ -27,10 +27,10 @@ from sendwarden.consent.timeline import chain_dict, chain_words, render_dict, re
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "consent", help="consent records: import, show, verify, grant, revoke"
+    parser = add_command(
+        subparsers, "consent", run, help="consent records: import, show, verify, grant, revoke"
     )
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = add_actions(parser)
 
     importer = actions.add_parser(
         "import",
@@ -77,7 +77,6 @@ def register(subparsers: Any) -> None:
 
     for sub in (importer, show, verify, grant, revoke):
         add_config_argument(sub)
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

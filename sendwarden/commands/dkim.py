@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from sendwarden.addresses import normalise_domain
-from sendwarden.cli import add_config_argument
+from sendwarden.cli import add_actions, add_command, add_config_argument
 from sendwarden.config import load_settings
 from sendwarden.dkim.keys import KeyFileError, check_selector, generate_key, public_key_record
 
@@ -18,10 +18,8 @@ TXT_STRING_LIMIT = 255  # one DNS character-string; longer records are split
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "dkim", help="DKIM keys: generate one, print DNS records"
-    )
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    parser = add_command(subparsers, "dkim", run, help="DKIM keys: generate one, print DNS records")
+    actions = add_actions(parser)
     keygen = actions.add_parser(
         "keygen", help="write a new 2048-bit RSA key (mode 0600) and print its DNS TXT record"
     )
@@ -40,7 +38,6 @@ def register(subparsers: Any) -> None:
         "records", help="print the DNS TXT record of every key in the config"
     )
     add_config_argument(records)
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sendwarden.cli import add_config_argument
+from sendwarden.cli import add_command
 from sendwarden.config import load_settings
 from sendwarden.decisionlog import configure_logging
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "milter", help="run the milter in the foreground (SIGHUP reloads, SIGTERM stops)"
+    add_command(
+        subparsers,
+        "milter",
+        run,
+        config=True,
+        help="run the milter in the foreground (SIGHUP reloads, SIGTERM stops)",
     )
-    add_config_argument(parser)
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

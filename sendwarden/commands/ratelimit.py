@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sendwarden.cli import add_config_argument
+from sendwarden.cli import add_actions, add_command, add_config_argument
 from sendwarden.config import load_settings
 from sendwarden.policy.ratelimit import describe_moment, describe_period
 from sendwarden.ratelimit import counter_from_settings
@@ -15,10 +15,10 @@ from sendwarden.store.suspensions import RedisSuspensionStore
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "ratelimit", help="show or reset an account's recipients per hour"
+    parser = add_command(
+        subparsers, "ratelimit", run, help="show or reset an account's recipients per hour"
     )
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = add_actions(parser)
     status = actions.add_parser(
         "status", help="recipients used in the rolling hour, the limit, when capacity frees up"
     )
@@ -29,7 +29,6 @@ def register(subparsers: Any) -> None:
     reset.add_argument("account")
     for sub in (status, reset):
         add_config_argument(sub)
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

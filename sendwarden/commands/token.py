@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from sendwarden.cli import add_actions
 from sendwarden.consent.api import hash_token, mint_token
 
 
 def register_under(actions: Any) -> None:
     """Add ``token create`` under the ``api`` command's sub-actions."""
     token: argparse.ArgumentParser = actions.add_parser("token", help="manage API tokens")
-    token_actions = token.add_subparsers(dest="token_action", required=True, metavar="ACTION")
+    token_actions = add_actions(token, dest="token_action")
     create = token_actions.add_parser(
         "create", help="mint a token; prints it once with the config lines to add"
     )

@@ -15,15 +15,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from sendwarden.consent.ledger import canonical_time
-from sendwarden.consent.sqlbase import (
-    BACKEND,
-    COLUMNS,
-    SELECT_EVENTS,
-    Clock,
-    SqlConsentStore,
-    check_schema_version,
-    migrations,
-)
+from sendwarden.consent.sqlbase import BACKEND, COLUMNS, SELECT_EVENTS, Clock, SqlConsentStore
 from sendwarden.store import StoreError
 
 #: pg_advisory_xact_lock key serialising schema migrations across hosts ("swcm").
@@ -54,6 +46,11 @@ class PostgresConsentStore(SqlConsentStore[psycopg.Connection[Any]]):
     driver_errors = (psycopg.Error,)
     placeholder = "%s"
     times_are_text = False
+    dialect = "postgresql"
+    schema_table_sql = (
+        "CREATE TABLE IF NOT EXISTS consent_schema (version integer PRIMARY KEY, "
+        "name text NOT NULL, applied_at timestamptz NOT NULL)"
+    )
 
     def __init__(
         self,
@@ -89,32 +86,18 @@ class PostgresConsentStore(SqlConsentStore[psycopg.Connection[Any]]):
         )
         return conn
 
-    def _close_connection(self, conn: psycopg.Connection[Any]) -> None:
-        conn.close()
-
     def migrate(self) -> int:
         """Bring the schema up to date; hosts starting together wait for each other."""
         with (
             self._errors(f"migrating {self.where}"),
             self._pool.connection() as conn,
             conn.transaction(),
+            conn.cursor() as cursor,
         ):
-            conn.execute("SET LOCAL statement_timeout = 0")
-            conn.execute("SET LOCAL lock_timeout = 0")
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS consent_schema (version integer PRIMARY KEY, "
-                "name text NOT NULL, applied_at timestamptz NOT NULL)"
-            )
-            row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM consent_schema").fetchone()
-            known = migrations("postgresql")
-            for migration in check_schema_version(int(row[0]) if row else 0, known):
-                conn.execute(migration.sql.encode("utf-8"))  # no parameters: a script
-                conn.execute(
-                    "INSERT INTO consent_schema VALUES (%s, %s, %s)",
-                    (migration.version, migration.name, self._clock()),
-                )
-            return known[-1].version if known else 0
+            cursor.execute("SET LOCAL statement_timeout = 0")
+            cursor.execute("SET LOCAL lock_timeout = 0")
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            return self._apply_migrations(cursor)
 
     @contextlib.contextmanager
     def _append_transaction(self, conn: psycopg.Connection[Any]) -> Iterator[Any]:
@@ -134,6 +117,9 @@ class PostgresConsentStore(SqlConsentStore[psycopg.Connection[Any]]):
         with cursor.copy(f"COPY consent_events ({', '.join(COLUMNS)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
+
+    def _run_script(self, cursor: Any, sql: str) -> None:
+        cursor.execute(sql.encode("utf-8"))  # no parameters: a script
 
     def _time_from(self, value: Any) -> datetime:
         if isinstance(value, datetime):

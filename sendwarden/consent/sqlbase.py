@@ -2,8 +2,9 @@
 verification, migrations, a small connection pool, and turning every database
 failure into :class:`~sendwarden.store.StoreError`.
 
-A backend supplies the dialect: how to connect, lock the chain head for an append,
-bulk-insert rows, and run the few queries whose SQL differs.
+A backend supplies the dialect: how to connect, lock the chain head for an append
+(or the schema for a migration), bulk-insert rows, run a migration script, and run
+the few queries whose SQL differs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sendwarden.addresses import normalise_address
 from sendwarden.consent.ledger import (
@@ -45,8 +46,13 @@ SELECT_EVENTS = f"SELECT {', '.join(COLUMNS)} FROM consent_events"
 ANALYZE_AFTER = 10_000
 MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(sqlite|postgresql)\.sql$")
 
+
+class _Connection(Protocol):
+    def close(self) -> None: ...
+
+
 Clock = Callable[[], datetime]
-Conn = TypeVar("Conn")
+Conn = TypeVar("Conn", bound=_Connection)
 
 
 def utc_now() -> datetime:
@@ -171,6 +177,10 @@ class SqlConsentStore(ABC, Generic[Conn]):
     times_are_text = True
     #: The driver's parameter marker.
     placeholder = "?"
+    #: Which migration files apply (``NNNN_name.DIALECT.sql``).
+    dialect: str
+    #: CREATE TABLE IF NOT EXISTS of the table recording applied migrations.
+    schema_table_sql: str
 
     def __init__(self, *, timeout_ms: int, clock: Clock | None, pool_size: int) -> None:
         self.timeout_ms = timeout_ms
@@ -184,8 +194,8 @@ class SqlConsentStore(ABC, Generic[Conn]):
     @abstractmethod
     def _connect(self) -> Conn: ...
 
-    @abstractmethod
-    def _close_connection(self, conn: Conn) -> None: ...
+    def _close_connection(self, conn: Conn) -> None:
+        conn.close()
 
     @abstractmethod
     def _append_transaction(self, conn: Conn) -> contextlib.AbstractContextManager[Any]:
@@ -208,6 +218,10 @@ class SqlConsentStore(ABC, Generic[Conn]):
 
     @abstractmethod
     def _insert_rows(self, cursor: Any, rows: Iterable[tuple[Any, ...]]) -> None: ...
+
+    @abstractmethod
+    def _run_script(self, cursor: Any, sql: str) -> None:
+        """Run a migration file (several statements, no parameters)."""
 
     @abstractmethod
     def _time_from(self, value: Any) -> datetime:
@@ -240,6 +254,27 @@ class SqlConsentStore(ABC, Generic[Conn]):
                 str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             )
             raise StoreError(BACKEND, f"{what}: {detail}") from error
+
+    def _apply_migrations(self, cursor: Any) -> int:
+        """Bring the schema up to date in the caller's transaction, which must keep
+        other processes from migrating at the same time; returns the schema version."""
+        self._query(cursor, self.schema_table_sql, ())
+        rows = self._query(cursor, "SELECT COALESCE(MAX(version), 0) FROM consent_schema", ())
+        known = migrations(self.dialect)
+        p = self.placeholder
+        for migration in check_schema_version(int(rows[0][0]) if rows else 0, known):
+            self._run_script(cursor, migration.sql)
+            applied_at = self._clock()
+            self._query(
+                cursor,
+                f"INSERT INTO consent_schema VALUES ({p}, {p}, {p})",
+                (
+                    migration.version,
+                    migration.name,
+                    canonical_time(applied_at) if self.times_are_text else applied_at,
+                ),
+            )
+        return known[-1].version if known else 0
 
     def _row(
         self, seq: int, event: NewEvent, recorded_at: datetime, prev: str

@@ -11,15 +11,8 @@ from collections.abc import Generator, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sendwarden.consent.ledger import canonical_time, parse_canonical_time
-from sendwarden.consent.sqlbase import (
-    COLUMNS,
-    SELECT_EVENTS,
-    Clock,
-    SqlConsentStore,
-    check_schema_version,
-    migrations,
-)
+from sendwarden.consent.ledger import parse_canonical_time
+from sendwarden.consent.sqlbase import COLUMNS, SELECT_EVENTS, Clock, SqlConsentStore
 
 MEMORY = ":memory:"
 APPEND_CACHE_KIB = 256 * 1024
@@ -39,6 +32,11 @@ WHERE (SELECT e.kind FROM consent_events AS e
 
 class SQLiteConsentStore(SqlConsentStore[sqlite3.Connection]):
     driver_errors = (sqlite3.Error,)
+    dialect = "sqlite"
+    schema_table_sql = (
+        "CREATE TABLE IF NOT EXISTS consent_schema ("
+        "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
 
     def __init__(
         self,
@@ -74,9 +72,6 @@ class SQLiteConsentStore(SqlConsentStore[sqlite3.Connection]):
         conn.execute(f"PRAGMA cache_size = -{READ_CACHE_KIB}")
         return conn
 
-    def _close_connection(self, conn: sqlite3.Connection) -> None:
-        conn.close()
-
     def close(self) -> None:
         super().close()
         if self._memory_keeper is not None:
@@ -89,22 +84,7 @@ class SQLiteConsentStore(SqlConsentStore[sqlite3.Connection]):
         with self._errors(f"opening {self.path}"), self._pool.connection() as conn:
             conn.execute("PRAGMA journal_mode = WAL")  # readers never wait for a writer
             with _transaction(conn, "BEGIN IMMEDIATE") as cursor:
-                cursor.execute(
-                    "CREATE TABLE IF NOT EXISTS consent_schema ("
-                    "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-                )
-                (current,) = cursor.execute(
-                    "SELECT COALESCE(MAX(version), 0) FROM consent_schema"
-                ).fetchone()
-                known = migrations("sqlite")
-                for migration in check_schema_version(int(current), known):
-                    for statement in _statements(migration.sql):
-                        cursor.execute(statement)
-                    cursor.execute(
-                        "INSERT INTO consent_schema VALUES (?, ?, ?)",
-                        (migration.version, migration.name, canonical_time(self._clock())),
-                    )
-                return known[-1].version if known else 0
+                return self._apply_migrations(cursor)
 
     @contextlib.contextmanager
     def _append_transaction(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Cursor]:
@@ -122,6 +102,10 @@ class SQLiteConsentStore(SqlConsentStore[sqlite3.Connection]):
 
     def _insert_rows(self, cursor: Any, rows: Iterable[tuple[Any, ...]]) -> None:
         cursor.executemany(_INSERT, rows)
+
+    def _run_script(self, cursor: Any, sql: str) -> None:
+        for statement in _statements(sql):
+            cursor.execute(statement)
 
     def _time_from(self, value: Any) -> datetime:
         return parse_canonical_time(str(value))
