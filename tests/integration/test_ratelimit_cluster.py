@@ -4,10 +4,6 @@ script touching keys of two slots would fail here."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,45 +13,34 @@ from redis.cluster import RedisCluster
 from sendwarden.ratelimit import RecipientCounter, SuspensionPolicy
 from sendwarden.store.suspensions import RedisSuspensionStore
 from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer
+from tests.support.service import wait_until
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisCluster]:
-    directory = tempfile.mkdtemp(prefix="sw-redis-cluster-")
-    port = free_port()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", directory,
-         "--save", "", "--appendonly", "no", "--cluster-enabled", "yes",
-         "--cluster-config-file", f"{directory}/nodes.conf"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    # The cluster bus port is given explicitly: by default it is port + 10000, which
+    # does not exist when the kernel hands out a port above 55535.
+    server = RedisServer(
+        extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    "--cluster-port", str(free_port())],
     )  # fmt: skip
-    try:
-        node = redis.Redis(port=port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                node.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        while b"cluster_state:ok" not in node.execute_command("CLUSTER", "INFO"):
-            if time.monotonic() > deadline:
-                pytest.fail("one-node Redis cluster did not become ready")
-            time.sleep(0.05)
+    with server:
+        node = redis.Redis(host=server.host, port=server.port)
+        node.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        wait_until(
+            lambda: b"cluster_state:ok" in node.execute_command("CLUSTER", "INFO"),
+            10,
+            "one-node Redis cluster did not become ready",
+        )
         node.close()
-        client = RedisCluster(host="127.0.0.1", port=port)
+        client = RedisCluster(host=server.host, port=server.port)
         yield client
         client.close()
-    finally:
-        process.terminate()
-        process.wait(10)
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_crossslot_is_enforced_by_this_cluster(cluster: RedisCluster) -> None:
-    node = redis.Redis(port=cluster.get_default_node().port)
+    node = redis.Redis(host="127.0.0.1", port=cluster.get_default_node().port)
     with pytest.raises(redis.ResponseError, match="same slot"):  # CROSSSLOT
         node.eval("return redis.call('MGET', KEYS[1], KEYS[2])", 2, "a", "b")
     node.close()

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.support.ports import free_port
@@ -37,11 +38,13 @@ class RedisServer(ProcessService):
         *,
         binary: str = "redis-server",
         start_timeout: float = 10.0,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.port: int = port if port is not None else free_port()
         self.host = "127.0.0.1"
         self.binary = binary
         self.start_timeout = start_timeout
+        self.extra_args = tuple(extra_args)
         self.root = Path(tempfile.mkdtemp(prefix="sw-redis-"))
         self.log_path = self.root / "redis.log"
 
@@ -64,6 +67,7 @@ class RedisServer(ProcessService):
             "--daemonize", "no",
             "--logfile", str(self.log_path),
             "--databases", "16",
+            *self.extra_args,
         ]  # fmt: skip
         self._proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
