@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import Milter
 
 from sendwarden.addresses import strip_brackets
+from sendwarden.milter.generations import Lease
 from sendwarden.milter.pickup import submitting_uid
 from sendwarden.milter.replies import render
 from sendwarden.pipeline import Pipeline
@@ -67,15 +68,15 @@ def guarded(callback: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _no_pipeline() -> Pipeline:
+def _no_pipeline() -> Lease:
     raise RuntimeError("set_pipeline_source() was not called before the milter started")
 
 
-_pipeline_source: Callable[[], Pipeline] = _no_pipeline
+_pipeline_source: Callable[[], Lease] = _no_pipeline
 
 
-def set_pipeline_source(source: Callable[[], Pipeline]) -> None:
-    """Where new connections get the current pipeline (swapped on reload)."""
+def set_pipeline_source(source: Callable[[], Lease]) -> None:
+    """Where new connections lease their pipeline (a new one after each reload)."""
     global _pipeline_source
     _pipeline_source = source
 
@@ -106,7 +107,8 @@ class SendwardenMilter(Milter.Base):  # type: ignore[misc]
     """One instance per MTA connection; transactions follow one another on it."""
 
     def __init__(self) -> None:
-        self.pipeline: Pipeline = _pipeline_source()  # fixed for the connection's life
+        # Fixed for the connection's life; given back when the connection closes.
+        self.pipeline, self._release_pipeline = _pipeline_source()
         self.client = Client(address=None)
         self.txn: Transaction | None = None
 
@@ -184,9 +186,11 @@ class SendwardenMilter(Milter.Base):  # type: ignore[misc]
             self.pipeline.abort(txn)
         return int(Milter.CONTINUE)
 
-    @guarded
     def close(self) -> int:
-        return self.abort()
+        try:
+            return self.abort()  # guarded: never raises
+        finally:
+            self._release_pipeline()
 
     def _apply(self, changes: MessageChanges) -> None:
         """Header and recipient edits the checks asked for (end of message only)."""

@@ -22,7 +22,7 @@ import milter as libmilter
 
 from sendwarden.config import ConfigError, Settings, load_settings
 from sendwarden.milter.adapter import milter_class, set_pipeline_source
-from sendwarden.pipeline import Pipeline
+from sendwarden.milter.generations import Generations
 from sendwarden.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
@@ -31,13 +31,14 @@ log = logging.getLogger(__name__)
 class MilterServer:
     def __init__(self, config_path: str | Path, settings: Settings) -> None:
         self.config_path = Path(config_path)
-        self.runtime: Runtime = build_runtime(settings)
-        self._retired: list[Runtime] = []
+        self.generations: Generations[Runtime] = Generations(build_runtime(settings))
         self._stopping = threading.Event()
-        set_pipeline_source(self.current_pipeline)
+        set_pipeline_source(self.generations.lease)
 
-    def current_pipeline(self) -> Pipeline:
-        return self.runtime.pipeline
+    @property
+    def runtime(self) -> Runtime:
+        """The configuration new connections get."""
+        return self.generations.current
 
     # -- reload -------------------------------------------------------------------
 
@@ -50,10 +51,14 @@ class MilterServer:
             return False
         if settings.milter.socket != self.runtime.settings.milter.socket:
             log.warning("milter.socket changed; the new socket takes effect only after a restart")
-        self._retired.append(self.runtime)
-        self.runtime = build_runtime(settings)
-        Milter.factory = milter_class(self.runtime.pipeline)
-        log.info("configuration reloaded from %s", self.config_path)
+        runtime = build_runtime(settings)
+        Milter.factory = milter_class(runtime.pipeline)
+        self.generations.replace(runtime)
+        log.info(
+            "configuration reloaded from %s (%d earlier ones still finish connections)",
+            self.config_path,
+            self.generations.retired_in_use,
+        )
         return True
 
     # -- run ----------------------------------------------------------------------
@@ -96,9 +101,7 @@ class MilterServer:
         while not self._stopping.wait(1.0):
             pass
         worker.join(timeout=30)
-        self.runtime.close()
-        for runtime in self._retired:
-            runtime.close()
+        self.generations.close()
         _remove_socket_path(spec)
         if failure:
             log.error("libmilter stopped: %s", failure[0])

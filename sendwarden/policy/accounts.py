@@ -84,4 +84,3 @@ def is_trusted(address: IPAddress | None, networks: Iterable[IPNetwork]) -> bool
     if address is None:
         return False
     return any(address.version == net.version and address in net for net in networks)
-

@@ -162,6 +162,29 @@ def test_sighup_reloads_and_a_bad_config_is_refused(rig: Rig) -> None:
     rig.sink.wait_for(1)
 
 
+def test_a_session_open_across_a_reload_keeps_its_rules_then_frees_them(rig: Rig) -> None:
+    assert rig.milter is not None and rig.config_path is not None and rig.milter.pid
+    original = rig.config_path.read_text()
+    with rig.smtp() as client:  # Postfix opened its milter connection at connect time
+        rig.config_path.write_text(
+            original.replace(
+                'local_domains = ["hosting.example"]',
+                'local_domains = ["hosting.example", "remote.example"]',
+            )
+        )
+        os.kill(rig.milter.pid, signal.SIGHUP)
+        rig.milter.wait_for_log("(1 earlier ones still finish connections)")
+        # This session still runs on the old rules: relaying to remote.example is refused.
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            client.sendmail("someone@elsewhere.example", ["bob@remote.example"], MESSAGE)
+        assert "previous configuration closed" not in rig.milter.log()
+    # Its end frees the old configuration; new sessions get the new rules.
+    rig.milter.wait_for_log("previous configuration closed: its last connection ended")
+    with rig.smtp() as client:
+        assert client.sendmail("someone@elsewhere.example", ["bob@remote.example"], MESSAGE) == {}
+    rig.sink.wait_for(1)
+
+
 def test_sigterm_stops_cleanly(rig: Rig) -> None:
     assert rig.milter is not None
     assert rig.milter.stop() == 0

@@ -70,7 +70,7 @@ def make_ctx(*extra: Check) -> tuple[MtaCtx, MemorySuspensions]:
     suspensions = MemorySuspensions()
     checks = [SuspensionCheck(suspensions), RelayCheck(SETTINGS.policy.local_domains), *extra]
     pipeline = Pipeline(SETTINGS, checks)
-    set_pipeline_source(lambda: pipeline)
+    set_pipeline_source(lambda: (pipeline, lambda: None))
     Milter.factory = milter_class(pipeline)
     return MtaCtx(), suspensions
 
