@@ -5,7 +5,8 @@ before the one that crosses the limit go through and the rest are deferred.
 sendmail(1) mail is judged whole at end of message: all its recipients are
 reserved in one round trip, or none. A transaction that ends without being
 accepted (refused later, aborted, connection lost) returns what it reserved, to
-the very buckets it reserved in.
+the very buckets it reserved in; when Redis is down at that moment, the refund is
+owed and paid before the next reservation.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from sendwarden.policy.ratelimit import (
 from sendwarden.policy.suspension import Suspension, suspension_verdict
 from sendwarden.policy.verdict import Action, Verdict
 from sendwarden.ratelimit.counter import Decision
+from sendwarden.ratelimit.owed import OwedRefunds
+from sendwarden.store import StoreError
 
 KEEPS_QUOTA = (Action.CONTINUE, Action.ACCEPT)
 
@@ -62,6 +65,7 @@ class RecipientRateCheck(Check):
         self._suspend_after = settings.ratelimit.suspend_after
         self._suspend_period = settings.ratelimit.suspend_period
         self._reasons: dict[int, str] = {}
+        self._owed = OwedRefunds()
 
     def at_rcpt(self, txn: Transaction, recipient: str) -> Verdict | None:
         account = txn.account
@@ -77,6 +81,8 @@ class RecipientRateCheck(Check):
                 return too_many_recipients_verdict(account.id, limit, cost)
         else:
             cost = 1
+        if self._owed:
+            self._owed.pay(self._counter.refund)
         decision = self._counter.reserve(account.id, cost, limit, self._reason(limit))
         if decision.admitted:
             reservations.add(decision.bucket, cost)
@@ -110,7 +116,11 @@ class RecipientRateCheck(Check):
             or verdict.action in KEEPS_QUOTA
         ):
             return
-        self._counter.refund(txn.account.id, reservations.buckets)
+        try:
+            self._counter.refund(txn.account.id, reservations.buckets)
+        except StoreError:
+            self._owed.add(txn.account.id, reservations.buckets)
+            raise
 
     def _reservations(self, txn: Transaction) -> Reservations:
         reservations = txn.scratch.get(self.name)

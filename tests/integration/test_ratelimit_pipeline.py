@@ -155,6 +155,27 @@ def test_redis_outage_tempfails_logs_once_and_recovers(
     assert used(client, settings, "acme") == 1  # a restarted, empty Redis
 
 
+def test_quota_of_a_message_aborted_during_an_outage_is_given_back_later(
+    setup: Any, redis_server: RedisServer
+) -> None:
+    pipeline, client, settings = setup
+    txn = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="alice@acme.example")
+    pipeline.mail(txn)
+    for rcpt in ["a@x.net", "b@x.net", "c@x.net"]:
+        assert pipeline.rcpt(txn, rcpt).reply() == ""
+    assert redis_server.command("SAVE") == b"+OK\r\n"  # the counts survive the restart
+    redis_server.stop()
+    try:
+        pipeline.abort(txn)  # the refund fails: Redis is down
+    finally:
+        redis_server.start()
+        (redis_server.root / "dump.rdb").unlink()  # later restarts must start empty
+    assert used(client, settings, "acme") == 3
+    # The next reservation pays what was owed first.
+    assert send(pipeline, "alice@acme.example", ["d@x.net"]) == ["", ""]
+    assert used(client, settings, "acme") == 1
+
+
 def test_redis_outage_with_on_store_error_accept(redis_server: RedisServer) -> None:
     settings = settings_from_mapping(config(redis_server.url, on_store_error="accept"))
     client = connect(settings.redis)
