@@ -318,6 +318,86 @@ def _parse_dkim_keys(value: Any, key: str) -> tuple[DkimKey, ...]:
     return tuple(keys)
 
 
+#: Most addresses ``alerts.monitored_networks`` may expand to: each is looked up in every
+#: zone on every sweep, and public DNSBLs throttle heavy users.
+MAX_MONITORED_ADDRESSES = 4096
+
+
+def _monitored_networks(value: Any, key: str) -> tuple[IPNetwork, ...]:
+    networks = _parse_networks(value, key)
+    total = sum(network.num_addresses for network in networks)
+    if total > MAX_MONITORED_ADDRESSES:
+        raise ConfigError(
+            key,
+            f"covers {total} addresses; list the provider's sending addresses "
+            f"(at most {MAX_MONITORED_ADDRESSES})",
+        )
+    return networks
+
+
+def parse_dns_server(text: str) -> tuple[str, int]:
+    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT``: a resolver to ask (port 53 by default)."""
+    host, port = text, 53
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r}: expected [IPv6]:PORT")
+        if rest:
+            port = int(rest[1:]) if rest[1:].isdigit() else -1
+    elif text.count(":") == 1:
+        host, _, digits = text.partition(":")
+        port = int(digits) if digits.isdigit() else -1
+    if not 0 < port < 65536:
+        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: expected a resolver's IP address, e.g. 127.0.0.1:53") from None
+    return host, port
+
+
+def _dns_servers(value: Any, key: str) -> tuple[tuple[str, int], ...]:
+    items = _convert(tuple[str, ...], value, key)
+    servers = []
+    for index, item in enumerate(items):
+        try:
+            servers.append(parse_dns_server(item))
+        except ValueError as error:
+            raise ConfigError(f"{key}[{index}]", str(error)) from None
+    return tuple(servers)
+
+
+def _webhook_url(value: Any, key: str) -> str:
+    text = typing.cast(str, _convert(str, value, key))
+    if text and not text.startswith(("http://", "https://")):
+        raise ConfigError(key, f"{text!r}: expected an http:// or https:// URL")
+    return text
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """``sendwarden alerts``: DNSBL listings of the provider's addresses and accounts
+    whose behaviour puts them at risk, reported to the abuse desk."""
+
+    monitored_networks: tuple[IPNetwork, ...] = parsed(_monitored_networks, default=())
+    dnsbl_zones: tuple[str, ...] = parsed(
+        _parse_domains, default=("zen.spamhaus.org", "bl.spamcop.net", "b.barracudacentral.org")
+    )
+    # Resolvers to ask; empty: the system's (/etc/resolv.conf). Spamhaus refuses
+    # queries that come through large public resolvers.
+    dns_servers: tuple[tuple[str, int], ...] = parsed(_dns_servers, default=())
+    dns_timeout_ms: int = parsed(_positive, default=2000)
+    interval: int = parsed(_duration, default=900)  # seconds between sweeps
+    remind_after: int = parsed(_duration, default=86400)  # repeat an alert still true
+    # An account refused this many times in the rolling hour (rate limit, forged or
+    # impersonating headers, bulk mail without consent, ...) is at risk; 0: never.
+    risk_refusals_per_hour: int = parsed(_non_negative, default=25)
+    mail_to: tuple[str, ...] = ()  # the abuse desk's addresses
+    mail_from: str = "sendwarden@localhost"
+    smtp_server: str = parsed(_listen, default="127.0.0.1:25")  # where alert mail is sent
+    webhook_url: str = parsed(_webhook_url, default="")  # POSTed one JSON object per alert
+
+
 @dataclass(frozen=True)
 class Account:
     id: str
@@ -339,6 +419,7 @@ class Settings:
     ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
     log: LogSettings = field(default_factory=LogSettings)
     dkim: tuple[DkimKey, ...] = parsed(_parse_dkim_keys, default=())
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     accounts: tuple[Account, ...] = ()
 
     def account(self, account_id: str) -> Account:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from sendwarden.checks.base import Check
 from sendwarden.config import Settings
@@ -49,6 +50,13 @@ class StoreHealth:
             log.warning("%s is available again", backend)
 
 
+class DecisionObserver(Protocol):
+    """Told of every decision the log records (a refused recipient, a finished
+    message); feeds metrics and alerts. Runs on the MTA's time: keep it short."""
+
+    def observe(self, txn: Transaction, stage: str, verdict: Verdict) -> None: ...
+
+
 class Pipeline:
     """The checks of one configuration, in order. Safe to share between threads."""
 
@@ -57,9 +65,11 @@ class Pipeline:
         settings: Settings,
         checks: Sequence[Check],
         directory: AccountDirectory | None = None,
+        observers: Sequence[DecisionObserver] = (),
     ) -> None:
         self.settings = settings
         self.checks = tuple(checks)
+        self.observers = tuple(observers)
         self.directory = directory or AccountDirectory(settings.accounts)
         self.needs_body = any(check.needs_body for check in self.checks)
         self.health = StoreHealth()
@@ -94,7 +104,7 @@ class Pipeline:
         if not txn.client.local_submission:
             verdict = self._run(txn, lambda check: check.at_rcpt(txn, recipient))
             if verdict.is_final:
-                log_decision(decision_record(txn, "rcpt", verdict, self._trace(txn), recipient))
+                self._decided(txn, "rcpt", verdict, recipient)
                 return verdict
         txn.recipients.append(recipient)
         return CONTINUE
@@ -188,8 +198,18 @@ class Pipeline:
             except Exception:
                 log.exception("%s failed to settle a transaction", check.name)
         if log_it:
-            log_decision(decision_record(txn, stage, verdict, self._trace(txn)))
+            self._decided(txn, stage, verdict)
         return verdict
+
+    def _decided(
+        self, txn: Transaction, stage: str, verdict: Verdict, recipient: str | None = None
+    ) -> None:
+        log_decision(decision_record(txn, stage, verdict, self._trace(txn), recipient))
+        for observer in self.observers:
+            try:
+                observer.observe(txn, stage, verdict)
+            except Exception:  # an observer never changes what happens to the mail
+                log.exception("decision observer %s failed", type(observer).__name__)
 
     @staticmethod
     def _trace(txn: Transaction) -> RuleTrace:

@@ -1,0 +1,25 @@
+"""What the sweeps hand to the alert rules: facts that are true right now."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Kind = Literal["dnsbl-listing", "account-at-risk", "account-suspended"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One condition the abuse desk should know about while it lasts.
+
+    ``key`` names the condition across sweeps (``dnsbl:192.0.2.10:zen.spamhaus.org``,
+    ``risk:acme``), so the rules can tell a new condition from one already reported
+    and from one that has ended.
+    """
+
+    key: str
+    kind: Kind
+    subject: str  # one line, for a mail subject or a chat message
+    lines: tuple[str, ...] = ()  # the body: what was seen and what to do
+    facts: Mapping[str, Any] = field(default_factory=dict)  # for the JSON webhook
