@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Kind = Literal["dnsbl-listing", "account-at-risk", "account-suspended"]
+#: The kinds of finding (``Finding.kind``).
+DNSBL_LISTING = "dnsbl-listing"
+ACCOUNT_AT_RISK = "account-at-risk"
+ACCOUNT_SUSPENDED = "account-suspended"
+MONITORING_FAILED = "monitoring-failed"  # a sweep could not look at all
 
 
 @dataclass(frozen=True)
@@ -19,7 +23,7 @@ class Finding:
     """
 
     key: str
-    kind: Kind
+    kind: str  # one of the kinds above
     subject: str  # one line, for a mail subject or a chat message
     lines: tuple[str, ...] = ()  # the body: what was seen and what to do
     facts: Mapping[str, Any] = field(default_factory=dict)  # for the JSON webhook
