@@ -24,6 +24,8 @@ COMMAND_MODULES = (
     "sendwarden.commands.ratelimit",
     "sendwarden.commands.api",
     "sendwarden.commands.consent",
+    "sendwarden.commands.dnsbl",
+    "sendwarden.commands.alerts",
 )
 DEFAULT_CONFIG = "/etc/sendwarden/sendwarden.toml"
 Handler = Callable[[argparse.Namespace], int]

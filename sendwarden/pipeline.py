@@ -5,7 +5,6 @@ protocol work of its own."""
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -15,39 +14,13 @@ from sendwarden.decisionlog import RuleTrace, decision_record, log_decision
 from sendwarden.policy.accounts import AccountDirectory, is_trusted
 from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.verdict import CONTINUE, Action, Verdict, tempfail
-from sendwarden.store import StoreError
+from sendwarden.store import StoreError, StoreHealth
 
 log = logging.getLogger(__name__)
 
 STORE_RULE = "store-unavailable"
 TRACE = "_trace"
-
-
-class StoreHealth:
-    """Logs a storage outage once when it starts and once when it ends, not per message."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._down: set[str] = set()
-
-    def failed(self, error: StoreError) -> None:
-        with self._lock:
-            if error.backend in self._down:
-                return
-            self._down.add(error.backend)
-        log.error(
-            "%s is unavailable (%s); on_store_error decides until it is back",
-            error.backend,
-            error.detail,
-        )
-
-    def succeeded(self) -> None:
-        if not self._down:
-            return
-        with self._lock:
-            recovered, self._down = self._down, set()
-        for backend in sorted(recovered):
-            log.warning("%s is available again", backend)
+STORE_FAILED = "_store_failed"  # txn.scratch: a store failed during this transaction
 
 
 class DecisionObserver(Protocol):
@@ -72,7 +45,7 @@ class Pipeline:
         self.observers = tuple(observers)
         self.directory = directory or AccountDirectory(settings.accounts)
         self.needs_body = any(check.needs_body for check in self.checks)
-        self.health = StoreHealth()
+        self.health = StoreHealth(log, "on_store_error decides until it is back")
 
     # -- transaction life cycle -------------------------------------------------
 
@@ -163,12 +136,12 @@ class Pipeline:
             try:
                 verdict = hook(check)
             except StoreError as error:
+                txn.scratch[STORE_FAILED] = True
                 self.health.failed(error)
                 verdict = self._store_failed(txn, check, error)
             trace.ran(check.name, verdict is not None and verdict.is_final)
             if verdict is not None and verdict.is_final:
                 return verdict
-        self.health.succeeded()
         return CONTINUE
 
     def _store_failed(self, txn: Transaction, check: Check, error: StoreError) -> Verdict | None:
@@ -194,9 +167,15 @@ class Pipeline:
             try:
                 check.after_verdict(txn, verdict)
             except StoreError as error:
+                txn.scratch[STORE_FAILED] = True
                 self.health.failed(error)
             except Exception:
                 log.exception("%s failed to settle a transaction", check.name)
+        if not txn.scratch.get(STORE_FAILED):
+            # A whole transaction without a store failure: an outage is over. (Not one
+            # stage: with on_store_error = "accept" the stages after a failure still
+            # run, and most touch no store.)
+            self.health.succeeded()
         if log_it:
             self._decided(txn, stage, verdict)
         return verdict

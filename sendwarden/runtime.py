@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import redis
 
+from sendwarden.alerts.risk import RiskRecorder, RiskStore
 from sendwarden.checks.attachments import AttachmentCheck
 from sendwarden.checks.base import Check
 from sendwarden.checks.identity import IdentityCheck
@@ -67,4 +68,6 @@ def build_runtime(settings: Settings) -> Runtime:
     client = connect(settings.redis)
     directory = AccountDirectory(settings.accounts)  # one index, shared by pipeline and checks
     checks = build_checks(settings, client, directory)
-    return Runtime(settings, client, Pipeline(settings, checks, directory))
+    # Counts refusals that put the provider's addresses at risk, for the alert sweep.
+    risk = RiskRecorder(RiskStore(client, settings.redis.key_prefix))
+    return Runtime(settings, client, Pipeline(settings, checks, directory, observers=[risk]))

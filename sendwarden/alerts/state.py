@@ -55,7 +55,7 @@ class ReportedStore:
         with redis_errors("saving the reported alerts"):
             pipe = self._client.pipeline(transaction=False)
             if changed:
-                pipe.hset(self.key, mapping=changed)  # type: ignore[arg-type]
+                pipe.hset(self.key, mapping=changed)
             if gone:
                 pipe.hdel(self.key, *gone)
             pipe.execute()

@@ -176,18 +176,25 @@ def test_quota_of_a_message_aborted_during_an_outage_is_given_back_later(
     assert used(client, settings, "acme") == 1
 
 
-def test_redis_outage_with_on_store_error_accept(redis_server: RedisServer) -> None:
+def test_redis_outage_with_on_store_error_accept(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = settings_from_mapping(config(redis_server.url, on_store_error="accept"))
     client = connect(settings.redis)
     pipeline = Pipeline(
         settings, [RecipientRateCheck(counter_from_settings(settings, client), settings)]
     )
+    caplog.set_level(logging.WARNING, logger="sendwarden.pipeline")
     redis_server.stop()
     try:
-        assert send(pipeline, "alice@acme.example", ["a@x.net"]) == ["", ""]
+        for _ in range(3):
+            assert send(pipeline, "alice@acme.example", ["a@x.net"]) == ["", ""]
     finally:
         redis_server.start()
         client.close()
+    messages = [record.getMessage() for record in caplog.records]
+    assert len([m for m in messages if "unavailable" in m]) == 1, messages
+    assert not [m for m in messages if "available again" in m], messages
 
 
 def test_cli_status_and_reset(

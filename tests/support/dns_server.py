@@ -1,5 +1,7 @@
-"""A tiny authoritative DNS server on 127.0.0.1 (UDP) answering TXT queries, built with
-dnspython, so DKIM tests look keys up over real DNS instead of a dict.
+"""A tiny authoritative DNS server on 127.0.0.1 (UDP), built with dnspython, so tests
+look names up over real DNS instead of a dict: TXT records for DKIM keys, A and TXT
+records for DNSBL listings, and zones that misbehave (never answer, answer SERVFAIL)
+for the failures a DNSBL sweep must survive.
 
 Records are published as a zone would hold them: a long TXT value is split into
 character-strings of at most 255 bytes, and the resolver side (:meth:`dnsfunc`) joins
@@ -8,9 +10,11 @@ them back the way dkimpy's own DNS plug does.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 from collections.abc import Sequence
+from typing import Self
 
 import dns.flags
 import dns.message
@@ -27,15 +31,20 @@ from tests.support.service import Service
 MAX_STRING = 255  # one DNS character-string
 
 
-class TxtDnsServer(Service):
-    """Serves ``publish()``-ed TXT records; every other name is NXDOMAIN."""
+class DnsServer(Service):
+    """Serves ``publish()``-ed TXT and ``publish_a()``-ed A records; every other name is
+    NXDOMAIN, except under zones made ``unanswered()`` (dropped) or ``failing()``
+    (SERVFAIL)."""
 
     def __init__(self, port: int | None = None, ttl: int = 60) -> None:
         self.host = "127.0.0.1"
         self.port: int = port if port is not None else free_port()
         self.ttl = ttl
         self.queries: list[str] = []
-        self._records: dict[dns.name.Name, list[list[bytes]]] = {}
+        # name -> record type -> the records' texts, in zone-file syntax
+        self._records: dict[dns.name.Name, dict[dns.rdatatype.RdataType, list[str]]] = {}
+        self._unanswered: set[dns.name.Name] = set()
+        self._failing: set[dns.name.Name] = set()
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -48,17 +57,35 @@ class TxtDnsServer(Service):
             strings = [raw[i : i + MAX_STRING] for i in range(0, len(raw), MAX_STRING)] or [b""]
         else:
             strings = [part.encode() for part in value]
-        with self._lock:
-            self._records.setdefault(dns.name.from_text(name), []).append(strings)
+        self._add(name, dns.rdatatype.TXT, " ".join(_quoted(part) for part in strings))
 
-    def start(self) -> TxtDnsServer:
+    def publish_a(self, name: str, address: str) -> None:
+        """Add an A record (a DNSBL listing code such as 127.0.0.2)."""
+        self._add(name, dns.rdatatype.A, str(ipaddress.IPv4Address(address)))
+
+    def unanswered(self, zone: str) -> None:
+        """Drop every query for ``zone`` and names under it: the client times out."""
+        with self._lock:
+            self._unanswered.add(dns.name.from_text(zone))
+
+    def failing(self, zone: str) -> None:
+        """Answer SERVFAIL for ``zone`` and names under it."""
+        with self._lock:
+            self._failing.add(dns.name.from_text(zone))
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT``, as ``alerts.dns_servers`` takes it."""
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> Self:
         if self._sock is not None:
             return self
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind((self.host, self.port))
         sock.settimeout(0.2)
         self._sock = sock
-        self._thread = threading.Thread(target=self._serve, name="txt-dns", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="test-dns", daemon=True)
         self._thread.start()
         return self
 
@@ -81,6 +108,11 @@ class TxtDnsServer(Service):
                     return b"".join(rdata.strings)
         return None
 
+    def _add(self, name: str, rdtype: dns.rdatatype.RdataType, text: str) -> None:
+        with self._lock:
+            by_type = self._records.setdefault(dns.name.from_text(name), {})
+            by_type.setdefault(rdtype, []).append(text)
+
     def _serve(self) -> None:
         while self._sock is not None:
             sock = self._sock
@@ -94,9 +126,12 @@ class TxtDnsServer(Service):
                 query = dns.message.from_wire(wire)
             except Exception:  # a malformed packet: a real server drops it too
                 continue
-            sock.sendto(self._answer(query).to_wire(), peer)
+            response = self._answer(query)
+            if response is not None:
+                sock.sendto(response.to_wire(), peer)
 
-    def _answer(self, query: dns.message.Message) -> dns.message.Message:
+    def _answer(self, query: dns.message.Message) -> dns.message.Message | None:
+        """The response to ``query``; None to leave it unanswered."""
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
         if not query.question:
@@ -105,19 +140,30 @@ class TxtDnsServer(Service):
         question = query.question[0]
         self.queries.append(question.name.to_text())
         with self._lock:
+            if _under(question.name, self._unanswered):
+                return None
+            if _under(question.name, self._failing):
+                response.set_rcode(dns.rcode.SERVFAIL)
+                return response
             records = self._records.get(question.name)
+            texts = list(records.get(question.rdtype, ())) if records is not None else []
         if records is None:
             response.set_rcode(dns.rcode.NXDOMAIN)
-        elif question.rdtype == dns.rdatatype.TXT:
-            rrset = dns.rrset.from_text_list(
-                question.name,
-                self.ttl,
-                dns.rdataclass.IN,
-                dns.rdatatype.TXT,
-                [" ".join(_quoted(part) for part in strings) for strings in records],
+        elif texts:  # else NOERROR with no answer: the name exists, this type does not
+            response.answer.append(
+                dns.rrset.from_text_list(
+                    question.name, self.ttl, dns.rdataclass.IN, question.rdtype, texts
+                )
             )
-            response.answer.append(rrset)
         return response
+
+
+#: The name the DKIM tests know it by.
+TxtDnsServer = DnsServer
+
+
+def _under(name: dns.name.Name, zones: set[dns.name.Name]) -> bool:
+    return any(name.is_subdomain(zone) for zone in zones)
 
 
 def _quoted(part: bytes) -> str:

@@ -157,6 +157,7 @@ def test_store_down_tempfails_with_451_4_3_0(caplog: pytest.LogCaptureFixture) -
     caplog.set_level(logging.WARNING, logger="sendwarden.pipeline")
     txn = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="a@acme.example")
     assert pipeline.mail(txn).action is Action.CONTINUE
+    pipeline.eom(txn)  # the first whole transaction without a store failure
     assert any("available again" in r.getMessage() for r in caplog.records)
 
 
