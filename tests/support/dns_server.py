@@ -63,6 +63,11 @@ class DnsServer(Service):
         """Add an A record (a DNSBL listing code such as 127.0.0.2)."""
         self._add(name, dns.rdatatype.A, str(ipaddress.IPv4Address(address)))
 
+    def withdraw(self, name: str) -> None:
+        """Remove every record at ``name`` (a delisting): it is NXDOMAIN again."""
+        with self._lock:
+            self._records.pop(dns.name.from_text(name), None)
+
     def unanswered(self, zone: str) -> None:
         """Drop every query for ``zone`` and names under it: the client times out."""
         with self._lock:
