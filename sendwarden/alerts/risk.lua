@@ -19,13 +19,8 @@ local count = tonumber(ARGV[2])
 local window = $window
 local bucket = $bucket
 
-local now
-if ARGV[3] ~= '' then
-  now = tonumber(ARGV[3])
-else
-  local clock = redis.call('TIME')
-  now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-end
+$script_time
+local now = script_time(ARGV[3])
 
 local bucket_us = bucket * 1000000
 local current = math.floor(now / bucket_us)

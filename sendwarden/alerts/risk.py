@@ -11,11 +11,9 @@ suspended ones) into findings for the abuse desk.
 from __future__ import annotations
 
 import logging
-import string
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Protocol
 
 import redis
@@ -25,7 +23,7 @@ from sendwarden.policy import consent, forged_headers, identity, ratelimit, susp
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.suspension import Suspension
 from sendwarden.policy.verdict import Action, Verdict
-from sendwarden.ratelimit.counter import Clock, LuaScript
+from sendwarden.ratelimit.counter import Clock, LuaScript, templated_script
 from sendwarden.ratelimit.window import (
     BUCKET_SECONDS,
     MICROSECONDS,
@@ -94,11 +92,6 @@ _DESCRIPTIONS: Mapping[str, tuple[str, str]] = {
 }
 
 
-def _load_record_script(window_seconds: int, bucket_seconds: int) -> str:
-    source = resources.files(__package__).joinpath("risk.lua").read_text(encoding="utf-8")
-    return string.Template(source).substitute(window=window_seconds, bucket=bucket_seconds)
-
-
 class RefusalStore(Protocol):
     """What the recorder and the sweep need of :class:`RiskStore`."""
 
@@ -126,7 +119,12 @@ class RiskStore:
         self._clock = clock  # tests only: the scripts take Redis's own time otherwise
         self.window_seconds = window_seconds
         self.bucket_seconds = bucket_seconds
-        self._record = LuaScript(client, _load_record_script(window_seconds, bucket_seconds))
+        self._record = LuaScript(
+            client,
+            templated_script(
+                "risk.lua", {"window": window_seconds, "bucket": bucket_seconds}, __package__
+            ),
+        )
 
     def key(self, account_id: str) -> str:
         return account_key(self._prefix, account_id, "risk")

@@ -34,9 +34,20 @@ from sendwarden.store.redis import account_key, redis_errors
 Clock = Callable[[], int]  # microseconds since the epoch
 
 
-def load_script(name: str) -> str:
-    """A Lua script shipped as package data next to this module."""
-    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+def load_script(name: str, package: str | None = __package__) -> str:
+    """A Lua script shipped as package data (next to this module by default)."""
+    assert package is not None
+    return resources.files(package).joinpath(name).read_text(encoding="utf-8")
+
+
+def templated_script(
+    name: str, constants: Mapping[str, object], package: str | None = __package__
+) -> str:
+    """A package Lua script with ``constants`` written in at load time (``$window``...)
+    and the shared ``$script_time`` function (script_time.lua)."""
+    return string.Template(load_script(name, package)).substitute(
+        constants, script_time=load_script("script_time.lua")
+    )
 
 
 def lua_string(text: str) -> str:
@@ -129,9 +140,7 @@ class RecipientCounter:
             "suspend_period": self._suspension.period,
             "by": lua_string(self._suspension.by),
         }
-        self._reserve = LuaScript(
-            client, string.Template(load_script("reserve.lua")).substitute(constants)
-        )
+        self._reserve = LuaScript(client, templated_script("reserve.lua", constants))
         self._refund = LuaScript(client, load_script("refund.lua"))
         self._usage = LuaScript(client, load_script("usage.lua"))
         self._keys: dict[str, list[str]] = {}

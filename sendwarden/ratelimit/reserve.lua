@@ -37,13 +37,8 @@ local suspend_after = $suspend_after
 local suspend_period = $suspend_period
 local by = $by
 
-local now
-if ARGV[4] ~= '' then
-  now = tonumber(ARGV[4])
-else
-  local clock = redis.call('TIME')
-  now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-end
+$script_time
+local now = script_time(ARGV[4])
 
 local bucket_us = bucket * 1000000
 local current = math.floor(now / bucket_us)

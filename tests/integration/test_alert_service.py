@@ -17,6 +17,7 @@ from sendwarden.cli import main
 from sendwarden.config import Settings, settings_from_mapping
 from sendwarden.policy.suspension import Suspension
 from sendwarden.store.suspensions import RedisSuspensionStore
+from tests.support.clock import ManualClock
 from tests.support.dns_server import DnsServer
 from tests.support.redis_server import RedisServer
 from tests.support.sink import SmtpSink
@@ -25,14 +26,6 @@ from tests.support.webhook import WebhookReceiver
 ZEN = "zen.spamhaus.org"
 LISTING = f"10.2.0.192.{ZEN}"  # 192.0.2.10 on zen
 DAY = 86400.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -96,7 +89,7 @@ def test_each_condition_is_reported_once_reminded_and_resolved(
     RedisSuspensionStore(client).suspend(
         "globex", Suspension(reason="limit reached 5 times", since="2027-01-15T10:00:00Z")
     )
-    clock = Clock()
+    clock = ManualClock(1_800_000_000.0)
     service = AlertService(settings, client, clock=clock)
 
     report = service.sweep()

@@ -20,19 +20,12 @@ from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.verdict import Action, Verdict
 from sendwarden.store import StoreError
 from sendwarden.store.redis import connect
+from tests.support.clock import ManualClock
 from tests.support.redis_server import RedisServer
 
 CLIENT = Client(address=ipaddress.ip_address("198.51.100.7"), hostname="client.example", port=1)
 UNSUBSCRIBE = ("List-Unsubscribe", "<mailto:leave@acme.example>")
 SIGNED_UP = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -47,7 +40,7 @@ def people(count: int, domain: str = "example.org") -> list[str]:
 
 
 def test_counts_distinct_recipients_in_the_rolling_hour(client: redis.Redis) -> None:
-    clock = Clock()
+    clock = ManualClock(1_800_000_000.0)
     recent = RecentRecipients(client, "sw", clock)
     recent.add("acme", people(30))
     clock.now += 20 * 60
@@ -63,7 +56,7 @@ def test_counts_distinct_recipients_in_the_rolling_hour(client: redis.Redis) -> 
 
 
 def test_keys_share_the_accounts_hash_tag_and_expire(client: redis.Redis) -> None:
-    recent = RecentRecipients(client, "sw", Clock())
+    recent = RecentRecipients(client, "sw", ManualClock(1_800_000_000.0))
     recent.add("acme", people(3))
     (key,) = client.keys("*")
     assert key.startswith(b"sw:{acme}:rcpt-hll:")
@@ -72,7 +65,7 @@ def test_keys_share_the_accounts_hash_tag_and_expire(client: redis.Redis) -> Non
 
 
 def test_counting_is_one_command_and_an_hour_costs_little_memory(client: redis.Redis) -> None:
-    clock = Clock()
+    clock = ManualClock(1_800_000_000.0)
     recent = RecentRecipients(client, "sw", clock)
     for minute in range(60):  # an account at the 500-an-hour limit, every minute busy
         recent.add("acme", [f"m{minute}r{n}@example.org" for n in range(9)])

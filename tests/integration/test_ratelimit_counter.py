@@ -25,6 +25,7 @@ from sendwarden.ratelimit.window import MICROSECONDS, BucketWindow, bucket_of
 from sendwarden.store import StoreError
 from sendwarden.store.redis import connect
 from sendwarden.store.suspensions import RedisSuspensionStore
+from tests.support.clock import ManualClock
 from tests.support.redis_server import RedisServer
 
 START_US = 1_700_000_000 * MICROSECONDS
@@ -34,14 +35,6 @@ _accounts = itertools.count()
 def fresh_account() -> str:
     """A new account id per example, so hypothesis runs never see each other's counts."""
     return f"acct{next(_accounts)}"
-
-
-class ManualClock:
-    def __init__(self, now_us: int = START_US) -> None:
-        self.now_us = now_us
-
-    def __call__(self) -> int:
-        return self.now_us
 
 
 @pytest.fixture
@@ -77,7 +70,7 @@ def test_script_decides_exactly_like_the_model(
     """Random arrival times, costs and refunds: every decision, count, bucket and
     "frees up at" of the script equals the model's, so the script never admits what
     the model refuses and never refuses what the model admits."""
-    clock = ManualClock()
+    clock = ManualClock(START_US)
     counter = RecipientCounter(client, "prop", clock=clock)
     model = BucketWindow(limit, clock)
     account = fresh_account()
@@ -89,12 +82,12 @@ def test_script_decides_exactly_like_the_model(
                 counter.refund(account, {bucket: cost})
                 model.refund(bucket, cost)
             continue
-        clock.now_us += number
+        clock.now += number
         got = counter.reserve(account, cost, limit)
         want = model.reserve(cost)
         assert (got.admitted, got.used, got.bucket) == (want.admitted, want.used, want.bucket)
         assert got.frees_at == want.frees_at
-        assert got.now == clock.now_us / MICROSECONDS
+        assert got.now == clock.now / MICROSECONDS
         if got.admitted:
             admitted.append((got.bucket, cost))
     assert counter.usage(account).used == model.used()
@@ -111,10 +104,10 @@ def test_time_is_taken_inside_redis(client: redis.Redis) -> None:
 
 
 def test_refund_returns_exactly_what_was_reserved_even_across_buckets(client: redis.Redis) -> None:
-    clock = ManualClock()
+    clock = ManualClock(START_US)
     counter = RecipientCounter(client, "sw", clock=clock)
     first = counter.reserve("acme", 2, 10)
-    clock.now_us += 61 * MICROSECONDS  # next bucket
+    clock.now += 61 * MICROSECONDS  # next bucket
     second = counter.reserve("acme", 3, 10)
     assert first.bucket != second.bucket
     assert counter.refund("acme", {first.bucket: 2, second.bucket: 3}) == 5
@@ -122,7 +115,7 @@ def test_refund_returns_exactly_what_was_reserved_even_across_buckets(client: re
     assert client.hlen("sw:{acme}:rate") == 0
     # a reservation whose bucket already left the window is not resurrected
     old = counter.reserve("acme", 1, 10)
-    clock.now_us += 2 * 3600 * MICROSECONDS
+    clock.now += 2 * 3600 * MICROSECONDS
     counter.reserve("acme", 1, 10)  # cleans the expired bucket
     assert counter.refund("acme", {old.bucket: 1}) == 0
     assert counter.usage("acme").used == 1
@@ -142,7 +135,7 @@ def test_keys_share_one_cluster_slot_per_account(client: redis.Redis) -> None:
 def test_one_episode_over_the_limit_is_one_strike_and_enough_strikes_suspend(
     client: redis.Redis,
 ) -> None:
-    clock = ManualClock()
+    clock = ManualClock(START_US)
     counter = RecipientCounter(
         client, "sw", clock=clock, suspension=SuspensionPolicy(after=3, period=86400)
     )
@@ -154,40 +147,40 @@ def test_one_episode_over_the_limit_is_one_strike_and_enough_strikes_suspend(
 
     assert fill_and_overflow() == [False] * 4  # strike 1, the rest of the episode is free
     assert counter.usage("acme").strikes == 1
-    clock.now_us += 2 * 3600 * MICROSECONDS  # the window empties: a new episode
+    clock.now += 2 * 3600 * MICROSECONDS  # the window empties: a new episode
     assert fill_and_overflow() == [False] * 4
     assert suspensions.get("acme") is None
-    clock.now_us += 2 * 3600 * MICROSECONDS
+    clock.now += 2 * 3600 * MICROSECONDS
     assert fill_and_overflow() == [True, False, False, False]  # strike 3 suspends, once
     suspension = suspensions.get("acme")
     assert suspension is not None
     assert suspension.reason == "too many"
     assert suspension.by == "sendwarden rate limit"
-    expected = datetime.fromtimestamp(clock.now_us // MICROSECONDS, UTC)
+    expected = datetime.fromtimestamp(clock.now // MICROSECONDS, UTC)
     assert suspension.since == expected.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert json.loads(client.get("sw:{acme}:suspended") or b"")["reason"] == "too many"
     assert counter.usage("acme").strikes == 0  # strikes start afresh after a suspension
 
 
 def test_strikes_older_than_the_period_do_not_count(client: redis.Redis) -> None:
-    clock = ManualClock()
+    clock = ManualClock(START_US)
     counter = RecipientCounter(
         client, "sw", clock=clock, suspension=SuspensionPolicy(after=2, period=3 * 3600)
     )
     for _ in range(3):
         assert counter.reserve("acme", 1, 1).admitted
         assert not counter.reserve("acme", 1, 1).suspended
-        clock.now_us += 4 * 3600 * MICROSECONDS  # past the period each time
+        clock.now += 4 * 3600 * MICROSECONDS  # past the period each time
     assert RedisSuspensionStore(client, "sw").get("acme") is None
 
 
 def test_no_suspension_when_disabled(client: redis.Redis) -> None:
-    clock = ManualClock()
+    clock = ManualClock(START_US)
     counter = RecipientCounter(client, "sw", clock=clock)  # after=0
     for _ in range(5):
         counter.reserve("acme", 1, 1)
         counter.reserve("acme", 1, 1)
-        clock.now_us += 2 * 3600 * MICROSECONDS
+        clock.now += 2 * 3600 * MICROSECONDS
     assert client.exists("sw:{acme}:suspended", "sw:{acme}:strikes") == 0
 
 
@@ -211,10 +204,10 @@ def test_suspension_date_written_by_lua_matches_python(client: redis.Redis, seco
 
 
 def test_usage_and_reset(client: redis.Redis) -> None:
-    clock = ManualClock()
+    clock = ManualClock(START_US)
     counter = RecipientCounter(client, "sw", clock=clock)
     first = counter.reserve("acme", 2, 10)
-    clock.now_us += 300 * MICROSECONDS
+    clock.now += 300 * MICROSECONDS
     last = counter.reserve("acme", 3, 10)
     usage = counter.usage("acme")
     assert usage.used == 5
@@ -225,11 +218,11 @@ def test_usage_and_reset(client: redis.Redis) -> None:
 
 
 def test_memory_per_account_at_500_recipients_an_hour_stays_small(client: redis.Redis) -> None:
-    clock = ManualClock()
+    clock = ManualClock(START_US)
     counter = RecipientCounter(client, "sw", clock=clock)
     for _ in range(500):  # one recipient every 7.2 s: every minute bucket in use
         assert counter.reserve("acme", 1, 500).admitted
-        clock.now_us += 7_200_000
+        clock.now += 7_200_000
     assert client.hlen("sw:{acme}:rate") <= 61  # 60 minutes, plus one partly expired
     assert (client.memory_usage("sw:{acme}:rate") or 0) < 1500
 

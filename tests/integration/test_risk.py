@@ -20,19 +20,12 @@ from sendwarden.policy.suspension import Suspension
 from sendwarden.ratelimit.window import MICROSECONDS
 from sendwarden.runtime import Runtime, build_runtime
 from sendwarden.store.suspensions import RedisSuspensionStore
+from tests.support.clock import ManualClock
 from tests.support.redis_server import RedisServer
 
 REMOTE = Client(address=ipaddress.ip_address("198.51.100.7"), hostname="client.example", port=4711)
 START = 1_714_557_600 * MICROSECONDS  # 2024-05-01T10:00:00Z, on a minute boundary
 MINUTE = 60 * MICROSECONDS
-
-
-class FakeClock:
-    def __init__(self, now: int = START) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
 
 
 @pytest.fixture
@@ -63,7 +56,7 @@ def test_record_read_and_reset(client: redis.Redis) -> None:
 
 
 def test_refusals_leave_the_count_after_an_hour(client: redis.Redis) -> None:
-    clock = FakeClock()
+    clock = ManualClock(START)
     store = RiskStore(client, "sw", clock=clock)
     store.record("acme", "forged-sender", 2)
     clock.now += 30 * MINUTE
