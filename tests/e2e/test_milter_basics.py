@@ -140,6 +140,18 @@ def test_suspended_account_via_sendmail_bounces(make_rig: Callable[..., Rig]) ->
     assert b"Account acme is suspended" in bounce.data
 
 
+def reload_with_remote_example_local(rig: Rig, original: str) -> None:
+    """Rewrite the config so remote.example is a local domain, and send SIGHUP."""
+    assert rig.milter is not None and rig.config_path is not None and rig.milter.pid
+    rig.config_path.write_text(
+        original.replace(
+            'local_domains = ["hosting.example"]',
+            'local_domains = ["hosting.example", "remote.example"]',
+        )
+    )
+    os.kill(rig.milter.pid, signal.SIGHUP)
+
+
 def test_sighup_reloads_and_a_bad_config_is_refused(rig: Rig) -> None:
     assert rig.milter is not None and rig.config_path is not None and rig.milter.pid
     original = rig.config_path.read_text()
@@ -149,13 +161,7 @@ def test_sighup_reloads_and_a_bad_config_is_refused(rig: Rig) -> None:
     rig.milter.wait_for_log("reload refused")
     assert "policy.bogus_key: unknown key" in rig.milter.log()
     # A good one: remote.example becomes a local domain, so relaying to it is inbound mail.
-    rig.config_path.write_text(
-        original.replace(
-            'local_domains = ["hosting.example"]',
-            'local_domains = ["hosting.example", "remote.example"]',
-        )
-    )
-    os.kill(rig.milter.pid, signal.SIGHUP)
+    reload_with_remote_example_local(rig, original)
     rig.milter.wait_for_log("configuration reloaded")
     with rig.smtp() as client:
         assert client.sendmail("someone@elsewhere.example", ["bob@remote.example"], MESSAGE) == {}
@@ -166,13 +172,7 @@ def test_a_session_open_across_a_reload_keeps_its_rules_then_frees_them(rig: Rig
     assert rig.milter is not None and rig.config_path is not None and rig.milter.pid
     original = rig.config_path.read_text()
     with rig.smtp() as client:  # Postfix opened its milter connection at connect time
-        rig.config_path.write_text(
-            original.replace(
-                'local_domains = ["hosting.example"]',
-                'local_domains = ["hosting.example", "remote.example"]',
-            )
-        )
-        os.kill(rig.milter.pid, signal.SIGHUP)
+        reload_with_remote_example_local(rig, original)
         rig.milter.wait_for_log("(1 earlier ones still finish connections)")
         # This session still runs on the old rules: relaying to remote.example is refused.
         with pytest.raises(smtplib.SMTPRecipientsRefused):
