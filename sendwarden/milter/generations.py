@@ -77,7 +77,8 @@ class Generations(Generic[R]):
                 if idle:
                     self._retired.remove(generation)
             if idle:
-                _close(generation.runtime, "its last connection ended")
+                ended = "previous configuration closed: its last connection ended"
+                _close(generation.runtime, ended)
 
         return generation.runtime.pipeline, release
 
@@ -91,7 +92,7 @@ class Generations(Generic[R]):
             if not idle:
                 self._retired.append(old)
         if idle:
-            _close(old.runtime, "no connection used it")
+            _close(old.runtime, "previous configuration closed: no connection used it")
 
     def close(self) -> None:
         """Close every generation (at shutdown, once connections have finished)."""
@@ -99,13 +100,13 @@ class Generations(Generic[R]):
             generations = [self._current, *self._retired]
             self._retired = []
         for generation in generations:
-            _close(generation.runtime, "the milter is stopping")
+            _close(generation.runtime, "configuration closed: the milter is stopping")
 
 
-def _close(runtime: Closable, why: str) -> None:
+def _close(runtime: Closable, done: str) -> None:
     try:
         runtime.close()
     except Exception:  # a failing close must not take a connection's thread down
         log.exception("closing a configuration failed")
     else:
-        log.info("previous configuration closed: %s", why)
+        log.info("%s", done)
