@@ -19,7 +19,7 @@ import dns.exception
 import dns.nameserver
 import dns.resolver
 
-from sendwarden.alerts.findings import Finding
+from sendwarden.alerts.findings import DNSBL_LISTING, Finding
 from sendwarden.config import AlertSettings, IPNetwork
 
 ListingStatus = Literal["listed", "clear", "refused", "error"]
@@ -166,7 +166,7 @@ def _listing_finding(answer: DnsblAnswer) -> Finding:
         )
     return Finding(
         key=answer.key,
-        kind="dnsbl-listing",
+        kind=DNSBL_LISTING,
         subject=f"{answer.address} is listed on {answer.zone}",
         lines=tuple(lines),
         facts={
