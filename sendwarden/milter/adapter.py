@@ -77,6 +77,25 @@ def protocol_steps(*, needs_body: bool, data_reply: bool) -> int:
     return int(steps)
 
 
+def negotiate_steps(milter: Milter.Base, opts: list[int], steps: int) -> int:
+    """Base.negotiate with explicit ``steps``, and the macro lists set in a way that
+    works on Python 3 (pymilter 1.0.5's @symlist passes bytes, fails, and silently
+    drops every no-reply and no-callback flag with it). Shared with the benchmark's
+    no-op milter, so that it negotiates exactly what sendwarden does."""
+    try:
+        milter._actions, offered, _, _ = opts
+        if milter._actions & Milter.SETSYMLIST:
+            for stage, macros in MACROS.items():
+                milter._ctx.setsymlist(stage, macros)
+        # Keep what the MTA offers outside the step bits (e.g. larger body chunks).
+        opts[1] = milter._protocol = offered & (steps | ~_STEP_BITS)
+        opts[2] = opts[3] = 0
+    except Exception:
+        log.exception("milter negotiation failed; falling back to all protocol steps")
+        return int(Milter.ALL_OPTS)
+    return int(Milter.CONTINUE)
+
+
 def guarded(callback: F) -> F:
     """Catch everything a callback raises: log it, and tempfail instead of crashing."""
 
@@ -146,25 +165,12 @@ class SendwardenMilter(Milter.Base):  # type: ignore[misc]
         return int(Milter.CONTINUE)
 
     def negotiate(self, opts: list[int]) -> int:
-        """Base.negotiate, with the macro lists set in a way that works on Python 3
-        (pymilter 1.0.5's @symlist passes bytes, fails, and silently drops every
-        no-reply and no-callback flag with it)."""
-        try:
-            self._actions, offered, _, _ = opts
-            if self._actions & Milter.SETSYMLIST:
-                for stage, macros in MACROS.items():
-                    self._ctx.setsymlist(stage, macros)
-            wanted = protocol_steps(
-                needs_body=self.pipeline.needs_body,
-                data_reply=_is_inet(self.pipeline.settings.milter.socket),
-            )
-            # Keep what the MTA offers outside the step bits (e.g. larger body chunks).
-            opts[1] = self._protocol = offered & (wanted | ~_STEP_BITS)
-            opts[2] = opts[3] = 0
-        except Exception:
-            log.exception("milter negotiation failed; falling back to all protocol steps")
-            return int(Milter.ALL_OPTS)
-        return int(Milter.CONTINUE)
+        """Base.negotiate, with this connection's steps (see :func:`negotiate_steps`)."""
+        steps = protocol_steps(
+            needs_body=self.pipeline.needs_body,
+            data_reply=is_inet(self.pipeline.settings.milter.socket),
+        )
+        return negotiate_steps(self, opts, steps)
 
     @guarded
     def envfrom(self, mail_from: str, *params: str) -> int:
@@ -248,5 +254,5 @@ class SendwardenMilter(Milter.Base):  # type: ignore[misc]
         return render(self, verdict)
 
 
-def _is_inet(socket_spec: str) -> bool:
+def is_inet(socket_spec: str) -> bool:
     return socket_spec.partition(":")[0] in ("inet", "inet6")
