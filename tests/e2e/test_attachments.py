@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import smtplib
 from collections.abc import Callable
 from email.message import EmailMessage
@@ -156,3 +158,23 @@ def test_counted_fragments_are_capped_as_one_file_across_messages(
     text = " ".join(refused.value.smtp_error.decode().split())
     assert "the fragments of the message sent in parts as id 'iso@acme.example' add up to" in text
     assert len(rig.sink.wait_for(2, timeout=60)) == 2
+
+
+def test_cap_switched_on_by_a_reload_sees_the_body(make_rig: Callable[..., Rig]) -> None:
+    """Started without any body check, the milter negotiates no body step; after a
+    SIGHUP that turns the cap on, new connections must negotiate it again (pymilter
+    caches the protocol mask on the class, and a subclass would inherit its parent's)."""
+    rig = make_rig(policy={"check_attachments": False, "max_attachment_bytes": 1000})
+    assert rig.milter is not None and rig.config_path is not None and rig.milter.pid
+    send(rig, message_with(("small.bin", 5000)))  # no cap yet: delivered
+    rig.sink.wait_for(1)
+    config = rig.config_path.read_text()
+    assert "check_attachments = false" in config
+    on = config.replace("check_attachments = false", "check_attachments = true")
+    rig.config_path.write_text(on)
+    os.kill(rig.milter.pid, signal.SIGHUP)
+    rig.milter.wait_for_log("configuration reloaded")
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(rig, message_with(("small.bin", 5000)))
+    assert refused.value.smtp_code == 552
+    assert len(rig.sink.messages) == 1
