@@ -53,6 +53,6 @@ def test_reserve_refund_suspend_and_status_on_a_cluster(cluster: RedisCluster) -
     refused = counter.reserve("acme", 1, 2, "over the limit")
     assert not refused.admitted and refused.suspended
     assert RedisSuspensionStore(cluster, "sw").get("acme") is not None
-    assert counter.refund("acme", {first.bucket: 2}) == 2
+    assert counter.refund("acme", {first.reservation: first.bucket}) == 2
     assert counter.usage("acme").used == 0
     assert counter.reset("acme") is not None
