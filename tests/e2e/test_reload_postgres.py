@@ -85,6 +85,10 @@ def postgres_rig() -> Iterator[Rig]:
             print(rig.report())
 
 
+def reloads_logged(rig: Rig) -> int:
+    return rig.milter.log().count("configuration reloaded") if rig.milter else 0
+
+
 def test_repeated_reloads_under_bulk_mail_with_postgresql(postgres_rig: Rig) -> None:
     rig = postgres_rig
     assert rig.milter is not None and rig.milter.pid
@@ -115,10 +119,7 @@ def test_repeated_reloads_under_bulk_mail_with_postgresql(postgres_rig: Rig) -> 
             time.sleep(0.4)
             os.kill(rig.milter.pid, signal.SIGHUP)
             wait_until(
-                lambda: (
-                    rig.milter is not None
-                    and rig.milter.log().count("configuration reloaded") >= number
-                ),  # noqa: B023
+                lambda count=number: reloads_logged(rig) >= count,
                 30,
                 rig.report,
                 abort=lambda: rig.milter is None or not rig.milter.running,
