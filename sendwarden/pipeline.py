@@ -15,12 +15,13 @@ from sendwarden.decisionlog import RuleTrace, decision_record, log_decision
 from sendwarden.policy.accounts import AccountDirectory, is_trusted
 from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.verdict import CONTINUE, Action, Verdict, tempfail
-from sendwarden.store import StoreError, StoreHealth
+from sendwarden.store import StoreError, StoreHealth, watching
 
 log = logging.getLogger(__name__)
 
 STORE_RULE = "store-unavailable"
-STORE_FAILED = "_store_failed"  # txn.scratch: a store failed during this transaction
+STORE_FAILED = "_store_failed"  # txn.scratch: the backends that failed in this transaction
+ANSWERED = "_store_answered"  # txn.scratch: the backends that answered in this transaction
 
 
 class DecisionObserver(Protocol):
@@ -134,15 +135,25 @@ class Pipeline:
         trace = self._trace(txn)
         for check in self.checks:
             try:
-                verdict = hook(check)
+                with watching() as seen:
+                    verdict = hook(check)
             except StoreError as error:
-                txn.scratch[STORE_FAILED] = True
-                self.health.failed(error)
+                self._failed(txn, error)
                 verdict = self._store_failed(txn, check, error)
+            self._answered(txn, seen)
             trace.ran(check.name, verdict is not None and verdict.is_final)
             if verdict is not None and verdict.is_final:
                 return verdict
         return CONTINUE
+
+    def _failed(self, txn: Transaction, error: StoreError) -> None:
+        txn.scratch.setdefault(STORE_FAILED, set()).add(error.backend)
+        self.health.failed(error)
+
+    @staticmethod
+    def _answered(txn: Transaction, seen: set[str]) -> None:
+        if seen:
+            txn.scratch.setdefault(ANSWERED, set()).update(seen)
 
     def _store_failed(self, txn: Transaction, check: Check, error: StoreError) -> Verdict | None:
         self._trace(txn).notes.append(f"{check.name}: {error}")
@@ -165,17 +176,18 @@ class Pipeline:
     ) -> Verdict:
         for check in self.checks:
             try:
-                check.after_verdict(txn, verdict)
+                with watching() as seen:
+                    check.after_verdict(txn, verdict)
             except StoreError as error:
-                txn.scratch[STORE_FAILED] = True
-                self.health.failed(error)
+                self._failed(txn, error)
             except Exception:
                 log.exception("%s failed to settle a transaction", check.name)
-        if not txn.scratch.get(STORE_FAILED):
-            # A whole transaction without a store failure: an outage is over. (Not one
-            # stage: with on_store_error = "accept" the stages after a failure still
-            # run, and most touch no store.)
-            self.health.succeeded()
+            self._answered(txn, seen)
+        # A backend that answered in this transaction and never failed in it is up:
+        # per backend, so mail that touched only Redis says nothing of the database.
+        answered = txn.scratch.get(ANSWERED)
+        if answered:
+            self.health.succeeded(answered - txn.scratch.get(STORE_FAILED, set()))
         if log_it:
             self._decided(txn, stage, verdict)
         return verdict

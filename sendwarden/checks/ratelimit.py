@@ -30,7 +30,12 @@ from sendwarden.policy.ratelimit import (
 )
 from sendwarden.policy.suspension import Suspension, suspension_verdict
 from sendwarden.policy.verdict import Action, Verdict
-from sendwarden.ratelimit.counter import UNKNOWN_BUCKET, Decision, new_reservation_id
+from sendwarden.ratelimit.counter import (
+    AUTOMATIC_BY,
+    UNKNOWN_BUCKET,
+    Decision,
+    new_reservation_id,
+)
 from sendwarden.ratelimit.owed import OwedRefunds
 from sendwarden.store import StoreError
 
@@ -61,11 +66,21 @@ class Reservations:
     suspension: Suspension | None = None  # set when this transaction suspended the account
 
 
+class SuspensionRecorder(Protocol):
+    """Where an automatic suspension is recorded durably (the script already put it
+    in effect in Redis): :class:`sendwarden.store.suspensions.DurableSuspensionStore`."""
+
+    def recorded_automatically(self, account_id: str, suspension: Suspension) -> None: ...
+
+
 class RecipientRateCheck(Check):
     name = RULE
 
-    def __init__(self, counter: Counter, settings: Settings) -> None:
+    def __init__(
+        self, counter: Counter, settings: Settings, suspensions: SuspensionRecorder | None = None
+    ) -> None:
         self._counter = counter
+        self._suspensions = suspensions
         self._settings = settings
         self._suspend_after = settings.ratelimit.suspend_after
         self._suspend_period = settings.ratelimit.suspend_period
@@ -112,7 +127,10 @@ class RecipientRateCheck(Check):
             reservations.suspension = Suspension(
                 reason=self._reason(limit),
                 since=datetime.fromtimestamp(decision.now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                by=AUTOMATIC_BY,
             )
+            if self._suspensions is not None:
+                self._suspensions.recorded_automatically(account.id, reservations.suspension)
         return over_limit_verdict(
             account.id, limit, decision.frees_at, decision.now, suspended_after=suspended_after
         )
