@@ -5,6 +5,7 @@ protocol work of its own."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -18,6 +19,16 @@ from sendwarden.policy.verdict import CONTINUE, Action, Verdict, tempfail
 from sendwarden.store import StoreError, StoreHealth, watching
 
 log = logging.getLogger(__name__)
+
+#: What an abandoned transaction ends with: nothing is delivered, so the checks give
+#: back what they counted; the decision log says "aborted", not "discard".
+ABORTED = Verdict(Action.DISCARD, rule="aborted")
+
+
+def new_session_id() -> str:
+    """A short random id for one SMTP session (unique enough to grep a day's log)."""
+    return os.urandom(6).hex()
+
 
 STORE_RULE = "store-unavailable"
 STORE_FAILED = "_store_failed"  # txn.scratch: the backends that failed in this transaction
@@ -51,15 +62,23 @@ class Pipeline:
     # -- transaction life cycle -------------------------------------------------
 
     def begin(
-        self, client: Client, *, login: str | None, mail_from: str, queue_id: str = ""
+        self,
+        client: Client,
+        *,
+        login: str | None,
+        mail_from: str,
+        queue_id: str = "",
+        session: str = "",
     ) -> Transaction:
-        """A new transaction at MAIL FROM, with trust and (for SMTP) the account resolved."""
+        """A new transaction at MAIL FROM, with trust and (for SMTP) the account resolved.
+        ``session`` names the SMTP session (a new one when not given)."""
         txn = Transaction(
             client=client,
             trusted=client.local_submission
             or is_trusted(client.address, self.settings.policy.trusted_networks),
             login=login or None,
             queue_id=queue_id,
+            session=session or new_session_id(),
             mail_from=mail_from,
         )
         txn.scratch[TRACE] = RuleTrace()
@@ -73,8 +92,11 @@ class Pipeline:
             return CONTINUE
         return self._finish_if_final(txn, "mail", self._run(txn, lambda check: check.at_mail(txn)))
 
-    def rcpt(self, txn: Transaction, recipient: str) -> Verdict:
-        """RCPT TO: an accepted recipient is added to the transaction."""
+    def rcpt(self, txn: Transaction, recipient: str, queue_id: str = "") -> Verdict:
+        """RCPT TO: an accepted recipient is added to the transaction. ``queue_id`` is
+        the MTA's, if it has one by now (logged from then on)."""
+        if queue_id and not txn.queue_id:
+            txn.queue_id = queue_id
         if not txn.client.local_submission:
             verdict = self._run(txn, lambda check: check.at_rcpt(txn, recipient))
             if verdict.is_final:
@@ -107,9 +129,7 @@ class Pipeline:
 
     def abort(self, txn: Transaction) -> None:
         """The client gave up (RSET, QUIT, lost connection) before end of message."""
-        self._finish(
-            txn, "abort", Verdict(Action.DISCARD, rule="aborted"), log_it=bool(txn.recipients)
-        )
+        self._finish(txn, "abort", ABORTED, log_it=bool(txn.recipients))
 
     # -- internals --------------------------------------------------------------
 
