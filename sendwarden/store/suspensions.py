@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ NOT_SUSPENDED = b"-"
 #: How long "not suspended" is believed without asking the database again: bounds
 #: how long a suspension whose cache write failed can go unnoticed.
 NEGATIVE_TTL_SECONDS = 3600
+#: How often an automatic suspension the database could not take is tried again.
+RETRY_UNRECORDED_SECONDS = 30.0
 
 
 def utc_now_text() -> str:
@@ -166,11 +169,12 @@ class DurableSuspensionStore:
         self.records = records
         self._lock = threading.Lock()
         self._unrecorded: list[tuple[str, Suspension]] = []  # automatic, database was down
+        self._retry_at = 0.0  # monotonic: retry the unrecorded ones not before this
 
     def get(self, account_id: str) -> Suspension | None:
         """One Redis GET when cached; otherwise the database, then cached."""
         known, suspension = self.cache.lookup(account_id)
-        if self._unrecorded:
+        if self._unrecorded and time.monotonic() >= self._retry_at:
             self._record_pending()
         if known:
             return suspension
@@ -215,6 +219,8 @@ class DurableSuspensionStore:
             )
             with self._lock:
                 self._unrecorded.append((account_id, suspension))
+                # not on every message while the database is down: once in a while
+                self._retry_at = time.monotonic() + RETRY_UNRECORDED_SECONDS
 
     def close(self) -> None:
         self.records.close()

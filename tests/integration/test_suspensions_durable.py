@@ -128,3 +128,43 @@ def test_unsuspending_an_active_account_records_nothing(
     assert main(["account", "unsuspend", "globex", "--by", "erin", "-c", str(path)]) == 0
     assert "was not suspended" in capsys.readouterr().out
     assert suspension_store_from_settings(settings, client).history("globex") == []
+
+
+def test_an_automatic_suspension_the_database_missed_is_recorded_later(
+    redis_server: RedisServer,
+    consent_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from sendwarden.consent.store import open_consent_store
+    from sendwarden.policy.suspension import Suspension
+    from sendwarden.store import StoreError
+    from sendwarden.store import suspensions as module
+    from sendwarden.store.suspensions import (
+        DurableSuspensionStore,
+        RedisSuspensionStore,
+        SuspensionRecords,
+    )
+
+    database = open_consent_store(consent_database_url)
+    down = [True]
+
+    def reach() -> object:
+        if down[0]:
+            raise StoreError("consent database", "connection refused")
+        return database
+
+    client = connect(settings_from_mapping(config(redis_server.url, consent_database_url)).redis)
+    store = DurableSuspensionStore(RedisSuspensionStore(client), SuspensionRecords(reach))  # type: ignore[arg-type]
+    suspension = Suspension(reason="over the limit", since="2026-12-01T10:00:00Z", by="rate")
+    store.cache.suspend("acme", suspension)  # what the rate-limit script does
+    store.recorded_automatically("acme", suspension)
+    assert "not yet recorded durably" in caplog.text
+    down[0] = False
+    assert store.get("acme") == suspension  # too soon to retry: no database call
+    assert store.history("acme") == []
+    monkeypatch.setattr(module.time, "monotonic", lambda: 10**9)  # later
+    assert store.get("acme") == suspension
+    assert [(e.action, e.by) for e in store.history("acme")] == [("suspended", "rate")]
+    client.close()
+    database.close()
