@@ -20,6 +20,7 @@ from sendwarden.checks.base import Check
 from sendwarden.config import ConsentSettings, Settings
 from sendwarden.consent.bulk import RecentRecipients, RecipientCounter
 from sendwarden.consent.model import ConsentStore
+from sendwarden.policy.accounts import is_listed
 from sendwarden.policy.consent import (
     campaign_reason,
     consent_outcome,
@@ -61,7 +62,8 @@ class ConsentCheck(Check):
         reasons = self._bulk_reasons(txn, len(distinct))
         if not reasons:
             return None
-        if txn.account is None:
+        account = txn.account
+        if account is None or not is_listed(account):  # unlisted: no consent on record
             log.warning(
                 "bulk mail from %s (queue id %s) belongs to no account: refused",
                 txn.client,
@@ -69,10 +71,10 @@ class ConsentCheck(Check):
             )
             return no_account_verdict(txn, reasons)
         if not has_list_unsubscribe(txn):
-            return missing_unsubscribe_verdict(txn.account.id, reasons)
-        consenting = self._store_now().consenting(txn.account.id, list(distinct), list_id_of(txn))
+            return missing_unsubscribe_verdict(account.id, reasons)
+        consenting = self._store_now().consenting(account.id, list(distinct), list_id_of(txn))
         outcome = consent_outcome(
-            txn.account.id,
+            account.id,
             distinct,
             consenting,
             reasons,
