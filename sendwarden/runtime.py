@@ -14,6 +14,7 @@ from sendwarden.checks.identity import IdentityCheck
 from sendwarden.checks.ratelimit import RecipientRateCheck
 from sendwarden.checks.relay import RelayCheck
 from sendwarden.checks.suspension import SuspensionCheck
+from sendwarden.checks.unknown import unknown_sender_checks
 from sendwarden.config import Settings
 from sendwarden.consent.check import consent_check_from_settings
 from sendwarden.dkim.signer import signers_from_settings
@@ -52,6 +53,8 @@ def build_checks(
     database = SharedDatabase(settings)
     suspensions = suspension_store_from_settings(settings, client, database)
     return [
+        # MAIL: unlisted senders, when the provider refuses them (pure).
+        *unknown_sender_checks(settings.policy.unknown_senders),
         SuspensionCheck(suspensions),
         RelayCheck(settings.policy.local_domains),
         # Last among the RCPT checks: only recipients nothing else refused are counted.

@@ -14,6 +14,7 @@ from typing import Any
 
 from sendwarden.cli import add_actions, add_command, add_config_argument
 from sendwarden.config import load_settings
+from sendwarden.policy.accounts import account_named
 from sendwarden.policy.suspension import Suspension
 from sendwarden.store.redis import connect
 from sendwarden.store.suspensions import suspension_store_from_settings, utc_now_text
@@ -52,7 +53,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    account = settings.account(args.account)  # an unknown id is a clear error
+    account = account_named(settings, args.account)  # an unknown id is a clear error
     client = connect(settings.redis)
     store = suspension_store_from_settings(settings, client)
     try:
