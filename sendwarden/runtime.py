@@ -15,6 +15,7 @@ from sendwarden.checks.identity import IdentityCheck
 from sendwarden.checks.ratelimit import RecipientRateCheck
 from sendwarden.checks.relay import RelayCheck
 from sendwarden.checks.suspension import SuspensionCheck
+from sendwarden.checks.unknown import unknown_sender_checks
 from sendwarden.config import Settings
 from sendwarden.consent.check import consent_check_from_settings
 from sendwarden.dkim.signer import signers_from_settings
@@ -22,7 +23,7 @@ from sendwarden.pipeline import Pipeline
 from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store.redis import connect
-from sendwarden.store.suspensions import RedisSuspensionStore
+from sendwarden.store.suspensions import SharedDatabase, suspension_store_from_settings
 
 
 @dataclass
@@ -55,18 +56,23 @@ def build_checks(
 ) -> list[Check]:
     """The active checks in the order they run. At RCPT, checks that refuse for
     good come before ones that count, so a refused recipient consumes no quota."""
-    prefix = settings.redis.key_prefix
+    # The durable database (consent ledger, suspension history): one pool, opened on
+    # first use, shared by the checks that need it.
+    database = SharedDatabase(settings)
+    suspensions = suspension_store_from_settings(settings, client, database)
     return [
-        SuspensionCheck(RedisSuspensionStore(client, prefix)),
+        # MAIL: unlisted senders, when the provider refuses them (pure).
+        *unknown_sender_checks(settings.policy.unknown_senders),
+        SuspensionCheck(suspensions),
         RelayCheck(settings.policy.local_domains),
         # Last among the RCPT checks: only recipients nothing else refused are counted.
-        RecipientRateCheck(counter_from_settings(settings, client), settings),
+        RecipientRateCheck(counter_from_settings(settings, client), settings, suspensions),
         # End of message: forged From/Sender and provider headers (pure, no store).
         IdentityCheck(settings, directory),
         # End of message: no file over the cap (fed the body; inbound and outbound).
         *attachment_checks(settings, client),
         # End of message: bulk mail needs consent (before any signer, which stays last).
-        consent_check_from_settings(settings, client),
+        consent_check_from_settings(settings, client, database),
         # LAST: the DKIM signer signs only what every rule above passed.
         *signers_from_settings(settings.dkim),
     ]

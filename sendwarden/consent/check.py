@@ -21,6 +21,7 @@ from sendwarden.config import ConsentSettings, Settings
 from sendwarden.consent.bulk import RecentRecipients, RecipientCounter
 from sendwarden.consent.model import ConsentStore
 from sendwarden.decisionlog import add_note
+from sendwarden.policy.accounts import is_listed
 from sendwarden.policy.consent import (
     campaign_reason,
     consent_outcome,
@@ -36,6 +37,7 @@ from sendwarden.policy.consent import (
 )
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.verdict import Action, Verdict
+from sendwarden.store import open_once
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,8 @@ class ConsentCheck(Check):
         reasons = self._bulk_reasons(txn, len(distinct))
         if not reasons:
             return None
-        if txn.account is None:
+        account = txn.account
+        if account is None or not is_listed(account):  # unlisted: no consent on record
             log.warning(
                 "bulk mail from %s (queue id %s) belongs to no account: refused",
                 txn.client,
@@ -72,9 +75,7 @@ class ConsentCheck(Check):
             )
             return no_account_verdict(txn, reasons)
         if not has_list_unsubscribe(txn):
-            return missing_unsubscribe_verdict(
-                txn.account.id, reasons, offered_unsubscribe_uris(txn)
-            )
+            return missing_unsubscribe_verdict(account.id, reasons, offered_unsubscribe_uris(txn))
         one_click = one_click_uri(txn)
         add_note(
             txn,
@@ -82,9 +83,9 @@ class ConsentCheck(Check):
             if one_click
             else "consent: List-Unsubscribe without RFC 8058 one-click",
         )
-        consenting = self._store_now().consenting(txn.account.id, list(distinct), list_id_of(txn))
+        consenting = self._store_now().consenting(account.id, list(distinct), list_id_of(txn))
         outcome = consent_outcome(
-            txn.account.id,
+            account.id,
             distinct,
             consenting,
             reasons,
@@ -123,17 +124,30 @@ class ConsentCheck(Check):
         return [reason] if reason else []
 
     def _store_now(self) -> ConsentStore:
-        """The ledger, opened on first use (StoreError when it cannot be reached)."""
-        with self._store_lock:
-            if self._store is None:
-                self._store = self._open_store()
-            return self._store
+        """The ledger, opened on first use (StoreError when it cannot be reached); a
+        message waits at most ``timeout_ms`` for another one opening it."""
+        store = self._store
+        if store is not None:
+            return store
+        return open_once(self._store_lock, self._settings.timeout_ms, self._open)
+
+    def _open(self) -> ConsentStore:
+        if self._store is None:
+            self._store = self._open_store()
+        return self._store
 
 
-def consent_check_from_settings(settings: Settings, client: redis.Redis) -> ConsentCheck:
-    """The check of one configuration: its ledger URL, its Redis and key prefix."""
+def consent_check_from_settings(
+    settings: Settings,
+    client: redis.Redis,
+    open_database: Callable[[], ConsentStore] | None = None,
+) -> ConsentCheck:
+    """The check of one configuration: its ledger URL (or ``open_database``, shared
+    with the other users of the durable database), its Redis and key prefix."""
 
     def open_store() -> ConsentStore:
+        if open_database is not None:
+            return open_database()
         from sendwarden.consent.store import open_from_settings  # the driver only when needed
 
         return open_from_settings(settings.consent)

@@ -7,6 +7,7 @@ stops them in reverse order however the test ends.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import smtplib
 import subprocess
@@ -52,14 +53,17 @@ class Rig:
         *,
         helo: str = "client.example",
         timeout: float = 30.0,
+        source: str | None = None,
     ) -> smtplib.SMTP:
         """An smtplib client connected (EHLO done) to Postfix, logged in if ``login``.
 
-        The password defaults to the one the rig gave that SASL user. Use it as a context
-        manager so the connection is closed.
+        The password defaults to the one the rig gave that SASL user. ``source`` is the
+        client's loopback address (e.g. "127.0.0.2", to be a different client than
+        127.0.0.1). Use it as a context manager so the connection is closed.
         """
         client = smtplib.SMTP("127.0.0.1", self.postfix.smtp_port, local_hostname=helo,
-                              timeout=timeout)  # fmt: skip
+                              timeout=timeout,
+                              source_address=(source, 0) if source else None)  # fmt: skip
         try:
             client.ehlo(helo)
             if login is not None:
@@ -79,6 +83,13 @@ class Rig:
     ) -> subprocess.CompletedProcess[bytes]:
         """Local submission with sendmail(1) as ``uid``; see PrivatePostfix.sendmail."""
         return self.postfix.sendmail(message, sender, recipients, uid, **kwargs)
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """The sendwarden milter's JSON decision lines so far."""
+        if self.milter is None:
+            return []
+        lines = [line for line in self.milter.log().splitlines() if line.startswith("{")]
+        return [record for record in map(json.loads, lines) if record.get("event") == "decision"]
 
     def events(self) -> list[dict[str, Any]]:
         """The no-op milter's recorded callbacks (empty for other milters)."""
