@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from redis.cluster import RedisCluster
 
 from sendwarden.attachments.fragments import RedisFragments
 from sendwarden.attachments.report import Fragment
@@ -17,7 +16,9 @@ from sendwarden.policy.facts import Client, Transaction
 from sendwarden.store import StoreError
 from sendwarden.store.redis import connect
 from tests.integration.test_ratelimit_cluster import cluster  # noqa: F401  (fixture)
+from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import RedisServer
+from tests.support.service import wait_until
 
 
 @pytest.fixture
@@ -87,7 +88,17 @@ def test_redis_down_is_a_store_error(redis_server: RedisServer, client: redis.Re
 
 
 def test_fragments_on_a_cluster(cluster: RedisCluster) -> None:  # noqa: F811
-    store = RedisFragments(cluster, "sw")
-    store.add("acme", Fragment("c@acme", 1, 2, 100))
-    tally = store.add("acme", Fragment("c@acme", 2, 2, 50))
-    assert (tally.bytes, tally.fragments, tally.declared_total) == (150, 2, 2)
+    """Three masters: every account's fragments live in its own slot, whichever master."""
+    wait_until(cluster.ready, 30, "the cluster is not ready")
+    client = connect(RedisSettings(url=cluster.url, timeout_ms=1000))
+    try:
+        store = RedisFragments(client, "sw")
+        masters = set()
+        for account in ("acme", "beta", "gamma", "delta", "omega"):
+            store.add(account, Fragment("c@acme", 1, 2, 100))
+            tally = store.add(account, Fragment("c@acme", 2, 2, 50))
+            assert (tally.bytes, tally.fragments, tally.declared_total) == (150, 2, 2)
+            masters.add(cluster.master_of(store.key(account, "c@acme")).port)
+        assert len(masters) > 1  # the keys really are spread over the cluster
+    finally:
+        client.close()
