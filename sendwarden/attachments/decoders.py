@@ -49,6 +49,11 @@ class SizeCounter(Protocol):
         """End of the part: hand what is still held to the sink (if any)."""
         ...
 
+    def ended_by_delimiter(self, line_break: bytes) -> None:
+        """The part ended at a delimiter after `line_break`, which the stdlib gives to
+        the delimiter and some decoders keep in the part."""
+        ...
+
 
 class RawCounter:
     """7bit, 8bit, binary and unknown encodings: the content is the file."""
@@ -69,6 +74,9 @@ class RawCounter:
         return False
 
     def flush(self) -> None:
+        pass
+
+    def ended_by_delimiter(self, line_break: bytes) -> None:
         pass
 
 
@@ -116,6 +124,9 @@ class Base64Counter:
         if self._sink is not None and len(self._quads) > 1:
             self._sink(a2b_base64(self._quads + b"=" * (4 - len(self._quads))))
         self._quads = b""
+
+    def ended_by_delimiter(self, line_break: bytes) -> None:
+        pass  # a line break is no base64 data
 
 
 class QuotedPrintableCounter:
@@ -269,9 +280,47 @@ def _clean_cut(line: bytes) -> int:
     return cut
 
 
+class LargestReadingCounter:
+    """Content whose transfer encoding reads more than one way (headers that disagree,
+    a value that is no bare token): every reading is counted, the largest reported."""
+
+    def __init__(self, sink: Sink | None = None) -> None:
+        self.encoded_bytes = 0
+        self._readings: tuple[SizeCounter, ...] = (
+            RawCounter(sink),
+            QuotedPrintableCounter(),
+            Base64Counter(),
+        )
+
+    def feed(self, data: bytes) -> None:
+        self.encoded_bytes += len(data)
+        for reading in self._readings:
+            reading.feed(data)
+
+    def decoded_bytes(self) -> int:
+        return max(reading.decoded_bytes() for reading in self._readings)
+
+    def has_junk(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        for reading in self._readings:
+            reading.flush()
+
+    def ended_by_delimiter(self, line_break: bytes) -> None:
+        for reading in self._readings:
+            reading.ended_by_delimiter(line_break)
+
+
+#: Transfer encodings that read more than one way (see the headers module).
+AMBIGUOUS_ENCODINGS = frozenset({"conflicting", "unknown"})
+
+
 def counter_for(transfer_encoding: str, sink: Sink | None = None) -> SizeCounter:
     """The counter for a Content-Transfer-Encoding value (already normalised); with
     a sink, the decoded content is handed to it as well."""
+    if transfer_encoding in AMBIGUOUS_ENCODINGS:
+        return LargestReadingCounter(sink)
     if transfer_encoding == "base64":
         return Base64Counter(sink)
     if transfer_encoding == "quoted-printable":

@@ -228,14 +228,15 @@ def _media_type(value: str | None, default: str) -> str:
     return _printable(f"{maintype.strip()}/{subtype.strip()}", MAX_CONTENT_TYPE)
 
 
-#: The reading of Content-Transfer-Encoding headers that disagree: counted raw.
+#: The reading of Content-Transfer-Encoding headers that disagree: every reading
+#: is counted (decoders.LargestReadingCounter), as for a value that is no token.
 CONFLICTING_ENCODINGS = "conflicting"
 
 
 def _transfer_encoding(values: list[str] | None) -> str:
-    """The one encoding, or a reading that is counted raw (the largest: no transfer
-    decoding makes content bigger): anything but a bare token (comments, extra
-    words: some decoders still decode, others do not), or copies that disagree."""
+    """The one encoding, or "unknown"/"conflicting", whose every reading is counted:
+    anything but a bare token (comments, extra words: some decoders still decode,
+    others do not), or copies that disagree."""
     if not values:
         return "7bit"
     readings = {value.strip().lower() for value in values}

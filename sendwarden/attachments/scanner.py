@@ -31,8 +31,8 @@ or reports the message as ambiguous (`ScanReport.ambiguities`: refused with
 - Two different Content-Type headers on one entity: ambiguous (the stdlib takes
   the first, others the last). Identical copies: one reading.
 - Two different Content-Transfer-Encoding headers, or one that is not a bare
-  token (``base64 (comment)``, ``base64 x``): on a leaf, counted raw, the largest
-  reading (no transfer decoding makes content bigger); on a container, ambiguous.
+  token (``base64 (comment)``, ``base64 x``): on a leaf, every reading is counted
+  (raw, base64, quoted-printable) and the largest kept; on a container, ambiguous.
 - A transfer encoding other than 7bit/8bit/binary on a multipart or an attached
   message: ambiguous (the stdlib ignores it, other parsers decode first and then
   split). Still parsed as a container, so sizes stay reported.
@@ -57,7 +57,6 @@ import re
 from dataclasses import dataclass
 
 from sendwarden.attachments.decoders import (
-    QuotedPrintableCounter,
     RawCounter,
     SizeCounter,
     counter_for,
@@ -488,8 +487,7 @@ class AttachmentScanner:
             self._note(Defect.MISSING_START_BOUNDARY)
             content.counter.feed(eol)  # the stdlib keeps it in that part: count it
         counter = content.counter
-        if isinstance(counter, QuotedPrintableCounter):
-            counter.ended_by_delimiter(eol)
+        counter.ended_by_delimiter(eol)
         if role != "part" and counter.encoded_bytes == 0:
             return
         if counter.has_junk():

@@ -135,7 +135,21 @@ def test_leaf_transfer_encodings_read_two_ways_count_the_largest_reading(
     report = scan_message(raw + B64_FILE, keep_parts=5)
     assert report.ambiguities == ()
     assert report.largest is not None
-    assert report.largest.decoded_bytes == len(B64_FILE)  # raw: more than any decoding
+    # Every reading counts: raw is larger than base64, and a quoted-printable reading
+    # (its bare LFs standing for CRLF) larger still.
+    assert report.largest.decoded_bytes == len(B64_FILE) + B64_FILE.count(b"\n")
+
+
+def test_conflicting_encodings_on_a_tiny_body_count_the_largest_reading() -> None:
+    """Found by the differential test: quoted-printable + 7bit on one LF; fast_mail_parser
+    reads quoted-printable (CRLF, 2 bytes), the stdlib 7bit (1 byte)."""
+    raw = (
+        b"Content-Type: text/plain\nContent-Transfer-Encoding: quoted-printable\n"
+        b"Content-Transfer-Encoding: 7bit\n\n\n"
+    )
+    report = scan_message(raw)
+    assert report.largest is not None
+    assert report.largest.decoded_bytes == 2
 
 
 def test_identical_transfer_encodings_are_one_reading() -> None:
