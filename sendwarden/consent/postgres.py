@@ -1,7 +1,16 @@
 """The consent ledger in PostgreSQL, shared by several MTA hosts. Appends lock the
 chain-head row (SELECT ... FOR UPDATE) so concurrent writers on any host keep the
 chain linear; bulk appends stream through COPY. Reads and lock waits are bounded
-by ``timeout_ms`` (statement_timeout, lock_timeout)."""
+by ``timeout_ms`` (statement_timeout, lock_timeout).
+
+No server notice ever reaches this process (``client_min_messages = error`` from
+the connection's start-up packet on). psycopg hands a notice to Python from inside
+libpq through a C callback that takes the GIL with ``PyGILState_Ensure``; on
+libmilter's worker threads pymilter manages Python thread states by hand and leaves
+stale ones behind, so that callback crashed the milter (a segfault in
+``_notice_handler``) on the first notice after a reload: ``CREATE TABLE IF NOT
+EXISTS`` in the migration of the newly opened store sends one.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sendwarden.consent.ledger import canonical_time
 from sendwarden.consent.sqlbase import BACKEND, COLUMNS, SELECT_EVENTS, Clock, SqlConsentStore
@@ -29,6 +38,21 @@ SELECT recipient FROM (
 ) AS latest
 WHERE kind = 'granted'
 """
+
+
+#: Server settings every connection starts with (in the start-up packet, so they
+#: win over ALTER DATABASE/ROLE defaults): see the module docstring.
+_STARTUP_OPTIONS = "-c client_min_messages=error"
+
+
+def quiet_conninfo(url: str) -> str:
+    """``url`` with the start-up options that keep every server notice away, added
+    to any ``options`` the operator gave."""
+    try:
+        given = str(conninfo_to_dict(url).get("options") or "")
+    except psycopg.Error:
+        return url  # connecting reports the bad URL
+    return make_conninfo(url, options=f"{given} {_STARTUP_OPTIONS}".strip())
 
 
 def describe_url(url: str) -> str:
@@ -63,6 +87,7 @@ class PostgresConsentStore(SqlConsentStore[psycopg.Connection[Any]]):
     ) -> None:
         super().__init__(timeout_ms=timeout_ms, clock=clock, pool_size=pool_size)
         self.url = url
+        self._conninfo = quiet_conninfo(url)
         self.where = describe_url(url)
         if migrate:
             self.migrate()
@@ -73,7 +98,7 @@ class PostgresConsentStore(SqlConsentStore[psycopg.Connection[Any]]):
     def _connect(self) -> psycopg.Connection[Any]:
         try:
             conn = psycopg.connect(
-                self.url,
+                self._conninfo,
                 autocommit=True,  # transactions are explicit (conn.transaction())
                 connect_timeout=max(2, math.ceil(self.timeout_ms / 1000)),
             )
