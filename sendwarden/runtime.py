@@ -15,13 +15,14 @@ from sendwarden.checks.ratelimit import RecipientRateCheck
 from sendwarden.checks.relay import RelayCheck
 from sendwarden.checks.suspension import SuspensionCheck
 from sendwarden.config import Settings
+from sendwarden.consent.bulk import RecentRecipients
 from sendwarden.consent.check import consent_check_from_settings
 from sendwarden.dkim.signer import signers_from_settings
 from sendwarden.pipeline import Pipeline
 from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store.redis import connect
-from sendwarden.store.suspensions import RedisSuspensionStore
+from sendwarden.store.suspensions import CachedSuspensions, RedisSuspensionStore
 
 
 @dataclass
@@ -48,17 +49,26 @@ def build_checks(
     """The active checks in the order they run. At RCPT, checks that refuse for
     good come before ones that count, so a refused recipient consumes no quota."""
     prefix = settings.redis.key_prefix
+    # Shared: reservations refresh the MAIL-time suspension cache, and the rate
+    # limit's end-of-message round trip counts recipients for the consent rule.
+    suspensions = CachedSuspensions(RedisSuspensionStore(client, prefix))
+    recent = RecentRecipients(client, prefix)
     return [
-        SuspensionCheck(RedisSuspensionStore(client, prefix)),
+        SuspensionCheck(suspensions),
         RelayCheck(settings.policy.local_domains),
         # Last among the RCPT checks: only recipients nothing else refused are counted.
-        RecipientRateCheck(counter_from_settings(settings, client), settings),
+        RecipientRateCheck(
+            counter_from_settings(settings, client),
+            settings,
+            suspensions=suspensions,
+            recent=recent,
+        ),
         # End of message: forged From/Sender and provider headers (pure, no store).
         IdentityCheck(settings, directory),
         # End of message: no file over the cap (fed the body; inbound and outbound).
         *attachment_checks(settings),
         # End of message: bulk mail needs consent (before any signer, which stays last).
-        consent_check_from_settings(settings, client),
+        consent_check_from_settings(settings, client, recent),
         # LAST: the DKIM signer signs only what every rule above passed.
         *signers_from_settings(settings.dkim),
     ]

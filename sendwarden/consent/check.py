@@ -102,6 +102,8 @@ class ConsentCheck(Check):
         accepted = not verdict.is_final or verdict.action is Action.ACCEPT
         if not accepted or txn.account is None or not is_outbound(txn):
             return
+        if txn.recent_recipients is not None:
+            return  # the rate limit's end-of-message round trip recorded them already
         removed = set(txn.changes.remove_recipients)
         delivered = [r for r in txn.recipients if r not in removed]
         self._recent.add(txn.account.id, delivered)
@@ -117,9 +119,10 @@ class ConsentCheck(Check):
         reasons = message_bulk_reasons(txn, self._settings.bulk_recipient_threshold, distinct_count)
         if reasons or txn.account is None:
             return reasons
-        reason = campaign_reason(
-            self._recent.count(txn.account.id), self._settings.bulk_distinct_recipients_per_hour
-        )
+        recent = txn.recent_recipients
+        if recent is None:
+            recent = self._recent.count(txn.account.id)
+        reason = campaign_reason(recent, self._settings.bulk_distinct_recipients_per_hour)
         return [reason] if reason else []
 
     def _store_now(self) -> ConsentStore:
@@ -130,7 +133,9 @@ class ConsentCheck(Check):
             return self._store
 
 
-def consent_check_from_settings(settings: Settings, client: redis.Redis) -> ConsentCheck:
+def consent_check_from_settings(
+    settings: Settings, client: redis.Redis, recent: RecipientCounter | None = None
+) -> ConsentCheck:
     """The check of one configuration: its ledger URL, its Redis and key prefix."""
 
     def open_store() -> ConsentStore:
@@ -138,6 +143,6 @@ def consent_check_from_settings(settings: Settings, client: redis.Redis) -> Cons
 
         return open_from_settings(settings.consent)
 
-    return ConsentCheck(
-        settings.consent, open_store, RecentRecipients(client, settings.redis.key_prefix)
-    )
+    if recent is None:
+        recent = RecentRecipients(client, settings.redis.key_prefix)
+    return ConsentCheck(settings.consent, open_store, recent)

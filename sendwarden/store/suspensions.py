@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 import typing
+from collections.abc import Callable
 from typing import Protocol
 
 import redis
 
 from sendwarden.policy.suspension import Suspension
 from sendwarden.store.redis import account_key, redis_errors
+
+#: Most accounts the suspension cache remembers.
+MAX_CACHED = 100_000
 
 
 class SuspensionStore(Protocol):
@@ -54,3 +59,49 @@ def parse_suspension(raw: bytes | str) -> Suspension:
         )
     except (ValueError, KeyError, TypeError):
         return Suspension(reason="suspended (record unreadable)", since="unknown")
+
+
+class CachedSuspensions:
+    """A :class:`SuspensionStore` that remembers "not suspended" for ``ttl`` seconds,
+    so the MAIL-time check costs no round trip for an account seen recently.
+
+    Safe because it is never the last word: the rate limit's reservation script
+    refuses a suspended account whatever this cache says (a suspension by staff is
+    then refused at the first RCPT rather than at MAIL, for at most ``ttl``), and
+    every reservation's answer refreshes the cache. "Suspended" is never cached,
+    so a lifted suspension takes effect at once.
+    """
+
+    def __init__(
+        self, store: SuspensionStore, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._clock = clock
+        self._clear_until: dict[str, float] = {}
+
+    def get(self, account_id: str) -> Suspension | None:
+        if self._clear_until.get(account_id, 0.0) > self._clock():
+            return None
+        suspension = self._store.get(account_id)
+        if suspension is None:
+            self.seen_unsuspended(account_id)
+        else:
+            self._clear_until.pop(account_id, None)
+        return suspension
+
+    def seen_unsuspended(self, account_id: str) -> None:
+        """A store answer just now said the account is not suspended."""
+        if len(self._clear_until) >= MAX_CACHED:
+            self._clear_until.clear()  # bounded; account ids come from the config
+        self._clear_until[account_id] = self._clock() + self._ttl
+
+    def seen_suspended(self, account_id: str) -> None:
+        self._clear_until.pop(account_id, None)
+
+    def suspend(self, account_id: str, suspension: Suspension) -> None:
+        self._clear_until.pop(account_id, None)
+        self._store.suspend(account_id, suspension)
+
+    def lift(self, account_id: str) -> bool:
+        return self._store.lift(account_id)
