@@ -73,7 +73,7 @@ class CachedSuspensions:
     """
 
     def __init__(
-        self, store: SuspensionStore, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic
+        self, store: SuspensionStore, ttl: float = 300.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._store = store
         self._ttl = ttl
