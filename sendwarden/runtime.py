@@ -54,15 +54,17 @@ def build_checks(
     suspensions = CachedSuspensions(RedisSuspensionStore(client, prefix))
     recent = RecentRecipients(client, prefix)
     return [
-        SuspensionCheck(suspensions),
         RelayCheck(settings.policy.local_domains),
         # Last among the RCPT checks: only recipients nothing else refused are counted.
+        # At MAIL its batch reservation refuses a suspended account in the same round
+        # trip, and tells the suspension check below (which then needs none).
         RecipientRateCheck(
             counter_from_settings(settings, client),
             settings,
             suspensions=suspensions,
             recent=recent,
         ),
+        SuspensionCheck(suspensions),
         # End of message: forged From/Sender and provider headers (pure, no store).
         IdentityCheck(settings, directory),
         # End of message: no file over the cap (fed the body; inbound and outbound).

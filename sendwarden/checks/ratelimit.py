@@ -1,17 +1,16 @@
 """Recipient rate limit: reserve at RCPT, give back when the message is not accepted.
 
-SMTP recipients are reserved in batches: the first RCPT reserves up to
-``FIRST_BATCH`` recipients in one round trip (as many as fit, at least the one
-asked for; never more than 2 % of the account's limit), the following RCPTs use
-them up without a round trip, and a message with more recipients reserves
-again, twice as many each time (within the same 2 %). The end of message
-gives back what the batch did not use, in the same round trip that counts and
-records the message's distinct recipients for the consent rule; so a message of
-up to ``FIRST_BATCH`` recipients costs two round trips in all (the MAIL-time
-suspension check reads a cache that every reservation refreshes). The count stays
-exact: a recipient is deferred only when the window is full or other transactions
-of the account hold reservations they have not used yet, and never more than the
-limit is counted. The reservation script also refuses a suspended account.
+SMTP recipients are reserved in batches: MAIL reserves up to ``FIRST_BATCH``
+recipients in one round trip (as many as fit, maybe none; never more than 2 % of
+the account's limit), and the same script refuses a suspended account there; the
+RCPTs use the batch up without a round trip, and a message with more recipients
+reserves again at RCPT, twice as many each time (within the same 2 %). The end of
+message gives back what the batches did not use, in the same round trip that
+counts and records the message's distinct recipients for the consent rule; so a
+message of up to ``FIRST_BATCH`` recipients costs two round trips in all. The
+count stays exact: a recipient is deferred only when the window is full or other
+transactions of the account hold reservations they have not used yet, and never
+more than the limit is counted.
 sendmail(1) mail is judged whole at end of message: all its recipients are
 reserved in one round trip, or none. A transaction that ends without being
 accepted (refused later, aborted, connection lost) returns what it reserved, by
@@ -126,6 +125,14 @@ class RecipientRateCheck(Check):
         self._reasons: dict[int, str] = {}
         self._owed = OwedRefunds()
 
+    def at_mail(self, txn: Transaction) -> Verdict | None:
+        """The first batch, and the account's suspension, in one round trip."""
+        account = txn.account
+        if account is None or txn.client.local_submission:
+            return None  # sendmail(1) mail is reserved whole at end of message
+        limit = self._settings.recipients_per_hour(account)
+        return self._reserve(txn, self._reservations(txn), 0, self._batch(0, limit), limit)
+
     def at_rcpt(self, txn: Transaction, recipient: str) -> Verdict | None:
         account = txn.account
         if account is None:  # unknown senders are not counted (relay rules cover them)
@@ -142,10 +149,21 @@ class RecipientRateCheck(Check):
             if reservations.unused:  # reserved by this transaction's batch already
                 reservations.unused -= 1
                 return None
-            # Each batch twice the last, but never more than 2 % of the limit: what a
-            # transaction holds unused may defer other transactions of the account.
             cost = 1
-            want = min(FIRST_BATCH << min(len(reservations.ids), 16), max(1, limit // 50))
+            want = self._batch(len(reservations.ids), limit)
+        return self._reserve(txn, reservations, cost, want, limit)
+
+    @staticmethod
+    def _batch(earlier: int, limit: int) -> int:
+        """Each batch twice the last, but never more than 2 % of the limit: what a
+        transaction holds unused may defer other transactions of the account."""
+        return min(FIRST_BATCH << min(earlier, 16), max(1, limit // 50))
+
+    def _reserve(
+        self, txn: Transaction, reservations: Reservations, cost: int, want: int, limit: int
+    ) -> Verdict | None:
+        account = txn.account
+        assert account is not None
         if self._owed:
             self._owed.pay(self._counter.refund)
         reservation = new_reservation_id()
@@ -157,7 +175,8 @@ class RecipientRateCheck(Check):
             # Redis may still count it. Accepted uncounted (on_store_error = "accept"):
             # a late count is right, and it is refunded with the message if that fails.
             # Otherwise the recipient is tempfailed: owe it back now.
-            if self._settings.policy.on_store_error == "accept":
+            # (A batch at MAIL, cost 0, nobody relies on: always owed back.)
+            if self._settings.policy.on_store_error == "accept" and cost:
                 reservations.ids[reservation] = UNKNOWN_BUCKET
             else:
                 self._owed.add(account.id, {reservation: UNKNOWN_BUCKET})
@@ -169,9 +188,10 @@ class RecipientRateCheck(Check):
         if self._suspensions is not None:
             self._suspensions.seen_unsuspended(account.id)
         if decision.admitted:
-            reservations.ids[reservation] = decision.bucket
+            if decision.granted:
+                reservations.ids[reservation] = decision.bucket
             reservations.whole_message = txn.client.local_submission
-            if not txn.client.local_submission:
+            if not txn.client.local_submission and decision.granted:
                 reservations.batch = (reservation, decision.bucket, decision.granted)
                 reservations.unused = decision.granted - cost
             return None

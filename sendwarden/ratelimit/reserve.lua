@@ -18,6 +18,8 @@
 -- ARGV[6] want            reserve up to this many (>= cost) when they fit; '' = cost.
 --                         Admission still asks only for `cost`: a batch reserved ahead
 --                         for the next recipients never refuses one that would fit.
+--                         cost 0 (a batch reserved at MAIL) is never refused nor a
+--                         strike; it may be granted nothing.
 --
 -- A suspended account (KEYS[3] set, by staff or by this script) is refused here
 -- too, whatever the count: the milter's MAIL-time suspension check may read a
@@ -102,6 +104,9 @@ end
 
 if used + cost <= limit then
   local granted = math.max(cost, math.min(want, limit - used))
+  if granted == 0 then
+    return {1, used, current, 0, now, 0, 0, ''}
+  end
   local record_key = records .. ':' .. current
   redis.call('HSET', record_key, id, granted)
   if redis.call('HINCRBY', rate_key, current, granted) == granted then

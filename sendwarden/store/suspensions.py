@@ -63,17 +63,16 @@ def parse_suspension(raw: bytes | str) -> Suspension:
 
 class CachedSuspensions:
     """A :class:`SuspensionStore` that remembers "not suspended" for ``ttl`` seconds,
-    so the MAIL-time check costs no round trip for an account seen recently.
+    so the MAIL-time check costs no round trip right after the rate limit's MAIL
+    reservation read the same key (and refused the account if it was suspended).
 
-    Safe because it is never the last word: the rate limit's reservation script
-    refuses a suspended account whatever this cache says (a suspension by staff is
-    then refused at the first RCPT rather than at MAIL, for at most ``ttl``), and
-    every reservation's answer refreshes the cache. "Suspended" is never cached,
-    so a lifted suspension takes effect at once.
+    Never the last word: every reservation script refuses a suspended account
+    whatever this cache says, and every reservation's answer refreshes it.
+    "Suspended" is never cached, so a lifted suspension takes effect at once.
     """
 
     def __init__(
-        self, store: SuspensionStore, ttl: float = 300.0, clock: Callable[[], float] = time.monotonic
+        self, store: SuspensionStore, ttl: float = 10.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._store = store
         self._ttl = ttl

@@ -322,8 +322,10 @@ def test_the_refusal_that_suspends_also_refuses_the_message() -> None:
 def test_store_down_tempfails_or_accepts_as_configured() -> None:
     pipeline, counter, _ = build(limit=3)
     counter.down = True
-    replies = smtp_send(pipeline, "alice@acme.example", ["a@x.net"])
-    assert replies[0].startswith("451 4.3.0")
+    txn = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="alice@acme.example")
+    # MAIL's batch reservation (which reads the suspension too) is the first to fail
+    assert pipeline.mail(txn).reply().startswith("451 4.3.0")
+    assert counter.used("acme") == 0
     pipeline, counter, _ = build(limit=3, on_store_error="accept")
     counter.down = True
     assert smtp_send(pipeline, "alice@acme.example", ["a@x.net"]) == ["", ""]
@@ -355,11 +357,14 @@ def test_a_small_limit_is_never_held_ahead() -> None:
     assert counter.used("acme") == 0
 
 
-def test_the_counter_refuses_a_suspended_account_whatever_the_mail_check_saw() -> None:
+def test_the_mail_reservation_refuses_a_suspended_account() -> None:
+    """The suspension check's own store says nothing here: the counter's answer is
+    enough, at MAIL, in the round trip that reserves the first batch."""
     pipeline, counter, _ = build(limit=1000)
     counter.suspended["acme"] = b'{"reason": "abuse report", "since": "2026-01-01T00:00:00Z"}'
-    replies = smtp_send(pipeline, "alice@acme.example", ["a@x.net"])
-    assert replies[0].startswith("550 5.7.1 Account acme is suspended since 2026-01-01")
+    txn = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="alice@acme.example")
+    verdict = pipeline.mail(txn)
+    assert verdict.reply().startswith("550 5.7.1 Account acme is suspended since 2026-01-01")
     assert counter.used("acme") == 0
 
 
