@@ -14,6 +14,7 @@ from sendwarden.checks.identity import IdentityCheck
 from sendwarden.checks.ratelimit import RecipientRateCheck
 from sendwarden.checks.relay import RelayCheck
 from sendwarden.checks.suspension import SuspensionCheck
+from sendwarden.checks.unknown import unknown_sender_checks
 from sendwarden.config import Settings
 from sendwarden.consent.bulk import RecentRecipients
 from sendwarden.consent.check import consent_check_from_settings
@@ -54,6 +55,8 @@ def build_checks(
     suspensions = CachedSuspensions(RedisSuspensionStore(client, prefix))
     recent = RecentRecipients(client, prefix)
     return [
+        # MAIL: unlisted senders, when the provider refuses them (pure).
+        *unknown_sender_checks(settings.policy.unknown_senders),
         RelayCheck(settings.policy.local_domains),
         # Last among the RCPT checks: only recipients nothing else refused are counted.
         # At MAIL its batch reservation refuses a suspended account in the same round
