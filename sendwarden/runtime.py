@@ -64,7 +64,7 @@ def build_checks(
         RecipientRateCheck(
             counter_from_settings(settings, client),
             settings,
-            suspensions=suspensions,
+            suspension_cache=suspensions,
             recent=recent,
         ),
         SuspensionCheck(suspensions),

@@ -48,7 +48,7 @@ from sendwarden.ratelimit.counter import (
 )
 from sendwarden.ratelimit.owed import OwedRefunds
 from sendwarden.store import StoreError
-from sendwarden.store.suspensions import parse_suspension
+from sendwarden.store.suspensions import NOT_SUSPENDED, parse_suspension
 
 KEEPS_QUOTA = (Action.CONTINUE, Action.ACCEPT)
 
@@ -76,7 +76,7 @@ class Counter(Protocol):
     ) -> tuple[int, int]: ...
 
 
-class Suspensions(Protocol):
+class SuspensionCache(Protocol):
     """The MAIL-time suspension cache, told what each reservation saw."""
 
     def seen_unsuspended(self, account_id: str) -> None: ...
@@ -113,12 +113,12 @@ class RecipientRateCheck(Check):
         counter: Counter,
         settings: Settings,
         *,
-        suspensions: Suspensions | None = None,
+        suspension_cache: SuspensionCache | None = None,
         recent: RecentRecipients | None = None,
     ) -> None:
         self._counter = counter
         self._settings = settings
-        self._suspensions = suspensions
+        self._suspension_cache = suspension_cache
         self._recent = recent
         self._suspend_after = settings.ratelimit.suspend_after
         self._suspend_period = settings.ratelimit.suspend_period
@@ -181,12 +181,12 @@ class RecipientRateCheck(Check):
             else:
                 self._owed.add(account.id, {reservation: UNKNOWN_BUCKET})
             raise
-        if decision.suspension:
-            if self._suspensions is not None:
-                self._suspensions.seen_suspended(account.id)
+        if decision.suspension and decision.suspension != NOT_SUSPENDED:
+            if self._suspension_cache is not None:
+                self._suspension_cache.seen_suspended(account.id)
             return suspension_verdict(account.id, parse_suspension(decision.suspension))
-        if self._suspensions is not None:
-            self._suspensions.seen_unsuspended(account.id)
+        if self._suspension_cache is not None and decision.suspension == NOT_SUSPENDED:
+            self._suspension_cache.seen_unsuspended(account.id)
         if decision.admitted:
             if decision.granted:
                 reservations.ids[reservation] = decision.bucket

@@ -46,7 +46,8 @@
 --   now       the script's time, microseconds
 --   suspended 1 when this refusal suspended the account
 --   granted   recipients reserved (between cost and want) when admitted, else 0
---   suspension the account's suspension JSON when it is suspended, else ''
+--   suspension the account's suspension JSON when it is suspended, '-' when Redis
+--             knows it is not, '' when Redis does not know (or for an id seen before)
 local rate_key, strikes_key, suspended_key = KEYS[1], KEYS[2], KEYS[3]
 local void_key, records = KEYS[4], KEYS[5]
 local id = ARGV[5]
@@ -97,15 +98,17 @@ for number = current, current - 1, -1 do
   end
 end
 
-local suspension = redis.call('GET', suspended_key)
-if suspension then
+-- The suspension key: the JSON of a suspension, '-' for "not suspended", absent when
+-- Redis does not know (then the milter's suspension check asks the durable store).
+local suspension = redis.call('GET', suspended_key) or ''
+if suspension ~= '' and suspension ~= '-' then
   return {0, used, current, -1, now, 0, 0, suspension}
 end
 
 if used + cost <= limit then
   local granted = math.max(cost, math.min(want, limit - used))
   if granted == 0 then
-    return {1, used, current, 0, now, 0, 0, ''}
+    return {1, used, current, 0, now, 0, 0, suspension}
   end
   local record_key = records .. ':' .. current
   redis.call('HSET', record_key, id, granted)
@@ -118,7 +121,7 @@ if used + cost <= limit then
   if over then
     redis.call('HDEL', rate_key, 'o')
   end
-  return {1, used + granted, current, 0, now, 0, granted, ''}
+  return {1, used + granted, current, 0, now, 0, granted, suspension}
 end
 
 -- Refused. When does enough capacity free up? Buckets leave the window oldest
@@ -180,4 +183,4 @@ if cost <= limit and not over then
     end
   end
 end
-return {0, used, current, frees_at, now, suspended, 0, ''}
+return {0, used, current, frees_at, now, suspended, 0, suspension}

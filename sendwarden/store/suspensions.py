@@ -13,6 +13,8 @@ import redis
 from sendwarden.policy.suspension import Suspension
 from sendwarden.store.redis import account_key, redis_errors
 
+#: Redis's entry for an account known not to be suspended.
+NOT_SUSPENDED = b"-"
 #: Most accounts the suspension cache remembers.
 MAX_CACHED = 100_000
 
@@ -104,3 +106,8 @@ class CachedSuspensions:
 
     def lift(self, account_id: str) -> bool:
         return self._store.lift(account_id)
+
+    def close(self) -> None:
+        close = getattr(self._store, "close", None)
+        if callable(close):
+            close()
