@@ -63,12 +63,15 @@ class Setup:
     label: str
     milter: str  # "none", "c", "pymilter", "sendwarden"
     socket: str = "unix"  # "unix" or "inet"
+    data_reply: bool | None = None  # None: as sendwarden does it (inet sockets only)
 
 
 SETUPS = (
     Setup("postfix alone", "none"),
     Setup("C no-op, unix", "c"),
     Setup("C no-op, inet", "c", "inet"),
+    # What the inet stall costs: the same, with the DATA step skipped (no reply).
+    Setup("C no-op, inet, no DATA", "c", "inet", data_reply=False),
     Setup("pymilter no-op, unix", "pymilter"),
     Setup("sendwarden, unix", "sendwarden"),
     Setup("sendwarden, inet", "sendwarden", "inet"),
@@ -149,9 +152,10 @@ def start_setup(
         if setup.socket == "unix"
         else f"inet:{free_port()}@127.0.0.1"
     )
-    steps = protocol_steps(needs_body=True, data_reply=setup.socket == "inet")
+    data_reply = setup.socket == "inet" if setup.data_reply is None else setup.data_reply
+    steps = protocol_steps(needs_body=True, data_reply=data_reply)
     process: MilterProcess | None = None
-    log_path = directory / f"{setup.milter}-{setup.socket}.log"
+    log_path = directory / f"{setup.milter}-{setup.socket}-{data_reply}.log"
     if setup.milter == "c":
         symlists = [f"{stage}={macros}" for stage, macros in MACROS.items()]
         argv = [str(c_binary), socket, hex(steps), hex(_STEP_BITS), *symlists]
@@ -268,7 +272,7 @@ def print_cell(
     medians = {label: statistics.median(s.rates) for label, s in results.items()}
     figures: dict[str, float] = {}
     for label, samples in results.items():
-        socket = "inet" if label.endswith("inet") else "unix"
+        socket = "inet" if "inet" in label else "unix"
         c_noop = medians[f"C no-op, {socket}"]
         p99 = percentile(samples.latencies, 0.99) * 1000
         figures[label] = medians[label]
@@ -368,10 +372,19 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument(
         "--profile", action="store_true", help="then profile sendwarden (unix) with py-spy"
     )
+    parser.add_argument(
+        "--cells", help="only these SESSIONSxRECIPIENTS cells, e.g. 1x1,10x10 (development)"
+    )
     args = parser.parse_args(list(argv))
     rounds, messages, cells = args.rounds, args.messages, CELLS
+    if args.cells:
+        cells = tuple(
+            (int(sessions), int(recipients))
+            for sessions, _, recipients in (cell.partition("x") for cell in args.cells.split(","))
+        )
     if args.quick:
-        rounds, messages, cells = 1, 60, ((10, 1), (10, 10))
+        rounds, messages = 1, 60
+        cells = cells if args.cells else ((10, 1), (10, 10))
     print(
         f"loadtest.milter: {messages} messages of ~2 KB per set-up, cell and round, "
         f"{rounds} round(s), {ACCOUNTS} accounts logging in with SASL PLAIN, "
