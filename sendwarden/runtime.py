@@ -23,7 +23,11 @@ from sendwarden.pipeline import Pipeline
 from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store.redis import connect
-from sendwarden.store.suspensions import CachedSuspensions, RedisSuspensionStore
+from sendwarden.store.suspensions import (
+    CachedSuspensions,
+    SharedDatabase,
+    suspension_store_from_settings,
+)
 
 
 @dataclass
@@ -49,11 +53,14 @@ def build_checks(
 ) -> list[Check]:
     """The active checks in the order they run. At RCPT, checks that refuse for
     good come before ones that count, so a refused recipient consumes no quota."""
-    prefix = settings.redis.key_prefix
+    # The durable database (consent ledger, suspension history): one pool, opened on
+    # first use, shared by the checks that need it.
+    database = SharedDatabase(settings)
+    suspensions = suspension_store_from_settings(settings, client, database)
     # Shared: reservations refresh the MAIL-time suspension cache, and the rate
     # limit's end-of-message round trip counts recipients for the consent rule.
-    suspensions = CachedSuspensions(RedisSuspensionStore(client, prefix))
-    recent = RecentRecipients(client, prefix)
+    cache = CachedSuspensions(suspensions)
+    recent = RecentRecipients(client, settings.redis.key_prefix)
     return [
         # MAIL: unlisted senders, when the provider refuses them (pure).
         *unknown_sender_checks(settings.policy.unknown_senders),
@@ -64,16 +71,17 @@ def build_checks(
         RecipientRateCheck(
             counter_from_settings(settings, client),
             settings,
-            suspension_cache=suspensions,
+            suspensions,
+            suspension_cache=cache,
             recent=recent,
         ),
-        SuspensionCheck(suspensions),
+        SuspensionCheck(cache),
         # End of message: forged From/Sender and provider headers (pure, no store).
         IdentityCheck(settings, directory),
         # End of message: no file over the cap (fed the body; inbound and outbound).
         *attachment_checks(settings),
         # End of message: bulk mail needs consent (before any signer, which stays last).
-        consent_check_from_settings(settings, client, recent),
+        consent_check_from_settings(settings, client, database, recent),
         # LAST: the DKIM signer signs only what every rule above passed.
         *signers_from_settings(settings.dkim),
     ]

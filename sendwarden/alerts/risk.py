@@ -205,7 +205,7 @@ class RiskRecorder:
         except StoreError as error:
             self._outage.failed(error)
             return
-        self._outage.succeeded()
+        self._outage.succeeded({"redis"})
 
 
 def refused_count(txn: Transaction, stage: str, verdict: Verdict) -> int:

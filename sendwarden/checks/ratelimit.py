@@ -41,6 +41,7 @@ from sendwarden.policy.ratelimit import (
 from sendwarden.policy.suspension import Suspension, suspension_verdict
 from sendwarden.policy.verdict import Action, Verdict
 from sendwarden.ratelimit.counter import (
+    AUTOMATIC_BY,
     UNKNOWN_BUCKET,
     Decision,
     RecentBatch,
@@ -105,6 +106,13 @@ class Reservations:
     unused: int = 0
 
 
+class SuspensionRecorder(Protocol):
+    """Where an automatic suspension is recorded durably (the script already put it
+    in effect in Redis): :class:`sendwarden.store.suspensions.DurableSuspensionStore`."""
+
+    def recorded_automatically(self, account_id: str, suspension: Suspension) -> None: ...
+
+
 class RecipientRateCheck(Check):
     name = RULE
 
@@ -112,11 +120,13 @@ class RecipientRateCheck(Check):
         self,
         counter: Counter,
         settings: Settings,
+        suspensions: SuspensionRecorder | None = None,
         *,
         suspension_cache: SuspensionCache | None = None,
         recent: RecentRecipients | None = None,
     ) -> None:
         self._counter = counter
+        self._suspensions = suspensions
         self._settings = settings
         self._suspension_cache = suspension_cache
         self._recent = recent
@@ -197,11 +207,16 @@ class RecipientRateCheck(Check):
             return None
         suspended_after = None
         if decision.suspended:
+            if self._suspension_cache is not None:
+                self._suspension_cache.seen_suspended(account.id)
             suspended_after = (self._suspend_after, self._suspend_period)
             reservations.suspension = Suspension(
                 reason=self._reason(limit),
                 since=datetime.fromtimestamp(decision.now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                by=AUTOMATIC_BY,
             )
+            if self._suspensions is not None:
+                self._suspensions.recorded_automatically(account.id, reservations.suspension)
         return over_limit_verdict(
             account.id, limit, decision.frees_at, decision.now, suspended_after=suspended_after
         )

@@ -1,7 +1,8 @@
 """Suspended accounts are refused at MAIL. The store is normally a
-:class:`~sendwarden.store.suspensions.CachedSuspensions`: an account seen unsuspended
-in the last minutes costs no round trip here, and the rate limit's reservation
-script refuses a suspension this check has not seen yet."""
+:class:`~sendwarden.store.suspensions.CachedSuspensions` over the durable store
+(Redis, then the database when Redis has no entry): an account the rate limit's MAIL
+reservation has just seen unsuspended costs no round trip here, and that
+reservation script itself refuses a suspension Redis knows."""
 
 from __future__ import annotations
 
@@ -22,3 +23,8 @@ class SuspensionCheck(Check):
         if txn.account is None:
             return None
         return suspension_verdict(txn.account.id, self._store.get(txn.account.id))
+
+    def close(self) -> None:
+        close = getattr(self._store, "close", None)
+        if callable(close):
+            close()

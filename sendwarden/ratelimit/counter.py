@@ -30,7 +30,7 @@ from sendwarden.ratelimit.window import (
     bucket_expiry,
     live_buckets,
 )
-from sendwarden.store import StoreError
+from sendwarden.store import StoreError, answered
 from sendwarden.store.redis import account_key, redis_errors
 
 Clock = Callable[[], int]  # microseconds since the epoch
@@ -138,6 +138,10 @@ class Usage:
     strikes: int  # over-limit episodes within the suspension period
 
 
+#: Who an automatic suspension is recorded as having been made by.
+AUTOMATIC_BY = "sendwarden rate limit"
+
+
 @dataclass(frozen=True, slots=True)
 class SuspensionPolicy:
     """Automatic suspension: ``after`` over-limit episodes within ``period`` seconds
@@ -145,7 +149,7 @@ class SuspensionPolicy:
 
     after: int = 0
     period: int = 86400
-    by: str = "sendwarden rate limit"
+    by: str = AUTOMATIC_BY
 
 
 class RecipientCounter:
@@ -226,6 +230,7 @@ class RecipientCounter:
             raise StoreError(
                 "redis", f"counting recipients of account {account_id}: {error}"
             ) from error
+        answered("redis")
         admitted, used, bucket, free, script_now, suspended, granted, suspension = reply
         return Decision(
             admitted == 1,

@@ -7,7 +7,8 @@
 --
 -- KEYS[1] rate hash       prefix:{account}:rate
 -- KEYS[2] strike zset     prefix:{account}:strikes    (time each episode over the limit began)
--- KEYS[3] suspension      prefix:{account}:suspended  (same JSON as `sendwarden account suspend`)
+-- KEYS[3] suspension      prefix:{account}:suspended  (same JSON as `sendwarden account suspend`;
+--                         '-' = known not suspended; sendwarden.store.suspensions)
 -- ARGV[1] cost            recipients to reserve (>= 1)
 -- ARGV[2] limit           recipients allowed per window
 -- ARGV[3] reason          suspension reason shown to the customer
@@ -174,7 +175,8 @@ if cost <= limit and not over then
     redis.call('ZREMRANGEBYSCORE', strikes_key, '-inf', now - period_us)
     redis.call('PEXPIRE', strikes_key, suspend_period * 1000)
     if redis.call('ZCARD', strikes_key) >= suspend_after then
-      if redis.call('EXISTS', suspended_key) == 0 then
+      local cached = redis.call('GET', suspended_key)  -- '-' caches "not suspended"
+      if not cached or cached == '-' then
         redis.call('SET', suspended_key, cjson.encode({
           reason = ARGV[3], since = iso8601(math.floor(now / 1000000)), by = by}))
         suspended = 1

@@ -21,7 +21,9 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
 from sendwarden.config import RedisSettings
-from sendwarden.store import StoreError
+from sendwarden.store import StoreError, answered
+
+BACKEND = "redis"  # how replies and logs name this store
 
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
 
@@ -101,4 +103,5 @@ def redis_errors(what: str) -> Iterator[None]:
     try:
         yield
     except redis.RedisError as error:
-        raise StoreError("redis", f"{what}: {error}") from error
+        raise StoreError(BACKEND, f"{what}: {error}") from error
+    answered(BACKEND)
