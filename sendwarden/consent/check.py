@@ -1,9 +1,11 @@
 """The milter side of consent: bulk mail at end of message needs every
 recipient's consent, asked of the ledger in one batched query.
 
-Personal mail costs one Redis round trip at end of message (the account's
-distinct recipients this hour) and one after it is accepted (adding this
-message's recipients); bulk mail costs one consent query on top. The consent
+Personal mail costs no Redis round trip of its own: the rate limit's
+end-of-message script counts the account's distinct recipients this hour and
+records this message's (``txn.recent_recipients``); only without it (no account
+counted there) does this check count, and record after acceptance, itself. Bulk
+mail costs one consent query on top. The consent
 database is opened on first use, so a milter whose customers send no bulk mail
 never needs it, and a database that is down at start-up is retried per message.
 """
