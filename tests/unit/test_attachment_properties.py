@@ -107,7 +107,14 @@ def stdlib_leaves(raw: bytes) -> list[tuple[str, int, str | None]]:
         assert isinstance(payload, bytes)
         size = len(payload)
         if part.get("content-transfer-encoding", "").lower() == "quoted-printable":
-            size += payload.count(b"\n") - payload.count(b"\r\n") + (2 if in_multipart else 0)
+            # The larger of two readings: a2b_qp with every decoded bare LF as CRLF, and
+            # a lenient decoder (hard line breaks as CRLF, plus the delimiter's CRLF).
+            encoded = str(part.get_payload())
+            hard_lf = encoded.count("\n") - encoded.count("\r\n") - encoded.count("=\n")
+            size = max(
+                size + payload.count(b"\n") - payload.count(b"\r\n"),
+                size + hard_lf + (2 if in_multipart else 0),
+            )
         leaves.append((part.get_content_type(), size, part.get_filename()))
 
     visit(message_from_bytes(raw, policy=email_policy.default), False)
