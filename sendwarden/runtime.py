@@ -14,8 +14,10 @@ from sendwarden.checks.identity import IdentityCheck
 from sendwarden.checks.ratelimit import RecipientRateCheck
 from sendwarden.checks.relay import RelayCheck
 from sendwarden.checks.suspension import SuspensionCheck
-from sendwarden.config import Settings
+from sendwarden.config import ConfigError, Settings
 from sendwarden.consent.check import consent_check_from_settings
+from sendwarden.directory.live import LiveDirectory, account_directory, live_directory
+from sendwarden.directory.sources import SourceError
 from sendwarden.dkim.signer import signers_from_settings
 from sendwarden.pipeline import Pipeline
 from sendwarden.policy.accounts import AccountDirectory
@@ -29,10 +31,13 @@ class Runtime:
     settings: Settings
     redis: redis.Redis
     pipeline: Pipeline
+    live_directory: LiveDirectory | None = None  # refreshes the [directory] sources
 
     def close(self) -> None:
         self.pipeline.close()
         self.redis.close()
+        if self.live_directory is not None:
+            self.live_directory.close()
 
 
 def attachment_checks(settings: Settings) -> list[Check]:
@@ -64,10 +69,24 @@ def build_checks(
     ]
 
 
+def load_directory(settings: Settings) -> tuple[AccountDirectory, LiveDirectory | None]:
+    """The accounts: the config's alone, or the [directory] sources read now (a bad
+    source is a ConfigError naming it: the start or the reload is refused) and then
+    re-read in the background."""
+    if not settings.directory.has_sources:
+        return AccountDirectory(settings.accounts), None
+    try:
+        live = live_directory(settings)
+    except SourceError as error:
+        raise ConfigError("directory", str(error)) from None
+    return account_directory(live), live
+
+
 def build_runtime(settings: Settings) -> Runtime:
+    directory, live = load_directory(settings)  # one index, shared by pipeline and checks
     client = connect(settings.redis)
-    directory = AccountDirectory(settings.accounts)  # one index, shared by pipeline and checks
     checks = build_checks(settings, client, directory)
     # Counts refusals that put the provider's addresses at risk, for the alert sweep.
     risk = RiskRecorder(RiskStore(client, settings.redis.key_prefix))
-    return Runtime(settings, client, Pipeline(settings, checks, directory, observers=[risk]))
+    pipeline = Pipeline(settings, checks, directory, observers=[risk])
+    return Runtime(settings, client, pipeline, live)

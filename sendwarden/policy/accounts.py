@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 from sendwarden.addresses import domain_of
 from sendwarden.config import Account, IPNetwork
 from sendwarden.policy.facts import IPAddress
 
 
-class AccountDirectory:
-    """Index of accounts by each identity they own, built once per config load."""
+class AccountLookups(Protocol):
+    """The identity lookups a directory answers (exact keys, no inference)."""
+
+    def get(self, account_id: str) -> Account | None: ...
+
+    def listed_login(self, login: str) -> Account | None: ...
+
+    def by_uid(self, uid: int) -> Account | None: ...
+
+    def by_address(self, address: IPAddress) -> Account | None: ...
+
+    def owner_of_exact_domain(self, domain: str) -> Account | None: ...
+
+
+class ConfiguredAccounts:
+    """Index of the config's accounts by each identity they own, built once per load."""
 
     def __init__(self, accounts: Iterable[Account]) -> None:
         self.accounts: tuple[Account, ...] = tuple(accounts)
@@ -32,7 +47,7 @@ class AccountDirectory:
     def get(self, account_id: str) -> Account | None:
         return self._by_id.get(account_id)
 
-    def by_login(self, login: str) -> Account | None:
+    def listed_login(self, login: str) -> Account | None:
         return self._by_login.get(login.casefold())
 
     def by_uid(self, uid: int) -> Account | None:
@@ -44,10 +59,56 @@ class AccountDirectory:
                 return account
         return None
 
+    def owner_of_exact_domain(self, domain: str) -> Account | None:
+        return self._by_domain.get(domain)
+
+
+class AccountDirectory:
+    """Which account owns an identity: the config's accounts, or (with ``lookups``) the
+    current directory of the provider's sources with the config's overrides on top,
+    which a background refresh replaces whole (:mod:`sendwarden.directory.live`)."""
+
+    def __init__(
+        self,
+        accounts: Iterable[Account] = (),
+        *,
+        lookups: Callable[[], AccountLookups] | None = None,
+    ) -> None:
+        self._configured = ConfiguredAccounts(accounts)
+        self.accounts = self._configured.accounts
+        self._lookups = lookups or (lambda: self._configured)
+
+    @property
+    def current(self) -> AccountLookups:
+        """The lookups in force now (take it once to ask several questions of one
+        directory)."""
+        return self._lookups()
+
+    def get(self, account_id: str) -> Account | None:
+        return self.current.get(account_id)
+
+    def by_login(self, login: str) -> Account | None:
+        """The account of a SASL login: the one listing it, or else, for a login that is
+        an address, the account owning its domain (a mailbox of the account's domain
+        needs no listing)."""
+        lookups = self.current
+        account = lookups.listed_login(login)
+        if account is None and "@" in login:
+            domain = domain_of(login)
+            account = lookups.owner_of_exact_domain(domain) if domain else None
+        return account
+
+    def by_uid(self, uid: int) -> Account | None:
+        return self.current.by_uid(uid)
+
+    def by_address(self, address: IPAddress) -> Account | None:
+        return self.current.by_address(address)
+
     def owner_of_domain(self, domain: str | None, *, subdomains: bool = True) -> Account | None:
         """The account owning a normalised domain (or, with subdomains, a parent of it)."""
+        lookups = self.current
         while domain:
-            account = self._by_domain.get(domain)
+            account = lookups.owner_of_exact_domain(domain)
             if account is not None or not subdomains:
                 return account
             _, _, domain = domain.partition(".")
