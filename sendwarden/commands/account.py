@@ -1,4 +1,5 @@
-"""``sendwarden account suspend|unsuspend|show ACCOUNT``: staff control of suspensions."""
+"""``sendwarden account suspend|unsuspend|show ACCOUNT`` and ``account which IDENTITY``:
+staff control of suspensions, and what the directory says about an account."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sendwarden.cli import add_actions, add_command, add_config_argument
-from sendwarden.config import load_settings
+from sendwarden.config import ConfigError, load_settings
+from sendwarden.directory import explain
+from sendwarden.directory.explain import open_directory
+from sendwarden.directory.sources import SourceError
 from sendwarden.policy.suspension import Suspension
 from sendwarden.store.redis import connect
 from sendwarden.store.suspensions import RedisSuspensionStore
@@ -26,15 +30,32 @@ def register(subparsers: Any) -> None:
     )
     unsuspend = actions.add_parser("unsuspend", help="lift a suspension")
     unsuspend.add_argument("account")
-    show = actions.add_parser("show", help="whether the account is suspended, and why")
+    show = actions.add_parser(
+        "show", help="where the account comes from, what it owns, and whether it is suspended"
+    )
     show.add_argument("account")
-    for sub in (suspend, unsuspend, show):
+    which = actions.add_parser(
+        "which", help="which account an address, login, uid or IP address is attributed to"
+    )
+    which.add_argument("identity", metavar="ADDRESS|LOGIN|UID|IP")
+    for sub in (suspend, unsuspend, show, which):
         add_config_argument(sub)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    account = settings.account(args.account)  # an unknown id is a clear error
+    try:
+        with open_directory(settings) as directory:
+            if args.action == "which":
+                print("\n".join(explain.which(directory, args.identity)))
+                return 0
+            account = directory.accounts.get(args.account)
+            if account is None:  # an unknown id is a clear error
+                raise ConfigError("accounts", f"no account with id {args.account!r}")
+            if args.action == "show":
+                print("\n".join(explain.show_account(directory, account)))
+    except SourceError as error:
+        raise ConfigError("directory", str(error)) from None
     store = RedisSuspensionStore(connect(settings.redis), settings.redis.key_prefix)
     if args.action == "suspend":
         since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -46,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         suspension = store.get(account.id)
         if suspension is None:
-            print(f"account {account.id}: active")
+            print("  status: active")
         else:
             print(
-                f"account {account.id}: suspended since {suspension.since} "
+                f"  status: suspended since {suspension.since} "
                 f"by {suspension.by or '?'}: {suspension.reason}"
             )
     return 0

@@ -161,11 +161,14 @@ Result = tuple[list[str], Iterator[Sequence[Any]]]
 
 def _postgresql(url: str, query: str, password: str | None, timeout_ms: int) -> Result:
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
 
+    ours = f"-c statement_timeout={timeout_ms} -c default_transaction_read_only=on"
+    given = conninfo_to_dict(url).get("options")
     connection = psycopg.connect(
         url,
         connect_timeout=max(1, timeout_ms // 1000),
-        options=f"-c statement_timeout={timeout_ms} -c default_transaction_read_only=on",
+        options=f"{given} {ours}" if given else ours,
         **({"password": password} if password is not None else {}),  # type: ignore[arg-type]
     )
     return _fetch_all(connection, query)

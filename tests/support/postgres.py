@@ -26,6 +26,8 @@ import psycopg
 from tests.support.ports import free_port, wait_for_tcp
 from tests.support.service import ProcessService
 
+PORT_ATTEMPTS = 3
+
 
 class PostgresError(RuntimeError):
     """The server did not start; the message carries its log."""
@@ -103,7 +105,19 @@ class PostgresServer(ProcessService):
             raise PostgresError(f"initdb failed:\n{proc.stdout.decode()}{proc.stderr.decode()}")
 
     def start(self) -> PostgresServer:
-        """initdb (first time) and start the server; return once it accepts connections."""
+        """initdb (first time) and start the server; return once it accepts connections.
+        A port taken between choosing it and binding it (other test runs share the
+        machine) is chosen again."""
+        for _attempt in range(PORT_ATTEMPTS - 1):
+            try:
+                return self._start()
+            except PostgresError as error:
+                if "Address already in use" not in str(error):
+                    raise
+                self.port = free_port()
+        return self._start()
+
+    def _start(self) -> PostgresServer:
         if self.running:
             return self
         if not self.data_dir.exists():
