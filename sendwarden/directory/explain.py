@@ -57,6 +57,15 @@ def open_directory(settings: Settings) -> Iterator[OpenDirectory]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def account_ids(settings: Settings) -> list[str]:
+    """Every account id: the config's and the sources' (SourceError when one is bad)."""
+    with open_directory(settings) as directory:
+        ids = dict.fromkeys(account.id for account in settings.accounts)
+        if directory.snapshot is not None:
+            ids.update(dict.fromkeys(directory.snapshot.account_ids()))
+    return list(ids)
+
+
 def show_account(directory: OpenDirectory, account: Account) -> list[str]:
     """Where the account comes from and everything it owns, each with its source."""
     config = directory.lookups.config

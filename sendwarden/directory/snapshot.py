@@ -408,6 +408,9 @@ class Snapshot:
             allow_subdomains=None if allowed is None else bool(allowed),
         )
 
+    def account_ids(self) -> list[str]:
+        return [str(row[0]) for row in self._all("SELECT id FROM accounts ORDER BY idx")]
+
     def uid_name(self, uid: int) -> str | None:
         row = self._one("SELECT name FROM uids WHERE uid = ?", (uid,))
         return None if row is None or row[0] is None else str(row[0])
