@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pymysql
 
-from tests.support.ports import free_port, wait_for_tcp
-from tests.support.postgres import PORT_ATTEMPTS
+from tests.support.ports import free_port, start_on_a_free_port, wait_for_tcp
 from tests.support.service import ProcessService
 
 
@@ -82,14 +81,7 @@ class MariaDBServer(ProcessService):
     def start(self) -> MariaDBServer:
         """Install the system tables (first time) and start; return once it answers.
         A port taken between choosing and binding it is chosen again."""
-        for _attempt in range(PORT_ATTEMPTS - 1):
-            try:
-                return self._start()
-            except MariaDBError as error:
-                if "Address already in use" not in str(error):
-                    raise
-                self.port = free_port()
-        return self._start()
+        return start_on_a_free_port(self, self._start, MariaDBError)
 
     def _start(self) -> MariaDBServer:
         if self.running:

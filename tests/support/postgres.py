@@ -23,10 +23,8 @@ from pathlib import Path
 
 import psycopg
 
-from tests.support.ports import free_port, wait_for_tcp
+from tests.support.ports import free_port, start_on_a_free_port, wait_for_tcp
 from tests.support.service import ProcessService
-
-PORT_ATTEMPTS = 3
 
 
 class PostgresError(RuntimeError):
@@ -108,14 +106,7 @@ class PostgresServer(ProcessService):
         """initdb (first time) and start the server; return once it accepts connections.
         A port taken between choosing it and binding it (other test runs share the
         machine) is chosen again."""
-        for _attempt in range(PORT_ATTEMPTS - 1):
-            try:
-                return self._start()
-            except PostgresError as error:
-                if "Address already in use" not in str(error):
-                    raise
-                self.port = free_port()
-        return self._start()
+        return start_on_a_free_port(self, self._start, PostgresError)
 
     def _start(self) -> PostgresServer:
         if self.running:
