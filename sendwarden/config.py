@@ -433,6 +433,9 @@ class DirectorySettings:
     # A re-read that loses more than this share of the directory's domains and logins is
     # taken for a half-written or broken source and refused (100: never refused).
     max_shrink_percent: int = parsed(_percent, default=50)
+    # Where the last good directory is kept across restarts: the milter then answers at
+    # once on it and re-reads the sources in the background. Empty: a temporary directory.
+    state_directory: str = ""
 
     @property
     def has_sources(self) -> bool:

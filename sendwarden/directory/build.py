@@ -44,6 +44,17 @@ def read_sources(settings: DirectorySettings) -> list[SourceData]:
     return sources
 
 
+def fingerprint(settings: DirectorySettings) -> str:
+    """What the sources are: a kept snapshot is only used again for the same ones."""
+    sources = {
+        "domain_map": settings.domain_map,
+        "system_users": settings.system_users,
+        "sql_url": settings.sql_url,
+        "sql_query": settings.sql_query,
+    }
+    return json.dumps(sources, sort_keys=True)
+
+
 def build(
     settings: DirectorySettings, out: str | Path, previous: str | Path | None = None
 ) -> BuildReport:
@@ -58,6 +69,7 @@ def build(
             system_users=users,
             previous=before,
             max_shrink_percent=settings.max_shrink_percent,
+            fingerprint=fingerprint(settings),
         )
     finally:
         if before is not None:

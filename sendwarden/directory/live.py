@@ -11,7 +11,9 @@ it is fixed), and reported to the abuse desk through the alert channels.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -23,7 +25,7 @@ from sendwarden.alerts.findings import Finding
 from sendwarden.alerts.notify import Notifier, deliver, notifiers_from_settings
 from sendwarden.alerts.rules import Alert
 from sendwarden.config import Account, Settings
-from sendwarden.directory.build import build_in_child
+from sendwarden.directory.build import build_in_child, fingerprint
 from sendwarden.directory.snapshot import Conflict, Snapshot
 from sendwarden.directory.sources import PASSWD_FILE, FileSignature, SourceError, file_signature
 from sendwarden.policy.accounts import AccountDirectory, ConfiguredAccounts
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 DIRECTORY_FAILED = "directory-source-failed"
 #: Accounts built (merged with their overrides) kept per snapshot.
 ACCOUNT_CACHE = 4096
+#: The last good snapshot's name in ``directory.state_directory``.
+KEPT_SNAPSHOT = "directory.db"
 #: Longest a build may take before it counts as failed.
 BUILD_TIMEOUT = 600.0
 
@@ -151,8 +155,13 @@ class LiveDirectory:
         self.settings = settings
         self.directory_settings = settings.directory
         self.config = ConfiguredAccounts(settings.accounts)
-        self._own_workdir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="sendwarden-directory-"))
+        state = workdir or settings.directory.state_directory
+        self._own_workdir = not state
+        self.workdir = Path(state or tempfile.mkdtemp(prefix="sendwarden-directory-"))
+        if state:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        self._kept = self.workdir / KEPT_SNAPSHOT
+        self._stale_start = False
         self._notifiers = (
             list(notifiers) if notifiers is not None else notifiers_from_settings(settings.alerts)
         )
@@ -171,9 +180,37 @@ class LiveDirectory:
 
     def load(self) -> None:
         """The first read, at start-up or reload: SourceError when a source is bad (the
-        start, or the reload, is refused with the reason)."""
-        if self.directory_settings.has_sources:
-            self._rebuild()
+        start, or the reload, is refused with the reason). With a ``state_directory``
+        holding the last good snapshot of the same sources, start on it at once and
+        re-read the sources in the background right away."""
+        if not self.directory_settings.has_sources:
+            return
+        kept = self._kept_snapshot()
+        if kept is not None:
+            self.lookups = DirectoryLookups(self.config, kept)
+            self._stale_start = True
+            log.info(
+                "directory: starting on the last good one kept in %s (%s accounts); "
+                "re-reading the sources now",
+                self._kept,
+                kept.counts()["accounts"],
+            )
+            return
+        self._rebuild()
+
+    def _kept_snapshot(self) -> Snapshot | None:
+        if self._own_workdir or not self._kept.exists():
+            return None
+        try:
+            snapshot = Snapshot(self._kept)
+            if snapshot.meta("fingerprint") == fingerprint(self.directory_settings):
+                return snapshot
+            snapshot.close()
+        except sqlite3.Error as error:
+            log.warning(
+                "the kept directory %s is unreadable (%s); reading the sources", self._kept, error
+            )
+        return None
 
     def start(self) -> None:
         """Re-read the sources every ``directory.refresh`` seconds, in the background."""
@@ -193,6 +230,8 @@ class LiveDirectory:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _run(self) -> None:
+        if self._stale_start:
+            self.refresh(force=True)
         while not self._stop.wait(self.directory_settings.refresh):
             self.refresh()
 
@@ -227,7 +266,7 @@ class LiveDirectory:
     def _rebuild(self) -> None:
         signatures = self._current_signatures()
         self._generation += 1
-        out = self.workdir / f"snapshot-{self._generation}.db"
+        out = self.workdir / f"snapshot-{os.getpid()}-{id(self):x}-{self._generation}.db"
         previous = self.lookups.snapshot
         started = time.monotonic()
         report = build_in_child(
@@ -237,6 +276,10 @@ class LiveDirectory:
             timeout=BUILD_TIMEOUT,
         )
         snapshot = Snapshot(out)
+        if not self._own_workdir:
+            # Kept for the next start; the open snapshot reads on through its handle.
+            os.replace(out, self._kept)
+            snapshot.path = self._kept
         self.lookups = DirectoryLookups(self.config, snapshot)  # the swap: one assignment
         self._signatures = signatures
         self.last_refresh = self._clock()
@@ -244,9 +287,10 @@ class LiveDirectory:
         self._log_new_conflicts(report.conflicts)
         if previous is not None:
             # Lookups still running on the old snapshot finish first: closing waits for
-            # its lock; its file goes with it.
+            # its lock; its file goes with it (a kept one was replaced already).
             previous.close()
-            previous.path.unlink(missing_ok=True)
+            if previous.path != snapshot.path:
+                previous.path.unlink(missing_ok=True)
 
     def _log_new_conflicts(self, conflicts: Sequence[Conflict]) -> None:
         current = {(conflict.kind, conflict.key) for conflict in conflicts}

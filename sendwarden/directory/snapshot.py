@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +30,11 @@ from pathlib import Path
 from sendwarden.directory.sources import SourceData, SourceError, check_account_id
 
 SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE sources (n INTEGER PRIMARY KEY, source TEXT, label TEXT, place_kind TEXT);
 CREATE TABLE accounts (idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, src INTEGER,
-    place INTEGER, recipients_per_hour INTEGER, allow_subdomains INTEGER);
+    place INTEGER, recipients_per_hour INTEGER, allow_subdomains INTEGER,
+    domains TEXT, logins TEXT, uids TEXT);
 CREATE TABLE also (account INTEGER, src INTEGER, place INTEGER);
 CREATE TABLE domains (domain TEXT PRIMARY KEY, account INTEGER NOT NULL, src INTEGER,
     place INTEGER) WITHOUT ROWID;
@@ -43,11 +46,9 @@ CREATE TABLE system_users (name TEXT PRIMARY KEY, account INTEGER NOT NULL, src 
     place INTEGER) WITHOUT ROWID;
 CREATE TABLE conflicts (kind TEXT, key TEXT, claimants TEXT, kept TEXT);
 """
-INDEXES = """
-CREATE INDEX domains_account ON domains (account);
-CREATE INDEX logins_account ON logins (account);
-CREATE INDEX uids_account ON uids (account);
-"""
+#: An account's domains, logins and uids are also kept on its own row (one line each),
+#: so building an account is one read, and no index on the big tables is needed.
+SEPARATOR = "\n"
 #: The snapshot of the system_users source (uids found in the password database).
 SYSTEM_USERS = "system_users"
 
@@ -146,6 +147,7 @@ def write_snapshot(
     system_users: Mapping[int, str] | None = None,
     previous: Snapshot | None = None,
     max_shrink_percent: int = 100,
+    fingerprint: str = "",
 ) -> BuildReport:
     """Merge ``sources`` (in precedence order) and the password database into a new
     snapshot file at ``path`` (written beside it, then renamed into place).
@@ -227,6 +229,11 @@ def write_snapshot(
     report.logins = len(claims["login"].owner)
     report.uids = len(claims["uid"].owner)
     _check_shrink(report, previous, max_shrink_percent)
+    owned: dict[str, dict[int, list[str]]] = {"domain": {}, "login": {}, "uid": {}}
+    for kind, by_account in owned.items():
+        for claimed, (index, _src, _place) in claims[kind].owner.items():
+            shown = shown_login[str(claimed)] if kind == "login" else str(claimed)
+            by_account.setdefault(index, []).append(shown)
 
     target = Path(path)
     partial = target.with_name(target.name + ".partial")
@@ -234,28 +241,45 @@ def write_snapshot(
     connection = sqlite3.connect(partial)
     try:
         connection.executescript(
-            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA page_size = 8192;"
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA page_size = 8192; "
+            "PRAGMA locking_mode = EXCLUSIVE; PRAGMA cache_size = -65536; "
+            "PRAGMA temp_store = MEMORY;"
         )
         connection.executescript(SCHEMA)
         insert = connection.executemany
         insert("INSERT INTO sources VALUES (?, ?, ?, ?)", source_rows)
         insert(
-            "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO meta VALUES (?, ?)",
+            [("fingerprint", fingerprint), ("built", str(time.time()))],
+        )
+        insert(
+            "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                (index, account_id, src, place, limits.get(index), _flag(subdomains.get(index)))
+                (
+                    index,
+                    account_id,
+                    src,
+                    place,
+                    limits.get(index),
+                    _flag(subdomains.get(index)),
+                    SEPARATOR.join(owned["domain"].get(index, ())),
+                    SEPARATOR.join(owned["login"].get(index, ())),
+                    SEPARATOR.join(owned["uid"].get(index, ())),
+                )
                 for index, (account_id, (src, place)) in enumerate(zip(ids, origin, strict=True))
             ),
         )
         insert("INSERT INTO also VALUES (?, ?, ?)", also)
+        connection.execute("CREATE INDEX also_account ON also (account)")
         insert(
             "INSERT INTO domains VALUES (?, ?, ?, ?)",
-            ((key, *owner) for key, owner in claims["domain"].owner.items()),
+            ((key, *owner) for key, owner in sorted(claims["domain"].owner.items())),
         )
         insert(
             "INSERT INTO logins VALUES (?, ?, ?, ?, ?)",
             (
                 (key, owner[0], shown_login[str(key)], owner[1], owner[2])
-                for key, owner in claims["login"].owner.items()
+                for key, owner in sorted(claims["login"].owner.items())
             ),
         )
         insert(
@@ -276,7 +300,6 @@ def write_snapshot(
                 for conflict in report.conflicts
             ),
         )
-        connection.executescript(INDEXES)
         connection.commit()
     finally:
         connection.close()
@@ -345,6 +368,10 @@ class Snapshot:
         with self._lock:
             self._connection.close()
 
+    def meta(self, key: str) -> str | None:
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if row is None else str(row[0])
+
     def _one(self, sql: str, parameters: Sequence[object]) -> tuple[object, ...] | None:
         with self._lock:
             row: tuple[object, ...] | None = self._connection.execute(sql, parameters).fetchone()
@@ -376,13 +403,13 @@ class Snapshot:
 
     def record(self, account_id: str) -> AccountRecord | None:
         row = self._one(
-            "SELECT idx, src, place, recipients_per_hour, allow_subdomains "
-            "FROM accounts WHERE id = ?",
+            "SELECT idx, src, place, recipients_per_hour, allow_subdomains, domains, logins, "
+            "uids FROM accounts WHERE id = ?",
             (account_id,),
         )
         if row is None:
             return None
-        index, src, place, limit, allowed = row
+        index, src, place, limit, allowed, domains, logins, uids = row
         also = tuple(
             self._origin(other_src, other_place)
             for other_src, other_place in self._all(
@@ -393,17 +420,9 @@ class Snapshot:
             id=account_id,
             origin=self._origin(src, place),
             also=also,
-            domains=tuple(
-                str(r[0])
-                for r in self._all("SELECT domain FROM domains WHERE account = ?", (index,))
-            ),
-            logins=tuple(
-                str(r[0]) for r in self._all("SELECT shown FROM logins WHERE account = ?", (index,))
-            ),
-            uids=tuple(
-                int(str(r[0]))
-                for r in self._all("SELECT uid FROM uids WHERE account = ?", (index,))
-            ),
+            domains=_split(domains),
+            logins=_split(logins),
+            uids=tuple(int(uid) for uid in _split(uids)),
             recipients_per_hour=None if limit is None else int(str(limit)),
             allow_subdomains=None if allowed is None else bool(allowed),
         )
@@ -438,3 +457,7 @@ class Snapshot:
 
 def snapshots_in(directory: str | Path) -> Iterable[Path]:
     return sorted(Path(directory).glob("snapshot-*.db"))
+
+
+def _split(value: object) -> tuple[str, ...]:
+    return tuple(str(value).split(SEPARATOR)) if value else ()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,10 @@ MAX_LISTED_PROBLEMS = 10
 #: Characters an account id may not hold: whitespace and controls would make logs and
 #: replies ambiguous, braces would break the Redis Cluster hash tag of its keys.
 _FORBIDDEN_ID_CHARACTERS = frozenset("{}:#\"'\\")
+#: Printable ASCII without space and the characters above, at most 255 of them.
+_PLAIN_ID = re.compile(r"[!$%&()*+,\-./0-9;<=>?@A-Z\[\]^_`a-z|~]{1,255}")
+#: A lower-case ASCII domain whose labels are 1 to 63 characters long.
+_PLAIN_DOMAIN = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}")
 
 
 class SourceError(Exception):
@@ -51,6 +56,8 @@ class SourceData:
 def check_account_id(text: str) -> str:
     """An account id as a source writes it; ValueError says what is wrong with it."""
     account = text.strip()
+    if _PLAIN_ID.fullmatch(account):  # the usual case, without looking at each character
+        return account
     if not account:
         raise ValueError("empty account name")
     if len(account) > 255:
@@ -86,32 +93,60 @@ def parse_domain_map(text: str, label: str) -> SourceData:
             "(being written, or truncated); the directory is kept as it was"
         )
     problems: list[str] = []
+    domains = data.domains
+    accounts = data.accounts
+    checked: dict[str, str] = {}  # account ids already checked: most repeat
     for number, raw in enumerate(text.split("\n")[:-1] if text else [], start=1):
-        line = raw.partition("#")[0].strip()
-        if not line:
+        match = _MAP_LINE.fullmatch(raw)
+        if match is None:
+            problem = _map_line_problem(raw)
+            if problem is not None:
+                problems.append(f"line {number}: {problem}")
             continue
-        domain_text, colon, account_text = line.partition(":")
-        if not colon:
-            problems.append(f"line {number}: expected 'domain: account', got {_excerpt(raw)}")
-            continue
-        domain_text = domain_text.strip()
+        domain_text, account_text = match.groups()
+        if domain_text is None:
+            continue  # blank or comment
         if domain_text == "*":
             data.notes.append(f"line {number}: the catch-all '*' owns no domain; skipped")
             continue
         try:
-            account = check_account_id(account_text)
-            domain = _domain(domain_text)
+            account = checked.get(account_text) or checked.setdefault(
+                account_text, check_account_id(account_text)
+            )
+            domain = _domain(domain_text.lower())
         except ValueError as error:
             problems.append(f"line {number}: {error}")
             continue
-        data.account(account, number)
-        data.domains.append((domain, account, number))
+        accounts.setdefault(account, number)
+        domains.append((domain, account, number))
     if problems:
         raise problems_error(label, problems)
     return data
 
 
+#: A well-formed ``domain: account`` line, a comment or a blank line (groups: None).
+_MAP_LINE = re.compile(r"[ \t]*(?:([^\s#:]+)[ \t]*:[ \t]*([^\s#:]+)[ \t]*)?(?:#.*)?\r?")
+
+
+def _map_line_problem(raw: str) -> str | None:
+    """Why a line is not ``domain: account`` (None: it is one after all)."""
+    line = raw.partition("#")[0].strip()
+    domain_text, colon, account_text = line.partition(":")
+    if not colon:
+        return f"expected 'domain: account', got {_excerpt(raw)}"
+    if domain_text.strip() == "*":
+        return None
+    try:
+        check_account_id(account_text)
+        _domain(domain_text.strip())
+    except ValueError as error:
+        return str(error)
+    return f"expected one 'domain: account' pair, got {_excerpt(raw)}"
+
+
 def _domain(text: str) -> str:
+    if _PLAIN_DOMAIN.fullmatch(text):  # the usual case: already normalised
+        return text
     if not text or "@" in text or " " in text:
         raise ValueError(f"{text!r} is not a domain name")
     return normalise_domain(text)

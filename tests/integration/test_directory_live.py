@@ -14,6 +14,7 @@ from sendwarden.alerts.rules import Alert
 from sendwarden.config import settings_from_mapping
 from sendwarden.directory.live import DIRECTORY_FAILED, LiveDirectory, account_directory
 from sendwarden.directory.sources import SourceError
+from tests.support.service import wait_until
 
 
 class Recorder:
@@ -140,3 +141,36 @@ def test_lookups_never_wait_for_a_refresh(map_file: Path) -> None:
         thread.join()
         directory.close()
     assert missing == []
+
+
+def test_a_kept_directory_answers_at_once_after_a_restart(
+    map_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "state"
+    first = live(map_file, Recorder(), state_directory=str(state))
+    first.close()
+    assert (state / "directory.db").exists()
+    map_file.write_text("acme.example: acme\nglobex.example: globex\nlater.example: later\n")
+    with caplog.at_level(logging.INFO):
+        second = live(map_file, Recorder(), state_directory=str(state))
+    try:
+        assert "starting on the last good one kept in" in caplog.text
+        accounts = account_directory(second)
+        assert accounts.owner_of_domain("globex.example") is not None
+        assert accounts.owner_of_domain("later.example") is None  # not read yet
+        second.start()  # re-reads the sources at once, in the background
+        wait_until(
+            lambda: accounts.owner_of_domain("later.example"), 60, "the sources were not re-read"
+        )
+    finally:
+        second.close()
+    assert sorted(p.name for p in state.iterdir()) == ["directory.db"]
+    # Other sources: the kept directory is not theirs, so they are read first.
+    other = tmp_path / "other"
+    other.write_text("other.example: other\n")
+    third = live(other, Recorder(), state_directory=str(state))
+    try:
+        assert account_directory(third).owner_of_domain("globex.example") is None
+        assert account_directory(third).owner_of_domain("other.example") is not None
+    finally:
+        third.close()
