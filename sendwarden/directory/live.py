@@ -223,9 +223,8 @@ class LiveDirectory:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=BUILD_TIMEOUT)
-        snapshot = self.lookups.snapshot
-        if snapshot is not None:
-            snapshot.close()
+        # The snapshot is not closed here: a lookup may still hold it. Its connection
+        # closes when the last reference goes; its file may go before (Unix keeps it).
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -285,12 +284,11 @@ class LiveDirectory:
         self.last_refresh = self._clock()
         log.info("directory loaded in %.2fs: %s", time.monotonic() - started, report.summary())
         self._log_new_conflicts(report.conflicts)
-        if previous is not None:
-            # Lookups still running on the old snapshot finish first: closing waits for
-            # its lock; its file goes with it (a kept one was replaced already).
-            previous.close()
-            if previous.path != snapshot.path:
-                previous.path.unlink(missing_ok=True)
+        if previous is not None and previous.path != snapshot.path:
+            # Not closed: a lookup that took the old directory just before the swap
+            # finishes on it; its connection closes when the last reference goes, and
+            # an open file outlives its name. (A kept one was replaced already.)
+            previous.path.unlink(missing_ok=True)
 
     def _log_new_conflicts(self, conflicts: Sequence[Conflict]) -> None:
         current = {(conflict.kind, conflict.key) for conflict in conflicts}
