@@ -69,21 +69,26 @@ def build_checks(
     ]
 
 
-def load_directory(settings: Settings) -> tuple[AccountDirectory, LiveDirectory | None]:
+def load_directory(
+    settings: Settings, previous: LiveDirectory | None = None
+) -> tuple[AccountDirectory, LiveDirectory | None]:
     """The accounts: the config's alone, or the [directory] sources read now (a bad
     source is a ConfigError naming it: the start or the reload is refused) and then
     re-read in the background."""
     if not settings.directory.has_sources:
         return AccountDirectory(settings.accounts), None
     try:
-        live = live_directory(settings)
+        live = live_directory(settings, previous)
     except SourceError as error:
         raise ConfigError("directory", str(error)) from None
     return account_directory(live), live
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    directory, live = load_directory(settings)  # one index, shared by pipeline and checks
+def build_runtime(settings: Settings, previous: Runtime | None = None) -> Runtime:
+    """``previous``: the running configuration, on a reload (its directory's owners
+    keep the domains a new read finds contested)."""
+    running = previous.live_directory if previous is not None else None
+    directory, live = load_directory(settings, running)  # shared by pipeline and checks
     client = connect(settings.redis)
     checks = build_checks(settings, client, directory)
     # Counts refusals that put the provider's addresses at risk, for the alert sweep.

@@ -178,11 +178,12 @@ class LiveDirectory:
 
     # -- life cycle -------------------------------------------------------------------
 
-    def load(self) -> None:
+    def load(self, previous: LiveDirectory | None = None) -> None:
         """The first read, at start-up or reload: SourceError when a source is bad (the
-        start, or the reload, is refused with the reason). With a ``state_directory``
-        holding the last good snapshot of the same sources, start on it at once and
-        re-read the sources in the background right away."""
+        start, or the reload, is refused with the reason). ``previous`` (the running
+        directory, on a reload) keeps contested domains with their owners. With a
+        ``state_directory`` holding the last good snapshot of the same sources, start on
+        it at once and re-read the sources in the background right away."""
         if not self.directory_settings.has_sources:
             return
         kept = self._kept_snapshot()
@@ -196,7 +197,7 @@ class LiveDirectory:
                 kept.counts()["accounts"],
             )
             return
-        self._rebuild()
+        self._rebuild(previous.lookups.snapshot if previous is not None else None)
 
     def _kept_snapshot(self) -> Snapshot | None:
         if self._own_workdir or not self._kept.exists():
@@ -262,16 +263,19 @@ class LiveDirectory:
             paths.append(PASSWD_FILE)
         return {path: file_signature(path) for path in paths}
 
-    def _rebuild(self) -> None:
+    def _rebuild(self, before: Snapshot | None = None) -> None:
+        """Build a new snapshot (conflicts settled against ``before``, by default the
+        current one) and swap it in."""
         signatures = self._current_signatures()
         self._generation += 1
         out = self.workdir / f"snapshot-{os.getpid()}-{id(self):x}-{self._generation}.db"
         previous = self.lookups.snapshot
+        settled_against = before or previous
         started = time.monotonic()
         report = build_in_child(
             self.directory_settings,
             out,
-            previous.path if previous is not None else None,
+            settled_against.path if settled_against is not None else None,
             timeout=BUILD_TIMEOUT,
         )
         snapshot = Snapshot(out)
@@ -339,11 +343,14 @@ class LiveDirectory:
             problem.alerted = True
 
 
-def live_directory(settings: Settings, **options: object) -> LiveDirectory:
-    """Load the directory (SourceError when a source is bad) and start refreshing it."""
+def live_directory(
+    settings: Settings, previous: LiveDirectory | None = None, **options: object
+) -> LiveDirectory:
+    """Load the directory (SourceError when a source is bad) and start refreshing it;
+    ``previous`` is the running one, on a reload."""
     live = LiveDirectory(settings, **options)  # type: ignore[arg-type]
     try:
-        live.load()
+        live.load(previous)
     except BaseException:
         live.close()
         raise

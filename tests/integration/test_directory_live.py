@@ -181,3 +181,17 @@ def test_a_kept_directory_answers_at_once_after_a_restart(
         assert account_directory(third).owner_of_domain("other.example") is not None
     finally:
         third.close()
+
+
+def test_a_reload_keeps_contested_domains_with_their_owners(map_file: Path) -> None:
+    running = live(map_file, Recorder())
+    map_file.write_text("acme.example: acme\nglobex.example: globex\nacme.example: mallory\n")
+    settings = running.settings
+    reloaded = LiveDirectory(settings, notifiers=[Recorder()])
+    try:
+        reloaded.load(running)
+        owner = account_directory(reloaded).owner_of_domain("acme.example")
+        assert owner is not None and owner.id == "acme"
+    finally:
+        reloaded.close()
+        running.close()
