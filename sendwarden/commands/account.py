@@ -49,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
             if args.action == "which":
                 print("\n".join(explain.which(directory, args.identity)))
                 return 0
-            account = directory.accounts.get(args.account)
-            if account is None:  # an unknown id is a clear error
-                raise ConfigError("accounts", f"no account with id {args.account!r}")
+            account = explain.named_account(directory, args.account)  # unknown: an error
             if args.action == "show":
                 print("\n".join(explain.show_account(directory, account)))
     except SourceError as error:

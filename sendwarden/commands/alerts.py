@@ -76,9 +76,7 @@ def _risk(settings: Settings, args: argparse.Namespace) -> int:
         ids = account_ids(settings)  # the [directory] sources' accounts too
     except SourceError as error:
         raise ConfigError("directory", str(error)) from None
-    risks = account_risks(
-        RiskStore(client, prefix), RedisSuspensionStore(client, prefix), ids
-    )
+    risks = account_risks(RiskStore(client, prefix), RedisSuspensionStore(client, prefix), ids)
     threshold = settings.alerts.risk_refusals_per_hour
     for risk in risks:
         at_risk = bool(threshold) and risk.total >= threshold

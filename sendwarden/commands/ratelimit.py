@@ -7,7 +7,9 @@ import argparse
 from typing import Any
 
 from sendwarden.cli import add_actions, add_command, add_config_argument
-from sendwarden.config import load_settings
+from sendwarden.config import ConfigError, load_settings
+from sendwarden.directory.explain import named_account, open_directory
+from sendwarden.directory.sources import SourceError
 from sendwarden.policy.ratelimit import describe_moment, describe_period
 from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store.redis import connect
@@ -33,7 +35,11 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    account = settings.account(args.account)  # an unknown id is a clear error
+    try:
+        with open_directory(settings) as directory:  # the [directory] sources' accounts too
+            account = named_account(directory, args.account)  # an unknown id: a clear error
+    except SourceError as error:
+        raise ConfigError("directory", str(error)) from None
     client = connect(settings.redis)
     counter = counter_from_settings(settings, client)
     if args.action == "reset":

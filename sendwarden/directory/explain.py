@@ -12,11 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sendwarden.addresses import domain_of
-from sendwarden.config import Account, Settings
+from sendwarden.config import Account, ConfigError, Settings
 from sendwarden.directory.build import build
 from sendwarden.directory.live import DirectoryLookups
 from sendwarden.directory.snapshot import Snapshot
-from sendwarden.policy.accounts import AccountDirectory, ConfiguredAccounts
+from sendwarden.policy.accounts import (
+    LOGIN_PREFIX,
+    AccountDirectory,
+    ConfiguredAccounts,
+    is_listed,
+    is_trusted,
+)
+from sendwarden.policy.facts import IPAddress
 
 CONFIG = "[[accounts]] in the config"
 
@@ -73,6 +80,8 @@ def show_account(directory: OpenDirectory, account: Account) -> list[str]:
     record = snapshot.record(account.id) if snapshot is not None else None
     override = config.get(account.id)
     lines = [f"account {account.id}"]
+    if not is_listed(account):
+        lines.append("  an unlisted proven sender: an account of its own at the default limits")
     if record is not None:
         lines.append(f"  from: {record.origin}")
         lines += [f"  also in: {origin}" for origin in record.also]
@@ -122,23 +131,22 @@ def _identity_origin(directory: OpenDirectory, kind: str, key: object, account: 
     return str(origin) if origin is not None else "?"
 
 
+def named_account(directory: OpenDirectory, account_id: str) -> Account:
+    """For staff commands: an account of the directory, or an unlisted sender by the id
+    the decision log shows (``login:...``, ``uid:...``, ``host:...``); ConfigError for
+    any other id."""
+    account = directory.accounts.get(account_id)
+    if account is None:
+        raise ConfigError("accounts", f"no account with id {account_id!r}")
+    return account
+
+
 def which(directory: OpenDirectory, identity: str) -> list[str]:
     """Which account ``identity`` (an address, a login, a uid or an IP address) is
     attributed to, and why; for an address, both readings (login and sender)."""
     identity = identity.strip()
     with contextlib.suppress(ValueError):
-        address = ipaddress.ip_address(identity)
-        account = directory.accounts.by_address(address)
-        if account is None:
-            return [f"client address {address}: in no account's networks (an unknown sender)"]
-        network = next(
-            (net for net in account.networks if net.version == address.version and address in net),
-            None,
-        )
-        return [
-            f"client address {address}: account {account.id}",
-            f"  why: it is in {network}, one of the account's networks ({CONFIG})",
-        ]
+        return _which_address(directory, ipaddress.ip_address(identity))
     if identity.isdigit():
         return _which_uid(directory, int(identity))
     lines = _which_login(directory, identity)
@@ -147,47 +155,88 @@ def which(directory: OpenDirectory, identity: str) -> list[str]:
     return lines
 
 
-def _which_uid(directory: OpenDirectory, uid: int) -> list[str]:
-    account = directory.accounts.by_uid(uid)
-    if account is None:
-        reason = (
-            "no source lists it and system_users is off"
-            if not directory.settings.directory.system_users
-            else "no source lists it and the password database has no such uid"
-        )
-        return [f"uid {uid} (sendmail(1), PHP mail()): no account ({reason}; an unknown sender)"]
+def _unlisted(directory: OpenDirectory, account: Account, what: str) -> list[str]:
+    """An unlisted proven sender: an account of its own, or refused."""
+    if directory.settings.policy.unknown_senders == "refuse":
+        return [f"  refused: {what} belongs to no account (policy.unknown_senders = refuse)"]
+    domains = ", ".join(account.domains) or "any domain but a customer's"
+    if account.id.startswith(LOGIN_PREFIX) and not account.domains:
+        domains = "no domain of its own (its login's domain is a customer's, or it has none)"
     return [
-        f"uid {uid} (sendmail(1), PHP mail()): account {account.id}",
-        f"  why: {_why('uid', uid, account, directory)}",
+        f"  why: {what} belongs to no account: it is an account of its own at the default "
+        f"limits; it may send from {domains}"
     ]
 
 
+def _which_address(directory: OpenDirectory, address: IPAddress) -> list[str]:
+    trusted = is_trusted(address, directory.settings.policy.trusted_networks)
+    attribution = directory.accounts.resolve(
+        login=None, uid=None, client_address=address, trusted=trusted
+    )
+    account = attribution.account
+    head = f"client address {address} (no login)"
+    if account is None:
+        return [f"{head}: no account (not in any account's networks nor trusted_networks)"]
+    if not is_listed(account):
+        return [f"{head}: {account.id}", *_unlisted(directory, account, "a trusted host")]
+    network = next(
+        (net for net in account.networks if net.version == address.version and address in net),
+        None,
+    )
+    return [
+        f"{head}: account {account.id}",
+        f"  why: it is in {network}, one of the account's networks ({CONFIG})",
+    ]
+
+
+def _which_uid(directory: OpenDirectory, uid: int) -> list[str]:
+    attribution = directory.accounts.resolve(
+        login=None, uid=uid, client_address=None, local_submission=True
+    )
+    account = attribution.account
+    head = f"uid {uid} (sendmail(1), PHP mail())"
+    if account is not None and is_listed(account):
+        return [f"{head}: account {account.id}", f"  why: {_why('uid', uid, account, directory)}"]
+    reason = (
+        "no source lists it and system_users is off"
+        if not directory.settings.directory.system_users
+        else "no source lists it and the password database has no such uid"
+    )
+    if account is None:
+        return [f"{head}: nobody ({reason})"]
+    return [f"{head}: {account.id}", *_unlisted(directory, account, f"the uid ({reason})")]
+
+
 def _which_login(directory: OpenDirectory, login: str) -> list[str]:
-    listed = directory.lookups.listed_login(login)
-    if listed is not None:
-        why = f"the login is listed ({_why('login', login.casefold(), listed, directory)})"
-        return [f"SASL login {login}: account {listed.id}", f"  why: {why}"]
-    account = directory.accounts.by_login(login)
-    domain = domain_of(login) if "@" in login else None
-    if account is not None and domain:
-        why = (
-            f"an address in {domain}, which the account owns "
-            f"({_why('domain', domain, account, directory)}); such logins need no listing"
-        )
-        return [f"SASL login {login}: account {account.id}", f"  why: {why}"]
-    return [f"SASL login {login}: no account lists it or owns its domain (an unknown sender)"]
+    attribution = directory.accounts.resolve(login=login, uid=None, client_address=None)
+    account = attribution.account
+    head = f"SASL login {login}"
+    if account is None:
+        return [f"{head}: nobody"]
+    if not is_listed(account):
+        return [f"{head}: {account.id}", *_unlisted(directory, account, "the login")]
+    if directory.lookups.listed_login(login) is not None:
+        why = f"the login is listed ({_why('login', login.casefold(), account, directory)})"
+        return [f"{head}: account {account.id}", f"  why: {why}"]
+    domain = domain_of(login) or ""
+    why = (
+        f"an address in {domain}, which the account owns "
+        f"({_why('domain', domain, account, directory)}); such logins need no listing"
+    )
+    return [f"{head}: account {account.id}", f"  why: {why}"]
 
 
 def _which_sender(directory: OpenDirectory, address: str) -> list[str]:
     domain = domain_of(address)
     owner = directory.accounts.owner_of_domain(domain) if domain else None
+    claim = "  a claim, not a proof: it never picks the account; only a login, uid or address does"
     if owner is None:
-        return [f"envelope sender {address}: its domain belongs to no account"]
+        return [f"envelope sender {address}: its domain belongs to no account", claim]
+    where = _why("domain", _owned_domain(owner, domain), owner, directory)
     return [
-        f"envelope sender {address}: domain of account {owner.id} "
-        f"({_why('domain', _owned_domain(owner, domain), owner, directory)})",
-        "  a claim, not a proof: it never chooses whose quota or domains a message uses "
-        "unless the sender proved nothing else",
+        f"envelope sender {address}: in a domain of account {owner.id} ({where})",
+        claim,
+        f"  only {owner.id} may send From it; anyone else is refused as an impersonation",
     ]
 
 

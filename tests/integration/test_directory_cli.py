@@ -78,10 +78,18 @@ def test_account_show_says_where_it_came_from_and_what_it_owns(
         ),
         ("FTPUSER", ["SASL login FTPUSER: account ftp", "[[accounts]] in the config"]),
         ("0", ["uid 0 (sendmail(1), PHP mail()): account root", "its Unix user is root"]),
-        ("192.0.2.9", ["client address 192.0.2.9: account acme", "192.0.2.0/24"]),
-        ("203.0.113.1", ["in no account's networks"]),
-        ("x@unknown.example", ["no account lists it or owns its domain", "belongs to no account"]),
-        ("4000000", ["uid 4000000", "no account"]),
+        ("192.0.2.9", ["client address 192.0.2.9 (no login): account acme", "192.0.2.0/24"]),
+        ("203.0.113.1", ["client address 203.0.113.1 (no login): no account"]),
+        (
+            "x@unknown.example",
+            [
+                "SASL login x@unknown.example: login:x@unknown.example",
+                "an account of its own at the default limits",
+                "envelope sender x@unknown.example: its domain belongs to no account",
+            ],
+        ),
+        ("4000000", ["uid 4000000 (sendmail(1), PHP mail()): uid:4000000", "of its own"]),
+        ("127.0.0.9", ["127.0.0.9 (no login): host:127.0.0.9", "a trusted host"]),
     ],
 )
 def test_account_which_says_which_account_and_why(
