@@ -38,7 +38,7 @@ from typing import Any
 
 import psycopg
 
-from sendwarden.config import Settings, settings_from_mapping
+from sendwarden.config import settings_from_mapping
 from sendwarden.directory.live import LiveDirectory, account_directory
 from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.policy.facts import Client
@@ -142,7 +142,7 @@ def attribution_cost(directory: AccountDirectory, logins: Sequence[str], repeat:
     for _ in range(repeat):
         started = time.perf_counter()
         for login in logins:
-            directory.resolve(login=login, uid=None, client_address=None, mail_from=login)
+            directory.resolve(login=login, uid=None, client_address=None)
         best = min(best, (time.perf_counter() - started) / len(logins))
     return best * 1e6
 
@@ -194,6 +194,11 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--logins", type=int, default=500_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--decisions", type=int, default=1500)
+    parser.add_argument(
+        "--parts",
+        default="start,attribution,latency",
+        help="which measurements, comma-separated (default: all)",
+    )
     args = parser.parse_args(list(argv))
     scale = Scale(args.accounts, args.domains, args.logins)
     logging.basicConfig(level=logging.WARNING, stream=io.StringIO())
@@ -230,79 +235,95 @@ def main(argv: Sequence[str]) -> None:
             for index, (name, spec) in enumerate(sources.items())
         }
 
+        parts = set(args.parts.split(","))
         # -- ready time and memory, interleaved -------------------------------------
         # "kept": state_directory holds the last good directory of these sources (the
         # runs before left it there), so the milter answers on it and re-reads after.
         starts: dict[str, list[tuple[float, int, float]]] = {name: [] for name in sources}
-        for name in ("map file, kept", "SQL, kept"):
+        for name in ("map file, kept", "SQL, kept") if "start" in parts else ():
             start_milter(configs[name][0])  # leaves the kept directory
-        for _ in range(args.rounds):
+        for _ in range(args.rounds if "start" in parts else 0):
             for name, (path, _) in configs.items():
                 starts[name].append(start_milter(path))
-        empty_rss = statistics.median(run[1] for run in starts["empty"])
-        empty_ready = statistics.median(run[0] for run in starts["empty"])
-        print(
-            f"\n{'milter start':18} {'ready s':>8} {'vs empty':>9} {'read first s':>13} "
-            f"{'RSS MiB':>8} {'extra MiB':>10}"
-        )
-        for name, runs in starts.items():
-            ready = statistics.median(run[0] for run in runs)
-            rss = statistics.median(run[1] for run in runs)
-            build = statistics.median(run[2] for run in runs)
-            print(
-                f"{name:18} {ready:8.2f} {ready - empty_ready:+9.2f} {build:13.2f} "
-                f"{rss / 1024:8.1f} {(rss - empty_rss) / 1024:10.1f}"
-            )
-
-        # -- one attribution ---------------------------------------------------------
-        rng = random.Random(7)
-        sample = [login_of(rng.randrange(scale.logins), scale)[0] for _ in range(5000)]
-        mailboxes = [login for login in sample if "@" in login]
-        small = AccountDirectory(settings_from_mapping(configs["empty"][1]).accounts)
-        base = attribution_cost(small, ["small-login"] * 5000)
-        print(f"\n{'attribution (resolve a login)':40} {'us':>7} {'vs config-only':>15}")
-        print(f"{'config-only directory, listed login':40} {base:7.1f} {1.0:15.2f}")
-        for name in ("map file", "SQL (PostgreSQL)"):
-            settings = settings_from_mapping(configs[name][1])
-            live = LiveDirectory(settings, notifiers=[])
-            live.load()
-            directory = account_directory(live)
-            for label, logins in (("mailbox address", mailboxes), ("mixed logins", sample)):
-                if name == "map file" and label == "mixed logins":
-                    continue  # bare logins are in no map file
-                cost = attribution_cost(directory, logins)
-                print(f"{name + ', ' + label:40} {cost:7.1f} {cost / base:15.2f}")
-            live.close()
-
-        # -- decision latency during a refresh ---------------------------------------
-        for name in ("map file", "SQL (PostgreSQL)"):
-            settings: Settings = settings_from_mapping(configs[name][1])
-            runtime = build_runtime(settings)
-            assert runtime.live_directory is not None
-            pipeline = runtime.pipeline
-            decision_logins = mailboxes[:200]
-            latencies(pipeline, decision_logins, 200)  # warm up
-            quiet: list[float] = []
-            busy: list[float] = []
-            ratios: list[float] = []
-            for _ in range(args.rounds):
-                busy_round = during_one_refresh(pipeline, decision_logins, runtime.live_directory)
-                quiet_round = latencies(
-                    pipeline, decision_logins, max(args.decisions, len(busy_round))
-                )
-                quiet += quiet_round
-                busy += busy_round
-                ratios.append(p99(busy_round) / p99(quiet_round))
-            runtime.close()
-            print(
-                f"\ndecisions, {name}: p99 {p99(quiet) * 1e3:.2f} ms without a refresh, "
-                f"{p99(busy) * 1e3:.2f} ms during refreshes ({len(busy)} decisions during "
-                f"{args.rounds} refreshes)\n  ratio {p99(busy) / p99(quiet):.2f} overall, "
-                f"median of the rounds' ratios {statistics.median(ratios):.2f} (goal <= 1.2); "
-                f"median latency {statistics.median(quiet) * 1e3:.2f} / "
-                f"{statistics.median(busy) * 1e3:.2f} ms"
-            )
+        if "start" in parts:
+            print_starts(starts)
+        if "attribution" in parts:
+            print_attribution(configs, scale)
+        if "latency" in parts:
+            print_latency(configs, scale, args.rounds, args.decisions)
         print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+
+
+def print_starts(starts: dict[str, list[tuple[float, int, float]]]) -> None:
+    empty_rss = statistics.median(run[1] for run in starts["empty"])
+    empty_ready = statistics.median(run[0] for run in starts["empty"])
+    print(
+        f"\n{'milter start':18} {'ready s':>8} {'vs empty':>9} {'read first s':>13} "
+        f"{'RSS MiB':>8} {'extra MiB':>10}"
+    )
+    for name, runs in starts.items():
+        ready = statistics.median(run[0] for run in runs)
+        rss = statistics.median(run[1] for run in runs)
+        build = statistics.median(run[2] for run in runs)
+        print(
+            f"{name:18} {ready:8.2f} {ready - empty_ready:+9.2f} {build:13.2f} "
+            f"{rss / 1024:8.1f} {(rss - empty_rss) / 1024:10.1f}"
+        )
+
+
+Configs = dict[str, tuple[Path, dict[str, Any]]]
+
+
+def sample_logins(scale: Scale) -> list[str]:
+    rng = random.Random(7)
+    return [login_of(rng.randrange(scale.logins), scale)[0] for _ in range(5000)]
+
+
+def print_attribution(configs: Configs, scale: Scale) -> None:
+    sample = sample_logins(scale)
+    mailboxes = [login for login in sample if "@" in login]
+    small = AccountDirectory(settings_from_mapping(configs["empty"][1]).accounts)
+    base = attribution_cost(small, ["small-login"] * 5000)
+    print(f"\n{'attribution (resolve a login)':40} {'us':>7} {'vs config-only':>15}")
+    print(f"{'config-only directory, listed login':40} {base:7.1f} {1.0:15.2f}")
+    for name in ("map file", "SQL (PostgreSQL)"):
+        live = LiveDirectory(settings_from_mapping(configs[name][1]), notifiers=[])
+        live.load()
+        directory = account_directory(live)
+        for label, logins in (("mailbox address", mailboxes), ("mixed logins", sample)):
+            if name == "map file" and label == "mixed logins":
+                continue  # bare logins are in no map file
+            cost = attribution_cost(directory, logins)
+            print(f"{name + ', ' + label:40} {cost:7.1f} {cost / base:15.2f}")
+        live.close()
+
+
+def print_latency(configs: Configs, scale: Scale, rounds: int, count: int) -> None:
+    decision_logins = [login for login in sample_logins(scale) if "@" in login][:200]
+    for name in ("map file", "SQL (PostgreSQL)"):
+        runtime = build_runtime(settings_from_mapping(configs[name][1]))
+        live = runtime.live_directory
+        assert live is not None
+        pipeline = runtime.pipeline
+        latencies(pipeline, decision_logins, 200)  # warm up
+        quiet: list[float] = []
+        busy: list[float] = []
+        ratios: list[float] = []
+        for _ in range(rounds):
+            busy_round = during_one_refresh(pipeline, decision_logins, live)
+            quiet_round = latencies(pipeline, decision_logins, max(count, len(busy_round)))
+            quiet += quiet_round
+            busy += busy_round
+            ratios.append(p99(busy_round) / p99(quiet_round))
+        runtime.close()
+        print(
+            f"\ndecisions, {name}: p99 {p99(quiet) * 1e3:.2f} ms without a refresh, "
+            f"{p99(busy) * 1e3:.2f} ms during refreshes ({len(busy)} decisions during "
+            f"{rounds} refreshes)\n  ratio {p99(busy) / p99(quiet):.2f} overall, "
+            f"median of the rounds' ratios {statistics.median(ratios):.2f} (goal <= 1.2); "
+            f"median latency {statistics.median(quiet) * 1e3:.2f} / "
+            f"{statistics.median(busy) * 1e3:.2f} ms"
+        )
 
 
 if __name__ == "__main__":
