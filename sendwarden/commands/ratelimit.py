@@ -7,13 +7,12 @@ import argparse
 from typing import Any
 
 from sendwarden.cli import add_actions, add_command, add_config_argument
-from sendwarden.config import ConfigError, load_settings
-from sendwarden.directory.explain import named_account, open_directory
-from sendwarden.directory.sources import SourceError
+from sendwarden.config import load_settings
+from sendwarden.directory.explain import find_account
 from sendwarden.policy.ratelimit import describe_moment, describe_period
 from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store.redis import connect
-from sendwarden.store.suspensions import RedisSuspensionStore
+from sendwarden.store.suspensions import suspension_store_from_settings
 
 
 def register(subparsers: Any) -> None:
@@ -35,11 +34,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    try:
-        with open_directory(settings) as directory:  # the [directory] sources' accounts too
-            account = named_account(directory, args.account)  # an unknown id: a clear error
-    except SourceError as error:
-        raise ConfigError("directory", str(error)) from None
+    account = find_account(settings, args.account)  # an unknown id is a clear error
     client = connect(settings.redis)
     counter = counter_from_settings(settings, client)
     if args.action == "reset":
@@ -58,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
             f"  limit reached {usage.strikes} time(s) in the last {period}; "
             f"suspended automatically at {settings.ratelimit.suspend_after}"
         )
-    suspension = RedisSuspensionStore(client, settings.redis.key_prefix).get(account.id)
+    suspensions = suspension_store_from_settings(settings, client)
+    try:
+        suspension = suspensions.get(account.id)
+    finally:
+        suspensions.close()
     if suspension is not None:
         print(f"  SUSPENDED since {suspension.since}: {suspension.reason}")
     return 0

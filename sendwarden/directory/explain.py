@@ -16,6 +16,7 @@ from sendwarden.config import Account, ConfigError, Settings
 from sendwarden.directory.build import build
 from sendwarden.directory.live import DirectoryLookups
 from sendwarden.directory.snapshot import Snapshot
+from sendwarden.directory.sources import SourceError
 from sendwarden.policy.accounts import (
     LOGIN_PREFIX,
     AccountDirectory,
@@ -137,6 +138,20 @@ def named_account(directory: OpenDirectory, account_id: str) -> Account:
     any other id."""
     account = directory.accounts.get(account_id)
     if account is None:
+        raise ConfigError("accounts", f"no account with id {account_id!r}")
+    return account
+
+
+def find_account(settings: Settings, account_id: str, *, listed: bool = False) -> Account:
+    """For staff commands naming an account: one of the config's or the sources' (read
+    now), or (unless ``listed``) an unlisted sender's id; ConfigError for an unknown id
+    or a bad source."""
+    try:
+        with open_directory(settings) as directory:
+            account = named_account(directory, account_id)
+    except SourceError as error:
+        raise ConfigError("directory", str(error)) from None
+    if listed and not is_listed(account):
         raise ConfigError("accounts", f"no account with id {account_id!r}")
     return account
 

@@ -61,7 +61,7 @@ def test_account_show_says_where_it_came_from_and_what_it_owns(
     assert f"shop.example  (domain_map {userdomains} line 3)" in out
     assert "192.0.2.0/24" in out
     assert "recipients_per_hour: 900 (the account's own)" in out
-    assert "status: active" in out
+    assert "account acme: active" in out
     code, out, _ = run(capsys, "account", "show", "root", "-c", str(config))
     assert "from: system_users (password database, uid 0)" in out
     assert "0 (Unix user root)" in out
