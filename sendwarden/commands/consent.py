@@ -114,7 +114,7 @@ def _progress_bar(total: int | None, unit: str, desc: str) -> Any:
 
 
 def run_import(args: argparse.Namespace, settings: Settings, store: ConsentStore) -> int:
-    account = find_account(settings, args.account, listed=True).id  # a typo is an error, not new records
+    account = find_account(settings, args.account, listed=True).id  # a typo: no new records
     label = "standard input" if args.file == "-" else Path(args.file).name
     recorded_by = args.recorded_by or f"import:{label} by {getpass.getuser()}"
     try:

@@ -21,6 +21,7 @@ def config(tmp_path: Path, redis_server: RedisServer) -> Path:
         dumps_toml(
             {
                 "redis": {"url": redis_server.url},
+                "consent": {"database": f"sqlite:///{tmp_path / 'consent.db'}"},
                 "directory": {"domain_map": str(tmp_path / "userdomains"), "system_users": True},
                 "accounts": [
                     {"id": "acme", "recipients_per_hour": 900, "networks": ["192.0.2.0/24"]},
