@@ -117,6 +117,10 @@ class MilterSettings:
     # Where Postfix keeps its queue: the uid of sendmail(1) mail is read from the queue
     # file, because Postfix hides its own "Received: ... from userid N" header from milters.
     postfix_queue_directory: str = "/var/spool/postfix"
+    # Sendmail daemons ({daemon_name}, e.g. "MTA-v4") whose clients on this host are
+    # attributed to the uid owning the client's socket: Sendmail's MSP (sendmail -t,
+    # PHP mail()) reaches the MTA over loopback SMTP and Sendmail records no uid for it.
+    peer_uid_daemons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

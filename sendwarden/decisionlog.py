@@ -44,6 +44,7 @@ def decision_record(
         "client": str(txn.client),
         "client_address": str(txn.client.address) if txn.client.address else None,
         "login": txn.login,
+        "uid": txn.uid,
         "mail_from": txn.mail_from,
         "recipients": len(txn.recipients),
         "verdict": verdict.action.value,

@@ -10,6 +10,7 @@ never a traceback to the MTA.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -23,6 +24,7 @@ from sendwarden.addresses import strip_brackets
 from sendwarden.milter.generations import Lease
 from sendwarden.milter.pickup import submitting_uid
 from sendwarden.milter.replies import render
+from sendwarden.peeruid import parse_endpoint, socket_owner_uid
 from sendwarden.pipeline import Pipeline
 from sendwarden.policy.facts import Client, IPAddress, MessageChanges, Transaction
 from sendwarden.policy.verdict import Action, Verdict, tempfail
@@ -40,10 +42,11 @@ FAILED = "_adapter_failed"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# The only macros the checks read: the SASL login at MAIL, the queue id (which
-# Postfix's smtpd knows only from the second RCPT on, and always at end of message).
+# The only macros the checks read: the daemon a client reached (for the socket owner's
+# uid, see peer_uid_daemons), the SASL login at MAIL, the queue id (which Postfix's smtpd
+# knows only from the second RCPT on, and always at end of message).
 MACROS = {
-    Milter.M_CONNECT: "j",
+    Milter.M_CONNECT: "j {daemon_name} {daemon_addr} {daemon_port}",
     Milter.M_ENVFROM: "{auth_authen} i",
     Milter.M_ENVRCPT: "i",
     Milter.M_EOM: "i",
@@ -103,6 +106,16 @@ def client_from_connect(hostname: str, family: int, hostaddr: Any) -> Client:
     return Client(address=address, hostname=hostname or "", port=port, local_submission=local)
 
 
+def with_socket_owner(client: Client, daemon_addr: str | None, daemon_port: str | None) -> Client:
+    """The client with the uid the kernel recorded for its socket, when it is a local
+    process (Sendmail's MSP and anything else on this host talking SMTP to the MTA)."""
+    server = parse_endpoint(daemon_addr, daemon_port)
+    if client.address is None or not client.port or server is None:
+        return client
+    uid = socket_owner_uid((client.address, client.port), server)
+    return client if uid is None else dataclasses.replace(client, uid=uid)
+
+
 class SendwardenMilter(Milter.Base):  # type: ignore[misc]
     """One instance per MTA connection; transactions follow one another on it."""
 
@@ -116,6 +129,10 @@ class SendwardenMilter(Milter.Base):  # type: ignore[misc]
     @guarded
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         self.client = client_from_connect(hostname, family, hostaddr)
+        if self.getsymval("{daemon_name}") in self.pipeline.settings.milter.peer_uid_daemons:
+            self.client = with_socket_owner(
+                self.client, self.getsymval("{daemon_addr}"), self.getsymval("{daemon_port}")
+            )
         return int(Milter.CONTINUE)
 
     def negotiate(self, opts: list[int]) -> int:

@@ -19,6 +19,9 @@ class Client:
     hostname: str = ""
     port: int = 0
     local_submission: bool = False  # sendmail(1)/pickup via non_smtpd_milters
+    # The uid of the local process that opened this connection, as the kernel (or the
+    # MTA, for a proxy) recorded it; None for remote clients and when unknown.
+    uid: int | None = None
 
     def __str__(self) -> str:
         if self.local_submission:

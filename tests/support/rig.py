@@ -14,13 +14,15 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from tests.support import noop_milter
 from tests.support.milter_process import MilterProcess
 from tests.support.ports import free_port
 from tests.support.postfix import PrivatePostfix
 from tests.support.redis_server import RedisServer
+from tests.support.sendmail import LOCAL_DAEMON as SENDMAIL_LOCAL_DAEMON
+from tests.support.sendmail import PrivateSendmail
 from tests.support.sendwarden_config import (
     DEFAULT_LOCAL_DOMAINS,
     DEFAULT_SASL_USERS,
@@ -29,6 +31,24 @@ from tests.support.sendwarden_config import (
 from tests.support.sink import SmtpSink
 
 MilterKind = Literal["sendwarden", "noop", "none"]
+MtaKind = Literal["postfix", "sendmail"]
+
+
+class Mta(Protocol):
+    """What a rig needs of its MTA (PrivatePostfix, PrivateSendmail)."""
+
+    smtp_port: int
+
+    def sendmail(
+        self, message: bytes, sender: str | None, recipients: Sequence[str], uid: int = ...,
+        **kwargs: Any,
+    ) -> subprocess.CompletedProcess[bytes]: ...  # fmt: skip
+
+    def log(self) -> str: ...
+
+    def start(self) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -37,13 +57,19 @@ class Rig:
 
     dir: Path
     sink: SmtpSink
-    postfix: PrivatePostfix
+    mta: Mta
     milter: MilterProcess | None
     redis: RedisServer | None
     config_path: Path | None
     milter_socket: str
     sasl_users: dict[str, str] = field(default_factory=dict)
     events_path: Path | None = None
+
+    @property
+    def postfix(self) -> PrivatePostfix:
+        """The MTA, for tests that use Postfix's own tools (queue files, postsuper)."""
+        assert isinstance(self.mta, PrivatePostfix), f"this rig runs {self.mta!r}"
+        return self.mta
 
     def smtp(
         self,
@@ -58,7 +84,7 @@ class Rig:
         The password defaults to the one the rig gave that SASL user. Use it as a context
         manager so the connection is closed.
         """
-        client = smtplib.SMTP("127.0.0.1", self.postfix.smtp_port, local_hostname=helo,
+        client = smtplib.SMTP("127.0.0.1", self.mta.smtp_port, local_hostname=helo,
                               timeout=timeout)  # fmt: skip
         try:
             client.ehlo(helo)
@@ -78,7 +104,7 @@ class Rig:
         **kwargs: Any,
     ) -> subprocess.CompletedProcess[bytes]:
         """Local submission with sendmail(1) as ``uid``; see PrivatePostfix.sendmail."""
-        return self.postfix.sendmail(message, sender, recipients, uid, **kwargs)
+        return self.mta.sendmail(message, sender, recipients, uid, **kwargs)
 
     def events(self) -> list[dict[str, Any]]:
         """The no-op milter's recorded callbacks (empty for other milters)."""
@@ -89,17 +115,18 @@ class Rig:
         parts = [f"=== rig {self.dir}"]
         if self.milter is not None:
             parts += ["--- milter output ---", _tail(self.milter.log(), tail)]
-        parts += ["--- postfix maillog ---", _tail(self.postfix.log(), tail)]
+        parts += [f"--- {type(self.mta).__name__} log ---", _tail(self.mta.log(), tail)]
         if self.redis is not None:
             parts += ["--- redis log ---", _tail(self.redis.log(), 10)]
         return "\n".join(parts)
 
 
-def _with_queue_directory(
-    extra: Mapping[str, Mapping[str, Any]] | None, queue_dir: Path
+def _with_milter_settings(
+    extra: Mapping[str, Mapping[str, Any]] | None, settings: Mapping[str, Any]
 ) -> dict[str, dict[str, Any]]:
     merged = {table: dict(values) for table, values in (extra or {}).items()}
-    merged.setdefault("milter", {}).setdefault("postfix_queue_directory", str(queue_dir))
+    for key, value in settings.items():
+        merged.setdefault("milter", {}).setdefault(key, value)
     return merged
 
 
@@ -122,6 +149,7 @@ def start_rig(
     with_redis: bool | None = None,
     milter_env: Mapping[str, str] | None = None,
     milter_socket: Literal["unix", "inet"] = "unix",
+    mta: MtaKind = "postfix",
 ) -> Rig:
     """Start Redis, sink, milter and Postfix; every stop is registered on ``stack``.
 
@@ -151,16 +179,26 @@ def start_rig(
     stack.callback(sink.stop)
     sink.start()
 
-    # Built (not started) first: the milter config names its queue directory, where
-    # sendwarden reads the uid of sendmail(1) submissions.
-    postfix = PrivatePostfix(
-        sink_port=sink.port,
-        milter=socket_spec if milter != "none" else None,
-        local_domains=local_domains,
-        sasl_users=users,
-        main_cf=postfix_main_cf,
-    )
-    stack.callback(postfix.close)
+    # Built (not started) first: the milter config names Postfix's queue directory, where
+    # sendwarden reads the uid of sendmail(1) submissions, or Sendmail's local daemon.
+    mta_instance: Mta
+    if mta == "sendmail":
+        mta_instance = PrivateSendmail(
+            sink_port=sink.port,
+            milter=socket_spec if milter != "none" else None,
+            sasl_users=users,
+        )
+        mta_settings: dict[str, Any] = {"peer_uid_daemons": [SENDMAIL_LOCAL_DAEMON]}
+    else:
+        mta_instance = PrivatePostfix(
+            sink_port=sink.port,
+            milter=socket_spec if milter != "none" else None,
+            local_domains=local_domains,
+            sasl_users=users,
+            main_cf=postfix_main_cf,
+        )
+        mta_settings = {"postfix_queue_directory": str(mta_instance.queue_dir)}
+    stack.callback(mta_instance.close)
 
     process: MilterProcess | None = None
     config_path: Path | None = None
@@ -174,7 +212,7 @@ def start_rig(
             policy=policy,
             consent=consent,
             local_domains=local_domains,
-            extra=_with_queue_directory(config_extra, postfix.queue_dir),
+            extra=_with_milter_settings(config_extra, mta_settings),
         )
         process = MilterProcess(config_path, log_path=rig_dir / "milter.log", env=milter_env)
     elif milter == "noop":
@@ -189,12 +227,12 @@ def start_rig(
         stack.callback(process.stop)
         process.start()
 
-    postfix.start()
+    mta_instance.start()
 
     return Rig(
         dir=rig_dir,
         sink=sink,
-        postfix=postfix,
+        mta=mta_instance,
         milter=process,
         redis=redis,
         config_path=config_path,

@@ -1,0 +1,65 @@
+"""The policy scenarios every MTA is proven with (Postfix has its own, older suites):
+accounts, messages and the log reader the Sendmail and Exim suites share."""
+
+from __future__ import annotations
+
+import json
+import time
+from email.message import EmailMessage
+from email.policy import SMTP
+from typing import Any
+
+from tests.support.sendwarden_config import DEFAULT_ACCOUNT
+
+ALICE = "alice@acme.example"  # account acme: SASL login, and local uid 65534 (nobody)
+BOB = "bob@globex.example"  # account globex: 3 recipients per hour
+CAROL = "carol@initech.example"  # account initech: the one the suspension test suspends
+ACCOUNTS: list[dict[str, Any]] = [
+    DEFAULT_ACCOUNT,
+    {"id": "globex", "logins": [BOB], "domains": ["globex.example"], "recipients_per_hour": 3},
+    {"id": "initech", "logins": [CAROL], "domains": ["initech.example"]},
+]
+USERS = {ALICE: "alice-secret", BOB: "bob-secret", CAROL: "carol-secret"}
+MIB = 1024 * 1024
+
+
+def message(
+    sender: str = ALICE, to: str = "bob@remote.example", subject: str = "hello", **headers: str
+) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    for name, value in headers.items():
+        msg[name.replace("_", "-")] = value
+    msg.set_content("Hello.\n")
+    return msg.as_bytes(policy=SMTP)  # CRLF: Sendmail refuses bare LF
+
+
+def with_file(size: int, sender: str = ALICE) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = "bob@remote.example"
+    msg["Subject"] = "files"
+    msg.set_content("File attached.\n")
+    msg.add_attachment(bytes(size), maintype="application", subtype="octet-stream",
+                       filename="big.bin")  # fmt: skip
+    return msg.as_bytes(policy=SMTP)
+
+
+def decisions(log: str) -> list[dict[str, Any]]:
+    """The JSON decision lines of a sendwarden log."""
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    return [record for record in records if record.get("event") == "decision"]
+
+
+def wait_for_decision(read_log: Any, timeout: float = 15.0, **wanted: Any) -> dict[str, Any]:
+    """The first decision record with every ``wanted`` key/value, polling ``read_log()``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for record in decisions(read_log()):
+            if all(record.get(key) == value for key, value in wanted.items()):
+                return record
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no decision with {wanted}: {decisions(read_log())}")
+        time.sleep(0.05)
