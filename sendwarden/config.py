@@ -191,6 +191,35 @@ def _listen(value: Any, key: str) -> str:
     return typing.cast(str, text)
 
 
+def _proxy_listen(value: Any, key: str) -> str:
+    """``HOST:PORT``, or ``unix:/path`` (Postfix's smtpd_proxy_filter can use one)."""
+    text = _convert(str, value, key)
+    if text.startswith("unix:"):
+        if not text.removeprefix("unix:").startswith("/"):
+            raise ConfigError(key, f"{text!r}: a unix socket needs an absolute path")
+        return typing.cast(str, text)
+    return _listen(text, key)
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """``sendwarden proxy``: the SMTP policy proxy for Exim (and Postfix's
+    ``smtpd_proxy_filter``). See docs/exim.md."""
+
+    listen: str = parsed(_proxy_listen, default="127.0.0.1:10025")
+    next_hop: str = parsed(_listen, default="127.0.0.1:10026")  # where passed mail goes
+    mta: Literal["exim", "postfix"] = "exim"
+    # Shared with the MTA: Exim logs in to the proxy with it (as mta_login), the proxy
+    # logs in to the next hop with it (as next_hop_login). Required for Exim.
+    secret_file: str = ""
+    mta_login: str = "exim"
+    next_hop_login: str = "sendwarden"
+    hostname: str = "sendwarden-proxy"  # in the proxy's greeting
+    max_message_bytes: int = parsed(_positive, default=100 * 1024 * 1024)
+    timeout: int = parsed(_positive, default=300)  # seconds, each side
+    workers: int = parsed(_positive, default=32)  # threads running the pipeline
+
+
 @dataclass(frozen=True)
 class ApiToken:
     """One API bearer token, kept only as its SHA-256: the config file holds no secret."""
@@ -416,6 +445,7 @@ class Account:
 @dataclass(frozen=True)
 class Settings:
     milter: MilterSettings = field(default_factory=MilterSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     consent: ConsentSettings = field(default_factory=ConsentSettings)

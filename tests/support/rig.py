@@ -10,6 +10,7 @@ import contextlib
 import shutil
 import smtplib
 import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from tests.support import noop_milter
+from tests.support.exim import PrivateExim
 from tests.support.milter_process import MilterProcess
 from tests.support.ports import free_port
 from tests.support.postfix import PrivatePostfix
@@ -31,7 +33,9 @@ from tests.support.sendwarden_config import (
 from tests.support.sink import SmtpSink
 
 MilterKind = Literal["sendwarden", "noop", "none"]
-MtaKind = Literal["postfix", "sendmail"]
+MtaKind = Literal["postfix", "sendmail", "exim"]
+#: The shared secret of the Exim rigs' proxy and Exim (tests only).
+PROXY_SECRET = "sendwarden-test-proxy-secret"
 
 
 class Mta(Protocol):
@@ -182,13 +186,32 @@ def start_rig(
     # Built (not started) first: the milter config names Postfix's queue directory, where
     # sendwarden reads the uid of sendmail(1) submissions, or Sendmail's local daemon.
     mta_instance: Mta
-    if mta == "sendmail":
+    proxy_port = free_port()
+    if mta == "exim":
+        (rig_dir / "proxy.secret").write_text(PROXY_SECRET + "\n")
+        mta_instance = PrivateExim(
+            sink_port=sink.port,
+            proxy_port=proxy_port,
+            secret=PROXY_SECRET,
+            sasl_users=users,
+            local_domains=local_domains,
+        )
+        mta_settings: dict[str, Any] = {}
+        proxy_settings = {
+            "proxy": {
+                "listen": f"127.0.0.1:{proxy_port}",
+                "next_hop": f"127.0.0.1:{mta_instance.return_port}",
+                "secret_file": str(rig_dir / "proxy.secret"),
+            }
+        }
+        config_extra = {**proxy_settings, **dict(config_extra or {})}
+    elif mta == "sendmail":
         mta_instance = PrivateSendmail(
             sink_port=sink.port,
             milter=socket_spec if milter != "none" else None,
             sasl_users=users,
         )
-        mta_settings: dict[str, Any] = {"peer_uid_daemons": [SENDMAIL_LOCAL_DAEMON]}
+        mta_settings = {"peer_uid_daemons": [SENDMAIL_LOCAL_DAEMON]}
     else:
         mta_instance = PrivatePostfix(
             sink_port=sink.port,
@@ -214,7 +237,15 @@ def start_rig(
             local_domains=local_domains,
             extra=_with_milter_settings(config_extra, mta_settings),
         )
-        process = MilterProcess(config_path, log_path=rig_dir / "milter.log", env=milter_env)
+        if mta == "exim":  # the SMTP policy proxy instead of the milter
+            process = MilterProcess(
+                argv=[sys.executable, "-m", "sendwarden", "proxy", "-c", str(config_path)],
+                socket=f"inet:{proxy_port}@127.0.0.1",
+                log_path=rig_dir / "milter.log",
+                env=milter_env,
+            )
+        else:
+            process = MilterProcess(config_path, log_path=rig_dir / "milter.log", env=milter_env)
     elif milter == "noop":
         events_path = rig_dir / "events.jsonl"
         process = MilterProcess(
