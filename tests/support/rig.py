@@ -32,7 +32,7 @@ from tests.support.sendwarden_config import (
 )
 from tests.support.sink import SmtpSink
 
-MilterKind = Literal["sendwarden", "noop", "none"]
+MilterKind = Literal["sendwarden", "noop", "none", "proxy"]
 MtaKind = Literal["postfix", "sendmail", "exim"]
 #: The shared secret of the Exim rigs' proxy and Exim (tests only).
 PROXY_SECRET = "sendwarden-test-proxy-secret"
@@ -174,7 +174,7 @@ def start_rig(
     )
 
     redis: RedisServer | None = None
-    if with_redis if with_redis is not None else milter == "sendwarden":
+    if with_redis if with_redis is not None else milter in ("sendwarden", "proxy"):
         redis = RedisServer()
         stack.callback(redis.close)
         redis.start()
@@ -195,6 +195,7 @@ def start_rig(
             secret=PROXY_SECRET,
             sasl_users=users,
             local_domains=local_domains,
+            use_proxy=milter != "none",
         )
         mta_settings: dict[str, Any] = {}
         proxy_settings = {
@@ -213,20 +214,31 @@ def start_rig(
         )
         mta_settings = {"peer_uid_daemons": [SENDMAIL_LOCAL_DAEMON]}
     else:
+        proxy_socket = rig_dir / "proxy.sock"
         mta_instance = PrivatePostfix(
             sink_port=sink.port,
-            milter=socket_spec if milter != "none" else None,
+            milter=socket_spec if milter not in ("none", "proxy") else None,
             local_domains=local_domains,
             sasl_users=users,
             main_cf=postfix_main_cf,
+            proxy_filter=f"unix:{proxy_socket}" if milter == "proxy" else None,
         )
         mta_settings = {"postfix_queue_directory": str(mta_instance.queue_dir)}
+        if milter == "proxy":  # sendwarden proxy as Postfix's smtpd_proxy_filter
+            proxy_settings = {
+                "proxy": {
+                    "listen": f"unix:{proxy_socket}",
+                    "next_hop": f"127.0.0.1:{mta_instance.reinject_port}",
+                    "mta": "postfix",
+                }
+            }
+            config_extra = {**proxy_settings, **dict(config_extra or {})}
     stack.callback(mta_instance.close)
 
     process: MilterProcess | None = None
     config_path: Path | None = None
     events_path: Path | None = None
-    if milter == "sendwarden":
+    if milter in ("sendwarden", "proxy"):
         config_path = write_config(
             rig_dir / "sendwarden.toml",
             socket=socket_spec,
@@ -237,10 +249,12 @@ def start_rig(
             local_domains=local_domains,
             extra=_with_milter_settings(config_extra, mta_settings),
         )
-        if mta == "exim":  # the SMTP policy proxy instead of the milter
+        if mta == "exim" or milter == "proxy":  # the SMTP policy proxy instead of the milter
             process = MilterProcess(
                 argv=[sys.executable, "-m", "sendwarden", "proxy", "-c", str(config_path)],
-                socket=f"inet:{proxy_port}@127.0.0.1",
+                socket=f"inet:{proxy_port}@127.0.0.1"
+                if mta == "exim"
+                else f"unix:{rig_dir / 'proxy.sock'}",
                 log_path=rig_dir / "milter.log",
                 env=milter_env,
             )
