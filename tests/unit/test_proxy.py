@@ -27,9 +27,7 @@ def exim_value(protocol: str, login: str, uid: str, address: str) -> str:
 
 
 def xtext(text: str) -> str:
-    return "".join(
-        f"+{ord(c):02X}" if c in "+=" or not 33 <= ord(c) <= 126 else c for c in text
-    )
+    return "".join(f"+{ord(c):02X}" if c in "+=" or not 33 <= ord(c) <= 126 else c for c in text)
 
 
 def test_smtp_auth_gives_the_login_and_address() -> None:
