@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from email.policy import SMTP
 from typing import Any
 
+import pytest
+
+from tests.support.rig import Rig, running_rig
 from tests.support.sendwarden_config import DEFAULT_ACCOUNT
 
 ALICE = "alice@acme.example"  # account acme: SASL login, and local uid 65534 (nobody)
@@ -63,3 +67,27 @@ def wait_for_decision(read_log: Any, timeout: float = 15.0, **wanted: Any) -> di
         if time.monotonic() > deadline:
             raise AssertionError(f"no decision with {wanted}: {decisions(read_log())}")
         time.sleep(0.05)
+
+
+def module_rig(**kwargs: Any) -> tuple[Any, Any]:
+    """The fixtures ``shared_rig`` (one rig, ``start_rig(**kwargs)``, for the whole
+    module: its tests use different accounts and domains) and ``rig`` (that rig with an
+    empty sink), to assign at module level: ``shared_rig, rig = module_rig(...)``."""
+
+    @pytest.fixture(scope="module")
+    def shared_rig() -> Iterator[Rig]:
+        with running_rig(**kwargs) as rig:
+            yield rig
+
+    @pytest.fixture
+    def rig(shared_rig: Rig) -> Rig:
+        shared_rig.sink.clear()
+        return shared_rig
+
+    return shared_rig, rig
+
+
+def sendwarden_log(rig: Rig) -> Callable[[], str]:
+    """Reads the log of the rig's sendwarden process (milter or proxy)."""
+    assert rig.milter is not None
+    return rig.milter.log

@@ -12,13 +12,10 @@ here, so what is refused is sendwarden's doing.
 from __future__ import annotations
 
 import base64
-import contextlib
 import smtplib
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-
-import pytest
+from collections.abc import Callable
 
 from tests.e2e.scenarios import (
     ACCOUNTS,
@@ -28,36 +25,20 @@ from tests.e2e.scenarios import (
     MIB,
     USERS,
     message,
+    module_rig,
+    sendwarden_log,
     wait_for_decision,
     with_file,
 )
 from tests.support.exim import PrivateExim
-from tests.support.rig import PROXY_SECRET, Rig, start_rig
+from tests.support.rig import PROXY_SECRET, Rig
 from tests.support.service import wait_until
 from tests.support.sink import Delivered
 
 EXIM_RIG = {"mta": "exim", "accounts": ACCOUNTS, "sasl_users": USERS}
 
 
-@pytest.fixture(scope="module")
-def shared_rig() -> Iterator[Rig]:
-    with contextlib.ExitStack() as stack:
-        rig = start_rig(stack, **EXIM_RIG)
-        try:
-            yield rig
-        finally:
-            print(rig.report())
-
-
-@pytest.fixture
-def rig(shared_rig: Rig) -> Rig:
-    shared_rig.sink.clear()
-    return shared_rig
-
-
-def proxy_log(rig: Rig) -> Callable[[], str]:
-    assert rig.milter is not None
-    return rig.milter.log
+shared_rig, rig = module_rig(**EXIM_RIG)
 
 
 def bounce_to(rig: Rig, sender: str, timeout: float = 30.0) -> Delivered:
@@ -88,7 +69,7 @@ def test_sasl_login_is_attributed_and_relayed_without_identity_traces(rig: Rig) 
     (delivered,) = rig.sink.wait_for(1, timeout=30)
     assert delivered.rcpt_tos == ("bob@remote.example",)
     assert b"sendwarden1" not in delivered.data  # the identity travelled in AUTH=, not here
-    record = wait_for_decision(proxy_log(rig), stage="eom", login=ALICE)
+    record = wait_for_decision(sendwarden_log(rig), stage="eom", login=ALICE)
     assert (record["account"], record["account_source"]) == ("acme", "login")
 
 
@@ -99,7 +80,7 @@ def test_a_customers_own_auth_parameter_is_not_believed(rig: Rig) -> None:
         client.rcpt("carl@remote.example")
         assert client.data(message())[0] == 250
     rig.sink.wait_for(1, timeout=30)
-    record = wait_for_decision(proxy_log(rig), stage="eom", login=ALICE, recipients=1)
+    record = wait_for_decision(sendwarden_log(rig), stage="eom", login=ALICE, recipients=1)
     assert record["account"] == "acme"
 
 
@@ -162,7 +143,7 @@ def test_local_submission_is_attributed_to_its_uid(rig: Rig) -> None:
     assert result.returncode == 0, result.stderr
     (delivered,) = rig.sink.wait_for(1, timeout=30)
     assert delivered.rcpt_tos == ("bob@remote.example",)
-    record = wait_for_decision(proxy_log(rig), stage="eom", uid=65534)
+    record = wait_for_decision(sendwarden_log(rig), stage="eom", uid=65534)
     assert (record["account"], record["account_source"]) == ("acme", "uid")
 
 

@@ -5,24 +5,19 @@ Received header."""
 
 from __future__ import annotations
 
-import contextlib
 import smtplib
 from collections.abc import Iterator
 
 import pytest
 
 from tests.e2e.scenarios import ACCOUNTS, ALICE, USERS, message, wait_for_decision
-from tests.support.rig import Rig, start_rig
+from tests.support.rig import Rig, running_rig
 
 
 @pytest.fixture(scope="module")
 def rig() -> Iterator[Rig]:
-    with contextlib.ExitStack() as stack:
-        rig = start_rig(stack, milter="proxy", accounts=ACCOUNTS, sasl_users=USERS)
-        try:
-            yield rig
-        finally:
-            print(rig.report())
+    with running_rig(milter="proxy", accounts=ACCOUNTS, sasl_users=USERS) as rig:
+        yield rig
 
 
 def proxy_log(rig: Rig) -> str:

@@ -9,11 +9,10 @@ it; local submissions are attributed by the uid that owns the MSP's socket.
 
 from __future__ import annotations
 
-import contextlib
 import smtplib
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -25,10 +24,12 @@ from tests.e2e.scenarios import (
     MIB,
     USERS,
     message,
+    module_rig,
+    sendwarden_log,
     wait_for_decision,
     with_file,
 )
-from tests.support.rig import Rig, start_rig
+from tests.support.rig import Rig
 from tests.support.sendmail import MSP_UID
 
 #: Sendmail refuses a milter socket under world-writable /tmp ("unsafe"): inet it is.
@@ -36,26 +37,7 @@ SENDMAIL_RIG = {"mta": "sendmail", "milter_socket": "inet", "accounts": ACCOUNTS
                 "sasl_users": USERS}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def shared_rig() -> Iterator[Rig]:
-    """One Sendmail rig for the module; the tests use different accounts and domains."""
-    with contextlib.ExitStack() as stack:
-        rig = start_rig(stack, **SENDMAIL_RIG)
-        try:
-            yield rig
-        finally:
-            print(rig.report())
-
-
-@pytest.fixture
-def rig(shared_rig: Rig) -> Rig:
-    shared_rig.sink.clear()
-    return shared_rig
-
-
-def milter_log(rig: Rig) -> Callable[[], str]:
-    assert rig.milter is not None
-    return rig.milter.log
+shared_rig, rig = module_rig(**SENDMAIL_RIG)
 
 
 def test_sasl_login_is_attributed_and_relayed(rig: Rig) -> None:
@@ -63,7 +45,7 @@ def test_sasl_login_is_attributed_and_relayed(rig: Rig) -> None:
         assert client.sendmail(ALICE, ["bob@remote.example"], message()) == {}
     (delivered,) = rig.sink.wait_for(1)
     assert delivered.rcpt_tos == ("bob@remote.example",)
-    record = wait_for_decision(milter_log(rig), stage="eom", login=ALICE)
+    record = wait_for_decision(sendwarden_log(rig), stage="eom", login=ALICE)
     assert (record["account"], record["account_source"]) == ("acme", "login")
     assert record["client_address"] == "127.0.0.1"  # from the connect macros
     assert record["queue_id"]  # Sendmail's queue id ({i})
@@ -134,7 +116,7 @@ def test_local_submission_is_attributed_to_the_uid_of_the_msp(rig: Rig) -> None:
     assert result.returncode == 0, result.stderr
     (delivered,) = rig.sink.wait_for(1)
     assert delivered.rcpt_tos == ("bob@remote.example",)
-    record = wait_for_decision(milter_log(rig), stage="eom", uid=65534)
+    record = wait_for_decision(sendwarden_log(rig), stage="eom", uid=65534)
     assert (record["account"], record["account_source"]) == ("acme", "uid")
     assert record["login"] is None
 
@@ -142,14 +124,14 @@ def test_local_submission_is_attributed_to_the_uid_of_the_msp(rig: Rig) -> None:
 def test_local_submission_by_root_is_the_msp_user_not_a_claim(rig: Rig) -> None:
     # Root's MSP drops to its RunAsUser: that uid is what is proven, whatever -f says.
     rig.sendmail(message(ALICE), ALICE, ["carl@remote.example"], uid=0)
-    record = wait_for_decision(milter_log(rig), uid=MSP_UID)
+    record = wait_for_decision(sendwarden_log(rig), uid=MSP_UID)
     assert record["account_source"] != "uid"  # 65533 is nobody's uid: not acme's
 
 
 def test_local_submission_refused_fails_the_msp(rig: Rig) -> None:
     result = rig.sendmail(message("ceo@globex.example"), ALICE, ["dan@remote.example"], uid=65534)
     assert result.returncode == 69  # EX_UNAVAILABLE: the MTA refused it; nothing relayed
-    record = wait_for_decision(milter_log(rig), stage="eom", uid=65534, verdict="reject")
+    record = wait_for_decision(sendwarden_log(rig), stage="eom", uid=65534, verdict="reject")
     assert record["reply"].startswith("550 5.7.1 ") and "globex.example" in record["reply"]
     assert not [m for m in rig.sink.messages if "dan@remote.example" in m.rcpt_tos]
 

@@ -16,17 +16,19 @@ Exim itself refuses nothing else, so a refusal a test sees comes from sendwarden
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.support.ports import free_port, wait_for_tcp
-from tests.support.private_mta import require_namespaces, unpacked_root, write_namespace_script
-from tests.support.service import LoggingService, wait_until
+from tests.support.private_mta import (
+    PidFileDaemon,
+    require_namespaces,
+    unpacked_root,
+    write_namespace_script,
+)
 
 HOSTNAME = "exim.sendwarden.test"
 EXIM_UID = 65521  # Debian-exim inside the namespace (unused on the host)
@@ -40,7 +42,7 @@ class EximError(RuntimeError):
     """Exim failed to start or a command failed; the message carries its logs."""
 
 
-class PrivateExim(LoggingService):
+class PrivateExim(PidFileDaemon):
     """One private Exim: SMTP on 127.0.0.1:``smtp_port``, the return port for the proxy
     on ``return_port``, outbound mail routed to the proxy on ``proxy_port``."""
 
@@ -72,6 +74,7 @@ class PrivateExim(LoggingService):
         self.root.chmod(0o755)
         self.etc = self.root / "etc"
         self.spool = self.root / "spool"
+        self.pid_file = self.root / "run/exim.pid"
         self.log_path = self.root / "log" / "mainlog"
         self.ns = self.root / "ns.sh"
         self._configured = False
@@ -89,7 +92,7 @@ class PrivateExim(LoggingService):
 primary_hostname = {HOSTNAME}
 spool_directory = {self.spool}
 log_file_path = {self.root}/log/%slog
-pid_file_path = {self.root}/run/exim.pid
+pid_file_path = {self.pid_file}
 keep_environment =
 tls_advertise_hosts =
 daemon_smtp_ports = {self.smtp_port} : {self.return_port}
@@ -230,23 +233,6 @@ customers:
             self.stop()
             raise EximError(f"exim did not start: {started.stderr.decode()}\n{self.logs()}")
         return self
-
-    def pid(self) -> int | None:
-        try:
-            pid = int((self.root / "run/exim.pid").read_text().split()[0])
-            os.kill(pid, 0)
-        except (OSError, ValueError, IndexError):
-            return None
-        return pid
-
-    def stop(self) -> None:
-        pid = self.pid()
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            wait_until(lambda: self.pid() is None, 10, "exim did not stop")
 
     def sendmail(
         self,

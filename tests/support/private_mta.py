@@ -10,12 +10,16 @@ the host changes. The network namespace is shared: tests reach them on loopback 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shlex
+import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+
+from tests.support.service import LoggingService, wait_until
 
 CACHE = Path(os.environ.get("SENDWARDEN_MTA_CACHE", "/var/cache/sendwarden-tests"))
 FETCH_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fetch-private-mtas.sh"
@@ -82,3 +86,31 @@ def write_namespace_script(
     )
     path.chmod(0o755)
     return path
+
+
+class PidFileDaemon(LoggingService):
+    """An MTA daemon that detaches and names itself in ``pid_file``."""
+
+    pid_file: Path
+
+    def pid(self) -> int | None:
+        """The daemon's pid while it runs, else None."""
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+            os.kill(pid, 0)
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid
+
+    def stop(self) -> None:
+        """SIGTERM, up to 10 s to go, then SIGKILL."""
+        pid = self.pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: self.pid() is None, 10, f"{self!r} did not stop")
+        if self.pid() is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -12,7 +12,7 @@ import smtplib
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -285,3 +285,15 @@ def start_rig(
         sasl_users=users,
         events_path=events_path,
     )
+
+
+@contextlib.contextmanager
+def running_rig(**kwargs: Any) -> Iterator[Rig]:
+    """A rig for a whole test module (starting MTAs costs seconds): ``start_rig(**kwargs)``,
+    stopped at the end with every part's logs printed."""
+    with contextlib.ExitStack() as stack:
+        rig = start_rig(stack, **kwargs)
+        try:
+            yield rig
+        finally:
+            print(rig.report())

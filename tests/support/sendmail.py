@@ -14,9 +14,7 @@ group as supplementary group, which is what the set-gid ``smmsp`` binary gives a
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -24,8 +22,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.support.ports import free_port, wait_for_tcp
-from tests.support.private_mta import require_namespaces, unpacked_root, write_namespace_script
-from tests.support.service import LoggingService, wait_until
+from tests.support.private_mta import (
+    PidFileDaemon,
+    require_namespaces,
+    unpacked_root,
+    write_namespace_script,
+)
 
 HOSTNAME = "mta.sendwarden.test"
 #: The MSP's RunAsUser (Debian: smmsp). Root's submissions reach the MTA as this uid.
@@ -39,7 +41,7 @@ class SendmailError(RuntimeError):
     """Sendmail failed to build its config or to start; the message says how."""
 
 
-class PrivateSendmail(LoggingService):
+class PrivateSendmail(PidFileDaemon):
     """One private Sendmail: SMTP on 127.0.0.1:``smtp_port``, relaying to a sink.
 
     Parameters:
@@ -70,6 +72,7 @@ class PrivateSendmail(LoggingService):
         self.root.chmod(0o755)
         self.etc = self.root / "etc"
         self.run_dir = self.root / "run"
+        self.pid_file = self.run_dir / "sendmail.pid"
         self.log_path = self.root / "transcript.log"  # Sendmail logs to syslog: none here
         self.ns = self.root / "ns.sh"
         self._configured = False
@@ -223,29 +226,6 @@ define(`QUEUE_DIR', `{self.run_dir}/clientmqueue')dnl
             self.stop()
             raise SendmailError(f"sendmail did not start:\n{self.log()}")
         return self
-
-    def pid(self) -> int | None:
-        try:
-            pid = int((self.run_dir / "sendmail.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
-
-    def stop(self) -> None:
-        pid = self.pid()
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            wait_until(lambda: self.pid() is None, 10, "sendmail did not stop")
-        if self.pid() is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
     def sendmail(
         self,
