@@ -147,6 +147,16 @@ def test_local_submission_is_attributed_to_its_uid(rig: Rig) -> None:
     assert (record["account"], record["account_source"]) == ("acme", "uid")
 
 
+def test_a_local_user_no_account_lists_is_an_account_of_its_own(rig: Rig) -> None:
+    result = rig.sendmail(message("web@own.example"), "web@own.example",
+                          ["erin@remote.example"], uid=65533)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (delivered,) = rig.sink.wait_for(1, timeout=30)
+    assert delivered.rcpt_tos == ("erin@remote.example",)
+    record = wait_for_decision(sendwarden_log(rig), stage="eom", uid=65533)
+    assert (record["account"], record["account_source"]) == ("uid:65533", "uid")
+
+
 def test_a_local_process_cannot_use_the_return_port(rig: Rig) -> None:
     port = exim_of(rig).return_port
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:

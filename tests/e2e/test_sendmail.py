@@ -124,8 +124,10 @@ def test_local_submission_is_attributed_to_the_uid_of_the_msp(rig: Rig) -> None:
 def test_local_submission_by_root_is_the_msp_user_not_a_claim(rig: Rig) -> None:
     # Root's MSP drops to its RunAsUser: that uid is what is proven, whatever -f says.
     rig.sendmail(message(ALICE), ALICE, ["carl@remote.example"], uid=0)
-    record = wait_for_decision(sendwarden_log(rig), uid=MSP_UID)
-    assert record["account_source"] != "uid"  # 65533 is nobody's uid: not acme's
+    record = wait_for_decision(sendwarden_log(rig), uid=MSP_UID, stage="eom")
+    # An account of its own (no account lists 65533), which may not use acme's domain.
+    assert (record["account"], record["account_source"]) == (f"uid:{MSP_UID}", "uid")
+    assert record["rule"] == "impersonation"
 
 
 def test_local_submission_refused_fails_the_msp(rig: Rig) -> None:
