@@ -33,6 +33,7 @@ from tests.support.private_mta import (
 HOSTNAME = "exim.sendwarden.test"
 EXIM_UID = 65521  # Debian-exim inside the namespace (unused on the host)
 EXIM_GID = 65521
+UNLISTED_UID = 65533  # "webuser" in the namespace's passwd
 PROXY_LOGIN = "exim"  # how Exim logs in to the proxy
 RETURN_LOGIN = "sendwarden"  # how the proxy logs in to Exim's return port
 REPO = Path(__file__).resolve().parents[2]
@@ -173,8 +174,12 @@ customers:
         group = Path("/etc/group").read_text()
         (self.etc / "passwd").write_text(
             passwd + f"Debian-exim:x:{EXIM_UID}:{EXIM_GID}::{self.spool}:/usr/sbin/nologin\n"
+            # A hosting user no account lists (Exim needs a name for every caller).
+            f"webuser:x:{UNLISTED_UID}:{UNLISTED_UID}::/nonexistent:/usr/sbin/nologin\n"
         )
-        (self.etc / "group").write_text(group + f"Debian-exim:x:{EXIM_GID}:\n")
+        (self.etc / "group").write_text(
+            group + f"Debian-exim:x:{EXIM_GID}:\nwebuser:x:{UNLISTED_UID}:\n"
+        )
         (self.etc / "hosts").write_text(
             f"127.0.0.1 {HOSTNAME} localhost\n::1 {HOSTNAME} localhost ip6-localhost\n"
         )
