@@ -223,6 +223,8 @@ class ProxySettings:
     max_message_bytes: int = parsed(_positive, default=100 * 1024 * 1024)
     timeout: int = parsed(_positive, default=300)  # seconds, each side
     workers: int = parsed(_positive, default=32)  # threads running the pipeline
+    # Exim's RCPT ACL asks here (${readsocket}) for SMTP-time replies; "" = off.
+    policy_listen: str = parsed(lambda v, k: _listen(v, k) if v else "", default="")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from sendwarden.proxy.identity import (
     postfix_login,
 )
 from sendwarden.proxy.message import SplitMessage, apply_changes, split_message
+from sendwarden.proxy.policy_socket import answer, before_queue_pipeline, serve_policy_socket
 from sendwarden.proxy.relay import NextHop, Outgoing, Relay
 from sendwarden.replies import smtp_reply
 from sendwarden.runtime import Runtime, build_runtime
@@ -349,6 +350,18 @@ async def serve(settings: Settings, ready: Callable[[], None] | None = None) -> 
     else:
         host, _, port = listen.rpartition(":")
         server = await loop.create_server(factory, host.strip("[]"), int(port))
+    policy_server = None
+    if proxy.policy_listen:
+        before_queue = before_queue_pipeline(runtime.pipeline)
+        policy_host, _, policy_port = proxy.policy_listen.rpartition(":")
+
+        def respond(line: str) -> asyncio.Future[str]:
+            return loop.run_in_executor(handler.executor, answer, before_queue, secret, line)
+
+        policy_server = await serve_policy_socket(policy_host.strip("[]"), int(policy_port),
+                                                  respond)  # fmt: skip
+        log.info("sendwarden proxy: policy socket for SMTP-time replies on %s",
+                 proxy.policy_listen)  # fmt: skip
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
@@ -362,6 +375,9 @@ async def serve(settings: Settings, ready: Callable[[], None] | None = None) -> 
         log.info("sendwarden proxy stopping")
         server.close()
         await server.wait_closed()
+        if policy_server is not None:
+            policy_server.close()
+            await policy_server.wait_closed()
         handler.executor.shutdown(wait=True)
         runtime.close()
         log.info("sendwarden proxy stopped")

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+import pytest
+
 from tests.e2e.scenarios import (
     ACCOUNTS,
     ALICE,
@@ -84,24 +86,37 @@ def test_a_customers_own_auth_parameter_is_not_believed(rig: Rig) -> None:
     assert record["account"] == "acme"
 
 
-def test_unauthenticated_relay_bounces_with_554(rig: Rig) -> None:
-    with rig.smtp() as client:  # Exim accepts; the proxy refuses at RCPT
+def test_unauthenticated_relay_gets_554_at_rcpt_from_the_policy_socket(rig: Rig) -> None:
+    # Exim's RCPT ACL asks the proxy's policy socket while the client waits.
+    with rig.smtp() as client, pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        client.sendmail("someone@elsewhere.example", ["bob@remote.example"], message())
+    code, text = refused.value.recipients["bob@remote.example"]
+    assert code == 554
+    assert text.startswith(b"5.7.1 Relaying denied: bob@remote.example is not a domain hosted")
+    assert exim_of(rig).queue_count() == 0  # refused, not queued
+
+
+def test_suspended_account_gets_550_at_rcpt(rig: Rig) -> None:
+    assert rig.config_path is not None
+    suspend = [sys.executable, "-m", "sendwarden", "account", "suspend", "initech",
+               "--reason", "spam complaints", "-c", str(rig.config_path)]  # fmt: skip
+    assert subprocess.run(suspend, capture_output=True, check=False).returncode == 0
+    with rig.smtp(CAROL) as client, pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        client.sendmail(CAROL, ["bob@remote.example"], message(CAROL))
+    code, text = refused.value.recipients["bob@remote.example"]
+    assert code == 550 and text.startswith(b"5.7.1 Account initech is suspended since")
+
+
+def test_without_the_policy_socket_a_refusal_is_a_bounce_with_the_same_text(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(**EXIM_RIG, config_extra={"proxy": {"policy_listen": ""}})
+    with rig.smtp() as client:  # no answer: Exim accepts, the proxy refuses at delivery
         client.sendmail("someone@elsewhere.example", ["bob@remote.example"], message())
     bounce = bounce_to(rig, "someone@elsewhere.example")
     assert b"554 5.7.1 Relaying denied: bob@remote.example is not a domain hosted here" in (
         bounce.data.replace(b"\r\n ", b" ")
     )
-
-
-def test_suspended_account_bounces_with_550(rig: Rig) -> None:
-    assert rig.config_path is not None
-    suspend = [sys.executable, "-m", "sendwarden", "account", "suspend", "initech",
-               "--reason", "spam complaints", "-c", str(rig.config_path)]  # fmt: skip
-    assert subprocess.run(suspend, capture_output=True, check=False).returncode == 0
-    with rig.smtp(CAROL) as client:
-        client.sendmail(CAROL, ["bob@remote.example"], message(CAROL))
-    bounce = bounce_to(rig, CAROL)
-    assert b"550 5.7.1 Account initech is suspended since" in bounce.data.replace(b"\r\n ", b" ")
 
 
 def test_rate_limit_defers_the_recipient_over_the_limit_in_exims_queue(rig: Rig) -> None:

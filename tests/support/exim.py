@@ -55,6 +55,7 @@ class PrivateExim(PidFileDaemon):
         sink_port: int,
         proxy_port: int,
         secret: str,
+        policy_port: int = 0,
         sasl_users: Mapping[str, str] | None = None,
         local_domains: Sequence[str] = ("hosting.example",),
         use_proxy: bool = True,
@@ -64,6 +65,7 @@ class PrivateExim(PidFileDaemon):
         self.tree = unpacked_root("exim")
         self.sink_port = sink_port
         self.proxy_port = proxy_port
+        self.policy_port = policy_port  # the proxy's ${readsocket} policy socket
         self.secret = secret
         self.sasl_users = dict(sasl_users or {})
         self.local_domains = tuple(local_domains)
@@ -82,10 +84,18 @@ class PrivateExim(PidFileDaemon):
 
     def config(self) -> str:
         """exim4.conf: the test frame around deploy/exim's sendwarden pieces."""
+        main = (REPO / "deploy/exim/conf.d/main/00_sendwarden").read_text()
         macros = {
             "SENDWARDEN_PROXY_PORT": str(self.proxy_port),
             "SENDWARDEN_RETURN_PORT": str(self.return_port),
             "SENDWARDEN_SECRET_FILE": "/etc/exim4/sendwarden.secret",
+            "SENDWARDEN_POLICY_PORT": str(self.policy_port),
+            # deploy/exim's own definition: the identity as tested is the one shipped.
+            "SENDWARDEN_IDENTITY": next(
+                line.partition("=")[2].strip()
+                for line in main.splitlines()
+                if line.startswith("SENDWARDEN_IDENTITY")
+            ),
         }
         domains = " : ".join((HOSTNAME, *self.local_domains))
         return f"""# Private Exim for sendwarden's e2e tests (inside the test namespace).
@@ -102,7 +112,7 @@ rfc1413_hosts =
 host_lookup =
 domainlist local_domains = {domains}
 acl_smtp_mail = acl_sendwarden_mail
-acl_smtp_rcpt = acl_check_rcpt
+acl_smtp_rcpt = {"acl_sendwarden_rcpt" if self.use_proxy else "acl_check_rcpt"}
 log_selector = +received_recipients +smtp_connection +incoming_port +outgoing_port \\
   +deliver_time +sender_on_delivery +return_path_on_delivery
 message_size_limit = 100M

@@ -137,6 +137,16 @@ def _with_milter_settings(
     return merged
 
 
+def _merged(
+    base: Mapping[str, Mapping[str, Any]], extra: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, dict[str, Any]]:
+    """Config tables of ``base`` with ``extra``'s keys over them, table by table."""
+    merged = {table: dict(values) for table, values in base.items()}
+    for table, values in (extra or {}).items():
+        merged.setdefault(table, {}).update(values)
+    return merged
+
+
 def _tail(text: str, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -192,9 +202,11 @@ def start_rig(
     proxy_port = free_port()
     if mta == "exim":
         (rig_dir / "proxy.secret").write_text(PROXY_SECRET + "\n")
+        policy_port = free_port()
         mta_instance = PrivateExim(
             sink_port=sink.port,
             proxy_port=proxy_port,
+            policy_port=policy_port,
             secret=PROXY_SECRET,
             sasl_users=users,
             local_domains=local_domains,
@@ -206,9 +218,10 @@ def start_rig(
                 "listen": f"127.0.0.1:{proxy_port}",
                 "next_hop": f"127.0.0.1:{mta_instance.return_port}",
                 "secret_file": str(rig_dir / "proxy.secret"),
+                "policy_listen": f"127.0.0.1:{policy_port}",
             }
         }
-        config_extra = {**proxy_settings, **dict(config_extra or {})}
+        config_extra = _merged(proxy_settings, config_extra)
     elif mta == "sendmail":
         mta_instance = PrivateSendmail(
             sink_port=sink.port,
@@ -235,7 +248,7 @@ def start_rig(
                     "mta": "postfix",
                 }
             }
-            config_extra = {**proxy_settings, **dict(config_extra or {})}
+            config_extra = _merged(proxy_settings, config_extra)
     stack.callback(mta_instance.close)
 
     process: MilterProcess | None = None
