@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sendwarden.config import settings_from_mapping
+from sendwarden.pipeline import Pipeline
 from sendwarden.policy.facts import MessageChanges
 from sendwarden.proxy.identity import (
     IdentityError,
@@ -17,7 +19,9 @@ from sendwarden.proxy.identity import (
     xtext_decode,
 )
 from sendwarden.proxy.message import apply_changes, split_message
+from sendwarden.proxy.policy_socket import answer, before_queue_pipeline
 from sendwarden.proxy.server import _split_params
+from tests.unit.fakes import RecordingCheck
 
 
 def exim_value(protocol: str, login: str, uid: str, address: str) -> str:
@@ -139,3 +143,40 @@ def test_changes_remove_by_index_and_prepend() -> None:
 @given(st.binary())
 def test_unchanged_messages_are_relayed_byte_for_byte(data: bytes) -> None:
     assert apply_changes(split_message(data), MessageChanges()) == data
+
+
+# -- the policy socket: SMTP-time answers for Exim's RCPT ACL ---------------------------
+
+SECRET = "s3cret-s3cret-s3cret"
+
+
+def socket_pipeline() -> tuple[Pipeline, RecordingCheck]:
+    from sendwarden.checks.relay import RelayCheck
+    from sendwarden.checks.suspension import SuspensionCheck
+    from tests.unit.fakes import MemorySuspensions
+
+    settings = settings_from_mapping({"policy": {"local_domains": ["hosting.example"],
+                                                 "trusted_networks": []}})  # fmt: skip
+    counting = RecordingCheck()  # stands for the rate limit: must never be asked
+    checks = [SuspensionCheck(MemorySuspensions()), RelayCheck(["hosting.example"]), counting]
+    return before_queue_pipeline(Pipeline(settings, checks)), counting
+
+
+def test_policy_socket_refuses_relay_at_rcpt_with_the_rule_text() -> None:
+    pipeline, counting = socket_pipeline()
+    identity = exim_value("esmtp", "", "101", "192.0.2.9")
+    reply = answer(pipeline, SECRET, f"{SECRET} {identity} <x@else.example> <bob@remote.example>")
+    assert reply.startswith("554 5.7.1 Relaying denied: bob@remote.example")
+    assert [check.name for check in pipeline.checks] == ["suspended", "relay"]
+    assert counting.calls == []
+
+
+def test_policy_socket_says_dunno_to_what_it_cannot_decide_and_to_strangers() -> None:
+    pipeline, _ = socket_pipeline()
+    login = exim_value("esmtpa", "alice@acme.example", "101", "192.0.2.9")
+    assert answer(pipeline, SECRET, f"{SECRET} {login} <a@acme.example> <b@remote.example>") == (
+        "DUNNO"
+    )
+    stranger = exim_value("esmtp", "", "101", "192.0.2.9")
+    for line in (f"wrong {stranger} <x@y.z> <b@remote.example>", "", f"{SECRET} junk <a> <b>"):
+        assert answer(pipeline, SECRET, line) == "DUNNO"
