@@ -23,7 +23,22 @@ ACCOUNTS: list[dict[str, Any]] = [
     {"id": "globex", "logins": [BOB], "domains": ["globex.example"], "recipients_per_hour": 3},
     {"id": "initech", "logins": [CAROL], "domains": ["initech.example"]},
 ]
-USERS = {ALICE: "alice-secret", BOB: "bob-secret", CAROL: "carol-secret"}
+MALLORY = "mallory@freemail.example"  # a real SASL login that no account lists
+USERS = {ALICE: "alice-secret", BOB: "bob-secret", CAROL: "carol-secret", MALLORY: "m-secret"}
+
+
+def too_deep(levels: int = 25) -> bytes:
+    """MIME nested deeper than any mail client makes (the default cap is 20): 554 5.6.0."""
+    body = b"Content-Type: text/plain\r\n\r\nhidden\r\n"
+    for level in range(levels):
+        boundary = f"b{level}".encode()
+        body = (b"Content-Type: multipart/mixed; boundary=" + boundary + b"\r\n\r\n--" +
+                boundary + b"\r\n" + body + b"\r\n--" + boundary + b"--\r\n")  # fmt: skip
+    return b"From: alice@acme.example\r\nTo: bob@remote.example\r\nSubject: deep\r\n" + (
+        b"MIME-Version: 1.0\r\n" + body
+    )
+
+
 MIB = 1024 * 1024
 
 

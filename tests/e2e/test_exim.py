@@ -24,11 +24,13 @@ from tests.e2e.scenarios import (
     ALICE,
     BOB,
     CAROL,
+    MALLORY,
     MIB,
     USERS,
     message,
     module_rig,
     sendwarden_log,
+    too_deep,
     wait_for_decision,
     with_file,
 )
@@ -151,6 +153,22 @@ def test_bulk_without_consent_bounces_with_550(rig: Rig) -> None:
         client.sendmail(ALICE, readers, body)
     bounce = bounce_to(rig, ALICE)
     assert b"550 5.7.1" in bounce.data and b"consent" in bounce.data
+
+
+def test_mime_nested_too_deep_bounces_with_554_5_6_0(rig: Rig) -> None:
+    with rig.smtp(ALICE) as client:
+        client.sendmail(ALICE, ["bob@remote.example"], too_deep())
+    assert b"554 5.6.0" in bounce_to(rig, ALICE).data
+
+
+def test_unlisted_login_refused_at_rcpt_when_the_provider_refuses_them(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(**EXIM_RIG, policy={"unknown_senders": "refuse"})
+    with rig.smtp(MALLORY) as client, pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        client.sendmail(MALLORY, ["bob@remote.example"], message(MALLORY))
+    code, text = refused.value.recipients["bob@remote.example"]
+    assert code == 550 and text.startswith(b"5.7.1 Sender refused")
 
 
 def test_local_submission_is_attributed_to_its_uid(rig: Rig) -> None:

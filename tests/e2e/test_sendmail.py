@@ -21,11 +21,13 @@ from tests.e2e.scenarios import (
     ALICE,
     BOB,
     CAROL,
+    MALLORY,
     MIB,
     USERS,
     message,
     module_rig,
     sendwarden_log,
+    too_deep,
     wait_for_decision,
     with_file,
 )
@@ -109,6 +111,13 @@ def test_bulk_without_consent_gets_550(rig: Rig) -> None:
     assert b"consent" in refused.value.smtp_error
 
 
+def test_mime_nested_too_deep_gets_554_5_6_0(rig: Rig) -> None:
+    with rig.smtp(ALICE) as client, pytest.raises(smtplib.SMTPDataError) as refused:
+        client.sendmail(ALICE, ["bob@remote.example"], too_deep())
+    assert refused.value.smtp_code == 554
+    assert refused.value.smtp_error.startswith(b"5.6.0 ")
+
+
 def test_local_submission_is_attributed_to_the_uid_of_the_msp(rig: Rig) -> None:
     # {auth_author} says "nobody@..." (any local process may write that AUTH= value); the
     # account comes from the uid the kernel recorded for the MSP's socket (acme's 65534).
@@ -138,9 +147,13 @@ def test_local_submission_refused_fails_the_msp(rig: Rig) -> None:
     assert not [m for m in rig.sink.messages if "dan@remote.example" in m.rcpt_tos]
 
 
-def test_store_down_gets_451_and_milter_down_tempfails(make_rig: Callable[..., Rig]) -> None:
-    rig = make_rig(**SENDMAIL_RIG)
+def test_unlisted_login_refused_store_down_and_milter_down(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(**SENDMAIL_RIG, policy={"unknown_senders": "refuse"})
     assert rig.redis is not None and rig.milter is not None
+    with rig.smtp(MALLORY) as client, pytest.raises(smtplib.SMTPSenderRefused) as refused:
+        client.sendmail(MALLORY, ["bob@remote.example"], message(MALLORY))
+    assert refused.value.smtp_code == 550 and refused.value.smtp_error.startswith(b"5.7.1 ")
+    assert b"Sender refused" in refused.value.smtp_error
     rig.redis.stop()
     with rig.smtp(ALICE) as client, pytest.raises(smtplib.SMTPSenderRefused) as refused:
         client.sendmail(ALICE, ["bob@remote.example"], message())
@@ -148,7 +161,7 @@ def test_store_down_gets_451_and_milter_down_tempfails(make_rig: Callable[..., R
     rig.milter.stop()  # F=T: Sendmail tempfails rather than pass mail unchecked
     with rig.smtp() as client:
         assert client.mail(ALICE)[0] == 451
-    with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+    with pytest.raises(smtplib.SMTPAuthenticationError) as refused_auth:
         rig.smtp(ALICE)
-    assert refused.value.smtp_code == 454  # even AUTH waits for the milter to be back
+    assert refused_auth.value.smtp_code == 454  # even AUTH waits for the milter to be back
     assert rig.sink.messages == []
