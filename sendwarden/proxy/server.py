@@ -121,7 +121,15 @@ class ProxySMTP(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
         policy, relay = self.policy, self.relay
-        self.proxy.executor.submit(_end_connection, policy, relay)
+        try:
+            self.proxy.executor.submit(_end_connection, policy, relay)
+        except RuntimeError:  # the proxy is shutting down: end it here
+            _end_connection(policy, relay)
+
+
+def _reverse_path(address: str | None) -> str:
+    """The sender as the pipeline takes it: "" for the null reverse path ``<>``."""
+    return "" if address in (None, "<>") else str(address).strip("<>")
 
 
 def _end_connection(policy: PolicySession, relay: Relay) -> None:
@@ -213,7 +221,7 @@ class ProxyHandler:
     @staticmethod
     def _mail(server: ProxySMTP, identity: ProvenIdentity, address: str) -> Verdict:
         server.policy.client = Client(address=identity.address, uid=identity.uid)
-        return server.policy.mail(address, login=identity.login)
+        return server.policy.mail(_reverse_path(address), login=identity.login)
 
     async def handle_RCPT(
         self, server: ProxySMTP, session: Session, envelope: Envelope, address: str,
@@ -288,7 +296,7 @@ class ProxyHandler:
         with contextlib.suppress(ValueError):
             address = ipaddress.ip_address(server.xforward.get("ADDR", "").removeprefix("IPv6:"))
         policy.client = Client(address=address, hostname=server.xforward.get("NAME", ""))
-        verdict = policy.mail(envelope.mail_from or "", login=login,
+        verdict = policy.mail(_reverse_path(envelope.mail_from), login=login,
                               queue_id=server.xforward.get("IDENT", ""))  # fmt: skip
         if verdict.is_final:
             return smtp_reply(verdict)

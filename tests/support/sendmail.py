@@ -34,6 +34,8 @@ HOSTNAME = "mta.sendwarden.test"
 MSP_UID = 65533
 MSP_GID = 65534  # nogroup: plays the smmsp group the MSP binary is set-gid to
 LOCAL_DAEMON = "Local"
+DEPLOY_MC = Path(__file__).resolve().parents[2] / "deploy" / "sendmail.mc"
+DEPLOY_SOCKET = "S=inet:8890@127.0.0.1"
 MTA_DAEMON = "MTA"
 
 
@@ -84,15 +86,10 @@ class PrivateSendmail(PidFileDaemon):
         cf = self.tree / "usr/share/sendmail/cf"
         milter = ""
         if self.milter is not None:
-            milter = (
-                "define(`confMILTER_MACROS_CONNECT', ``j, _, {daemon_name}, {daemon_addr}, "
-                "{daemon_port}, {if_name}, {if_addr}, {client_addr}, {client_port}, "
-                "{client_name}'')dnl\n"
-                "define(`confMILTER_MACROS_ENVFROM', confMILTER_MACROS_ENVFROM`, "
-                "{auth_authen}, {auth_author}')dnl\n"
-                f"INPUT_MAIL_FILTER(`sendwarden', `S={self.milter}, F=T, "
-                "T=C:10s;S:30s;R:30s;E:5m')dnl\n"
-            )
+            # deploy/sendmail.mc as shipped, with this test's milter socket.
+            shipped = DEPLOY_MC.read_text()
+            assert DEPLOY_SOCKET in shipped, f"{DEPLOY_MC} no longer names {DEPLOY_SOCKET}"
+            milter = shipped.replace(DEPLOY_SOCKET, f"S={self.milter}")
         return f"""divert(-1)
 dnl Private Sendmail MTA for sendwarden's e2e tests. Loopback only.
 divert(0)dnl
