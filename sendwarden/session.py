@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from sendwarden.pipeline import Pipeline
+from sendwarden.pipeline import Pipeline, new_session_id
 from sendwarden.policy.facts import Client, MessageChanges, Transaction
 from sendwarden.policy.verdict import CONTINUE, Action, Verdict, tempfail
 
@@ -37,6 +37,7 @@ class PolicySession:
         self.pipeline = pipeline
         self.client = client or Client(address=None)
         self.txn: Transaction | None = None
+        self.id = new_session_id()  # on every decision line of this connection
 
     def mail(
         self, mail_from: str, *, login: str | None, queue_id: str = "", uid: int | None = None
@@ -51,10 +52,11 @@ class PolicySession:
             self.txn = None
         return verdict
 
-    def rcpt(self, recipient: str) -> Verdict:
+    def rcpt(self, recipient: str, queue_id: str = "") -> Verdict:
+        """RCPT TO; ``queue_id`` is the MTA's, once it has one."""
         if self.txn is None:
             return CONTINUE
-        return self.pipeline.rcpt(self.txn, recipient)
+        return self.pipeline.rcpt(self.txn, recipient, queue_id)
 
     def header(self, name: str, value: str) -> None:
         if self.txn is not None:

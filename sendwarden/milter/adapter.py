@@ -201,7 +201,12 @@ class SendwardenMilter(Milter.Base):  # type: ignore[misc]
 
     @guarded
     def envrcpt(self, recipient: str, *params: str) -> int:
-        return self._reply(self.session.rcpt(strip_brackets(recipient)))
+        txn = self.session.txn
+        if txn is None:
+            return int(Milter.CONTINUE)
+        # Postfix opens the queue file (and names it) only after a valid RCPT.
+        queue_id = "" if txn.queue_id else (self.getsymval("i") or "")
+        return self._reply(self.session.rcpt(strip_brackets(recipient), queue_id))
 
     @Milter.noreply
     @guarded
