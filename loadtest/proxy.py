@@ -55,7 +55,11 @@ def run_once(kwargs: dict[str, Any], messages: int, sessions: int) -> float:
             f"127.0.0.1:{rig.mta.smtp_port}",
         ]  # fmt: skip
         started = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True, timeout=600)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"smtp-source failed: {result.stdout}{result.stderr}\n{rig.report()}"
+            )
         rig.sink.wait_for(messages, timeout=600)  # all delivered: nothing was refused
         return messages / (time.perf_counter() - started)
 

@@ -123,6 +123,8 @@ untrusted_set_sender = *
 local_from_check = false
 dsn_advertise_hosts = *
 queue_run_max = 0
+# Every message comes back through the return port: room for both (Exim's default is 20).
+smtp_accept_max = 200
 
 begin acl
 .include {self.etc}/exim4/acl_mail_sendwarden

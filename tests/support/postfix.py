@@ -126,7 +126,7 @@ class PrivatePostfix(LoggingService):
         self.extra_main_cf = dict(main_cf or {})
         # A before-queue proxy (smtpd_proxy_filter) and the smtpd it hands mail back to.
         self.proxy_filter = proxy_filter
-        self.reinject_port: int = free_port()
+        self.reinject_port: int = free_port() if proxy_filter else 0
         self.start_timeout = start_timeout
 
         self.root = Path(tempfile.mkdtemp(prefix="sw-pf-", dir=base_dir))
