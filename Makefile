@@ -10,6 +10,7 @@ REDIS_PORT ?= 6379
 
 system-deps:
 	./scripts/install-system-deps.sh
+	./scripts/fetch-private-mtas.sh
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -18,6 +18,7 @@ from sendwarden.store import StoreError
 
 COMMAND_MODULES = (
     "sendwarden.commands.milter",
+    "sendwarden.commands.proxy",
     "sendwarden.commands.check_config",
     "sendwarden.commands.account",
     "sendwarden.commands.dkim",

@@ -118,6 +118,10 @@ class MilterSettings:
     # Where Postfix keeps its queue: the uid of sendmail(1) mail is read from the queue
     # file, because Postfix hides its own "Received: ... from userid N" header from milters.
     postfix_queue_directory: str = "/var/spool/postfix"
+    # Sendmail daemons ({daemon_name}, e.g. "MTA-v4") whose clients on this host are
+    # attributed to the uid owning the client's socket: Sendmail's MSP (sendmail -t,
+    # PHP mail()) reaches the MTA over loopback SMTP and Sendmail records no uid for it.
+    peer_uid_daemons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,37 @@ def _listen(value: Any, key: str) -> str:
     if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(key, f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8025")
     return typing.cast(str, text)
+
+
+def _proxy_listen(value: Any, key: str) -> str:
+    """``HOST:PORT``, or ``unix:/path`` (Postfix's smtpd_proxy_filter can use one)."""
+    text = _convert(str, value, key)
+    if text.startswith("unix:"):
+        if not text.removeprefix("unix:").startswith("/"):
+            raise ConfigError(key, f"{text!r}: a unix socket needs an absolute path")
+        return typing.cast(str, text)
+    return _listen(text, key)
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """``sendwarden proxy``: the SMTP policy proxy for Exim (and Postfix's
+    ``smtpd_proxy_filter``). See docs/exim.md."""
+
+    listen: str = parsed(_proxy_listen, default="127.0.0.1:10025")
+    next_hop: str = parsed(_listen, default="127.0.0.1:10026")  # where passed mail goes
+    mta: Literal["exim", "postfix"] = "exim"
+    # Shared with the MTA: Exim logs in to the proxy with it (as mta_login), the proxy
+    # logs in to the next hop with it (as next_hop_login). Required for Exim.
+    secret_file: str = ""
+    mta_login: str = "exim"
+    next_hop_login: str = "sendwarden"
+    hostname: str = "sendwarden-proxy"  # in the proxy's greeting
+    max_message_bytes: int = parsed(_positive, default=100 * 1024 * 1024)
+    timeout: int = parsed(_positive, default=300)  # seconds, each side
+    workers: int = parsed(_positive, default=32)  # threads running the pipeline
+    # Exim's RCPT ACL asks here (${readsocket}) for SMTP-time replies; "" = off.
+    policy_listen: str = parsed(lambda v, k: _listen(v, k) if v else "", default="")
 
 
 @dataclass(frozen=True)
@@ -469,6 +504,7 @@ class Account:
 @dataclass(frozen=True)
 class Settings:
     milter: MilterSettings = field(default_factory=MilterSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     consent: ConsentSettings = field(default_factory=ConsentSettings)

@@ -57,6 +57,7 @@ def decision_record(
         "client": str(txn.client),
         "client_address": str(txn.client.address) if txn.client.address else None,
         "login": txn.login,
+        "uid": txn.uid,
         "mail_from": txn.mail_from,
         "recipients": len(txn.recipients),
         # An abandoned transaction delivered nothing: not a "discard" by a rule.

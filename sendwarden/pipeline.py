@@ -77,6 +77,7 @@ class Pipeline:
             trusted=client.local_submission
             or is_trusted(client.address, self.settings.policy.trusted_networks),
             login=login or None,
+            uid=client.uid,
             queue_id=queue_id,
             session=session or new_session_id(),
             mail_from=mail_from,

@@ -14,6 +14,10 @@ class Check:
 
     name: ClassVar[str] = "check"
     needs_body: ClassVar[bool] = False
+    # Decides at MAIL/RCPT without counting or storing anything, so it may also answer
+    # an SMTP-time question (the proxy's policy socket for Exim's RCPT ACL) for a
+    # message that is judged again, in full, when it is delivered.
+    answers_before_queue: ClassVar[bool] = False
 
     def at_mail(self, txn: Transaction) -> Verdict | None:
         """MAIL FROM: the sender and account are known."""

@@ -12,6 +12,7 @@ from sendwarden.policy.verdict import Verdict
 
 class RelayCheck(Check):
     name = RULE
+    answers_before_queue = True
 
     def __init__(self, local_domains: Collection[str]) -> None:
         self._local_domains = frozenset(local_domains)

@@ -15,6 +15,7 @@ from sendwarden.store.suspensions import SuspensionStore
 
 class SuspensionCheck(Check):
     name = RULE
+    answers_before_queue = True
 
     def __init__(self, store: SuspensionStore) -> None:
         self._store = store

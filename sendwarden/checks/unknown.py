@@ -11,6 +11,7 @@ from sendwarden.policy.verdict import Verdict
 
 class UnknownSenderCheck(Check):
     name = RULE
+    answers_before_queue = True
 
     def __init__(self, mode: UnknownSenders) -> None:
         self._mode = mode

@@ -14,6 +14,7 @@ be one more round trip. Every callback is guarded: an unexpected error becomes a
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -27,27 +28,20 @@ from sendwarden.addresses import strip_brackets
 from sendwarden.milter.generations import Lease
 from sendwarden.milter.pickup import submitting_uid
 from sendwarden.milter.replies import render
-from sendwarden.pipeline import new_session_id
+from sendwarden.peeruid import parse_endpoint, socket_owner_uid
 from sendwarden.policy.facts import Client, IPAddress, MessageChanges, Transaction
-from sendwarden.policy.verdict import Action, Verdict, tempfail
+from sendwarden.policy.verdict import Verdict
+from sendwarden.session import INTERNAL_ERROR, PolicySession
 
 log = logging.getLogger(__name__)
 
-INTERNAL_ERROR = tempfail(
-    "internal-error",
-    "451",
-    "4.3.0",
-    "Temporary problem in the sending policy filter; the message was not accepted, "
-    "please try again later.",
-)
-FAILED = "_adapter_failed"
-
 F = TypeVar("F", bound=Callable[..., Any])
 
-# The only macros the checks read: the SASL login at MAIL, the queue id (which
-# Postfix's smtpd knows only from the second RCPT on, and always at end of message).
+# The only macros the checks read: the daemon a client reached (for the socket owner's
+# uid, see peer_uid_daemons), the SASL login at MAIL, the queue id (which Postfix's smtpd
+# knows only from the second RCPT on, and always at end of message).
 MACROS = {
-    Milter.M_CONNECT: "j",
+    Milter.M_CONNECT: "j {daemon_name} {daemon_addr} {daemon_port}",
     Milter.M_ENVFROM: "{auth_authen} i",
     Milter.M_ENVRCPT: "i",
     Milter.M_EOM: "i",
@@ -106,8 +100,7 @@ def guarded(callback: F) -> F:
             return callback(self, *args)
         except Exception:
             log.exception("milter %s callback failed", callback.__name__)
-            if self.txn is not None:
-                self.txn.scratch[FAILED] = True
+            self.session.failed(callback.__name__)
             if callback.__name__ in ("header", "body", "connect", "close", "abort"):
                 return Milter.CONTINUE  # no reply allowed here: refuse at end of message
             return render(self, INTERNAL_ERROR)
@@ -150,20 +143,42 @@ def client_from_connect(hostname: str, family: int, hostaddr: Any) -> Client:
     return Client(address=address, hostname=hostname or "", port=port, local_submission=local)
 
 
+def with_socket_owner(client: Client, daemon_addr: str | None, daemon_port: str | None) -> Client:
+    """The client with the uid the kernel recorded for its socket, when it is a local
+    process (Sendmail's MSP and anything else on this host talking SMTP to the MTA)."""
+    server = parse_endpoint(daemon_addr, daemon_port)
+    if client.address is None or not client.port or server is None:
+        return client
+    uid = socket_owner_uid((client.address, client.port), server)
+    return client if uid is None else dataclasses.replace(client, uid=uid)
+
+
 class SendwardenMilter(Milter.Base):  # type: ignore[misc]
-    """One instance per MTA connection; transactions follow one another on it."""
+    """One instance per MTA connection; transactions follow one another on it. The
+    transaction itself lives in a :class:`PolicySession`, shared with the SMTP proxy."""
 
     def __init__(self) -> None:
         # Fixed for the connection's life; given back when the connection closes.
         self.pipeline, self._release_pipeline = _pipeline_source()
-        self.client = Client(address=None)
-        self.txn: Transaction | None = None
-        self.session = new_session_id()  # on every decision line of this connection
+        self.session = PolicySession(self.pipeline)
+
+    @property
+    def client(self) -> Client:
+        return self.session.client
+
+    @property
+    def txn(self) -> Transaction | None:
+        return self.session.txn
 
     @Milter.noreply
     @guarded
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
-        self.client = client_from_connect(hostname, family, hostaddr)
+        client = client_from_connect(hostname, family, hostaddr)
+        if self.getsymval("{daemon_name}") in self.pipeline.settings.milter.peer_uid_daemons:
+            client = with_socket_owner(
+                client, self.getsymval("{daemon_addr}"), self.getsymval("{daemon_port}")
+            )
+        self.session.client = client
         return int(Milter.CONTINUE)
 
     def negotiate(self, opts: list[int]) -> int:
@@ -176,40 +191,33 @@ class SendwardenMilter(Milter.Base):  # type: ignore[misc]
 
     @guarded
     def envfrom(self, mail_from: str, *params: str) -> int:
-        if self.txn is not None:  # a transaction the MTA never closed
-            self.pipeline.abort(self.txn)
-        self.txn = self.pipeline.begin(
-            self.client,
-            login=self.getsymval("{auth_authen}"),
-            mail_from=strip_brackets(mail_from),
-            queue_id=self.getsymval("i") or "",
-            session=self.session,
+        return self._reply(
+            self.session.mail(
+                strip_brackets(mail_from),
+                login=self.getsymval("{auth_authen}"),
+                queue_id=self.getsymval("i") or "",
+            )
         )
-        verdict = self.pipeline.mail(self.txn)
-        if verdict.is_final:
-            self.txn = None
-        return self._reply(verdict)
 
     @guarded
     def envrcpt(self, recipient: str, *params: str) -> int:
-        if self.txn is None:
+        txn = self.session.txn
+        if txn is None:
             return int(Milter.CONTINUE)
         # Postfix opens the queue file (and names it) only after a valid RCPT.
-        queue_id = "" if self.txn.queue_id else (self.getsymval("i") or "")
-        return self._reply(self.pipeline.rcpt(self.txn, strip_brackets(recipient), queue_id))
+        queue_id = "" if txn.queue_id else (self.getsymval("i") or "")
+        return self._reply(self.session.rcpt(strip_brackets(recipient), queue_id))
 
     @Milter.noreply
     @guarded
     def header(self, name: str, value: str) -> int:
-        if self.txn is not None:
-            self.pipeline.header(self.txn, name, value)
+        self.session.header(name, value)
         return int(Milter.CONTINUE)
 
     @Milter.noreply
     @guarded
     def body(self, chunk: bytes) -> int:
-        if self.txn is not None:
-            self.pipeline.body(self.txn, chunk)
+        self.session.body(chunk)
         return int(Milter.CONTINUE)
 
     def data(self) -> int:
@@ -218,26 +226,21 @@ class SendwardenMilter(Milter.Base):  # type: ignore[misc]
 
     @guarded
     def eom(self) -> int:
-        txn, self.txn = self.txn, None
+        txn = self.session.txn
         if txn is None:
             return int(Milter.CONTINUE)
-        txn.queue_id = txn.queue_id or self.getsymval("i") or ""
-        if txn.client.local_submission and txn.queue_id:
+        queue_id = txn.queue_id or self.getsymval("i") or ""
+        uid = None
+        if txn.client.local_submission and queue_id:
             queue = self.pipeline.settings.milter.postfix_queue_directory
-            txn.uid = submitting_uid(queue, txn.queue_id)
-        if txn.scratch.get(FAILED):
-            self.pipeline.abort(txn)
-            return self._reply(INTERNAL_ERROR)
-        verdict = self.pipeline.eom(txn)
-        if not verdict.is_final or verdict.action is Action.ACCEPT:
-            self._apply(txn.changes)
+            uid = submitting_uid(queue, queue_id)
+        verdict, changes = self.session.eom(queue_id=queue_id, uid=uid)
+        self._apply(changes)
         return self._reply(verdict)
 
     @guarded
     def abort(self) -> int:
-        txn, self.txn = self.txn, None
-        if txn is not None:
-            self.pipeline.abort(txn)
+        self.session.abort()
         return int(Milter.CONTINUE)
 
     def close(self) -> int:

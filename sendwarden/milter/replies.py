@@ -1,4 +1,4 @@
-"""The one place a verdict becomes a libmilter reply."""
+"""Where a verdict becomes a libmilter reply (its text from :mod:`sendwarden.replies`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Protocol
 import Milter
 
 from sendwarden.policy.verdict import Action, Verdict
+from sendwarden.replies import reply_text
 
 _RETURN_CODES = {
     Action.CONTINUE: Milter.CONTINUE,
@@ -15,7 +16,6 @@ _RETURN_CODES = {
     Action.REJECT: Milter.REJECT,
     Action.DISCARD: Milter.DISCARD,
 }
-MAX_REPLY_TEXT = 900  # SMTP reply lines stay under 1000 octets (RFC 5321 §4.5.3.1.5)
 
 
 class ReplySetter(Protocol):
@@ -24,17 +24,13 @@ class ReplySetter(Protocol):
     ) -> int: ...
 
 
-def reply_text(text: str) -> str:
-    """Reply text libmilter will send as written: one line, ASCII, '%' doubled."""
-    flat = " ".join(text.split())
-    flat = flat.encode("ascii", "replace").decode("ascii")
-    if len(flat) > MAX_REPLY_TEXT:
-        flat = flat[: MAX_REPLY_TEXT - 3] + "..."
-    return flat.replace("%", "%%")
+def milter_reply_text(text: str) -> str:
+    """The shared reply text, with '%' doubled: libmilter formats it."""
+    return reply_text(text).replace("%", "%%")
 
 
 def render(milter: ReplySetter, verdict: Verdict) -> int:
     """Set the SMTP reply (when the verdict has one) and return the libmilter code."""
     if verdict.code:
-        milter.setreply(verdict.code, verdict.enhanced or None, reply_text(verdict.text))
+        milter.setreply(verdict.code, verdict.enhanced or None, milter_reply_text(verdict.text))
     return int(_RETURN_CODES[verdict.action])

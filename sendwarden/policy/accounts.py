@@ -193,14 +193,15 @@ class AccountDirectory:
         """The sending account from proven identities only, strongest first.
 
         The SASL login decides alone (a password proves more than an address).
-        A local submission is its uid's, or the unknown local sender's when the uid
-        could not be read: never anyone's by what the submitter wrote. Then the
+        A local submission (or any local process whose uid the kernel or the MTA
+        proved) is its uid's, or the unknown local sender's when the uid could not be
+        read: never anyone's by what the submitter wrote. Then the
         client address: an account's ``networks``, else a trusted-network host of
         its own. Anything else is a stranger: no account.
         """
         if login:
             return Attribution(self.by_login(login) or self.unlisted_login(login), Proof.LOGIN)
-        if local_submission:
+        if local_submission or uid is not None:  # a process on this host, proven by uid
             if uid is None:
                 return Attribution(self._unlisted(UNKNOWN_LOCAL_ID), Proof.LOCAL)
             return Attribution(self.by_uid(uid) or self._unlisted(f"{UID_PREFIX}{uid}"), Proof.UID)

@@ -19,8 +19,19 @@ class Client:
     hostname: str = ""
     port: int = 0
     local_submission: bool = False  # sendmail(1)/pickup via non_smtpd_milters
+    # The uid of the local process that opened this connection, as the kernel (or the
+    # MTA, for a proxy) recorded it; None for remote clients and when unknown.
+    uid: int | None = None
+
+    @property
+    def local_process(self) -> bool:
+        """Mail a process on this host submitted: sendmail(1), or a local process whose
+        uid the kernel or the MTA proved (Sendmail's MSP, Exim's local submissions)."""
+        return self.local_submission or self.uid is not None
 
     def __str__(self) -> str:
+        if self.uid is not None and not self.local_submission:
+            return f"local process uid {self.uid}"
         if self.local_submission:
             return "local submission (sendmail)"
         return f"{self.hostname or 'unknown'}[{self.address or 'unknown'}]"

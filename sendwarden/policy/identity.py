@@ -250,7 +250,7 @@ def _own_identity_verdict(
         and (
             account_owns(account, sender_domain)
             # sendmail(1) without -f makes up user@myhostname: the MTA's own domain.
-            or (txn.client.local_submission and sender_domain in provider_hostnames)
+            or (txn.client.local_process and sender_domain in provider_hostnames)
         )
     ):
         return _not_owned(account, f"the envelope sender (MAIL FROM) {txn.mail_from}")
@@ -284,7 +284,7 @@ def _unlisted_identity_verdict(
     domain (the unlisted account's ``domains``) when it has one, else any other."""
     sender_domain = split_address(txn.mail_from)[1]
     claims = []
-    if txn.mail_from and not (txn.client.local_submission and sender_domain in provider_hostnames):
+    if txn.mail_from and not (txn.client.local_process and sender_domain in provider_hostnames):
         claims.append(("the envelope sender (MAIL FROM)", txn.mail_from, sender_domain))
     claims += [
         ("the From header address", mailbox.address, mailbox.domain)

@@ -6,7 +6,6 @@ ledger is seeded directly in the SQLite file the milter's config names.
 
 from __future__ import annotations
 
-import contextlib
 import smtplib
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -16,7 +15,7 @@ import pytest
 
 from sendwarden.consent.model import ConsentStore, EventKind, NewEvent
 from sendwarden.consent.store import open_consent_store
-from tests.support.rig import Rig, start_rig
+from tests.support.rig import Rig, running_rig
 
 LOGIN = "alice@acme.example"
 SENDER = "news@acme.example"
@@ -28,12 +27,8 @@ ONE_CLICK = "<https://acme.example/unsubscribe/abc>, <mailto:leave@acme.example>
 def shared_rig() -> Iterator[Rig]:
     """One rig for the module (starting Postfix & co. costs seconds); tests write to
     different recipient domains, so their consent records never meet."""
-    with contextlib.ExitStack() as stack:
-        rig = start_rig(stack)
-        try:
-            yield rig
-        finally:
-            print(rig.report())
+    with running_rig() as rig:
+        yield rig
 
 
 @pytest.fixture

@@ -111,6 +111,7 @@ class PrivatePostfix(LoggingService):
         myhostname: str = "mta.sendwarden.test",
         message_size_limit: int = DEFAULT_MESSAGE_SIZE_LIMIT,
         main_cf: Mapping[str, str] | None = None,
+        proxy_filter: str | None = None,
         base_dir: str | os.PathLike[str] | None = None,
         start_timeout: float = 30.0,
         sasldb: Path | None = None,
@@ -123,6 +124,9 @@ class PrivatePostfix(LoggingService):
         self.myhostname = myhostname
         self.message_size_limit = message_size_limit
         self.extra_main_cf = dict(main_cf or {})
+        # A before-queue proxy (smtpd_proxy_filter) and the smtpd it hands mail back to.
+        self.proxy_filter = proxy_filter
+        self.reinject_port: int = free_port() if proxy_filter else 0
         self.start_timeout = start_timeout
 
         self.root = Path(tempfile.mkdtemp(prefix="sw-pf-", dir=base_dir))
@@ -202,6 +206,8 @@ class PrivatePostfix(LoggingService):
             "cyrus_sasl_config_path": str(self.sasl_dir),
             "smtpd_sasl_security_options": "noanonymous",
             "smtpd_sasl_local_domain": "",
+            # The login in smtpd's Received header: how a before-queue proxy learns it.
+            "smtpd_sasl_authenticated_header": "yes" if self.proxy_filter else "no",
             # Fast retries so a test that takes the sink down and back needs no minutes.
             "queue_run_delay": "1s",
             "minimal_backoff_time": "1s",
@@ -219,7 +225,14 @@ class PrivatePostfix(LoggingService):
 
     def master_cf(self) -> str:
         """The master.cf text: SMTP on 127.0.0.1:smtp_port plus the services Postfix needs."""
-        rows = [(f"127.0.0.1:{self.smtp_port}", "inet", "n", "-", "n", "-", "-", "smtpd")]
+        smtpd = "smtpd"
+        rows = []
+        if self.proxy_filter:
+            smtpd = f"smtpd -o smtpd_proxy_filter={self.proxy_filter}"
+            reinject = "smtpd -o smtpd_proxy_filter= -o smtpd_milters= -o smtpd_sasl_auth_enable=no"
+            rows.append((f"127.0.0.1:{self.reinject_port}", "inet", "n", "-", "n", "-", "-",
+                         reinject))  # fmt: skip
+        rows.insert(0, (f"127.0.0.1:{self.smtp_port}", "inet", "n", "-", "n", "-", "-", smtpd))
         rows.extend(_MASTER_SERVICES)
         return "".join("{:<24} {:<10} {} {} {} {:<5} {:<3} {}\n".format(*row) for row in rows)
 

@@ -11,17 +11,21 @@ import json
 import shutil
 import smtplib
 import subprocess
+import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from tests.support import noop_milter
+from tests.support.exim import PrivateExim
 from tests.support.milter_process import MilterProcess
 from tests.support.ports import free_port
 from tests.support.postfix import PrivatePostfix
 from tests.support.redis_server import RedisServer
+from tests.support.sendmail import LOCAL_DAEMON as SENDMAIL_LOCAL_DAEMON
+from tests.support.sendmail import PrivateSendmail
 from tests.support.sendwarden_config import (
     DEFAULT_LOCAL_DOMAINS,
     DEFAULT_SASL_USERS,
@@ -29,7 +33,27 @@ from tests.support.sendwarden_config import (
 )
 from tests.support.sink import SmtpSink
 
-MilterKind = Literal["sendwarden", "noop", "none"]
+MilterKind = Literal["sendwarden", "noop", "none", "proxy"]
+MtaKind = Literal["postfix", "sendmail", "exim"]
+#: The shared secret of the Exim rigs' proxy and Exim (tests only).
+PROXY_SECRET = "sendwarden-test-proxy-secret"
+
+
+class Mta(Protocol):
+    """What a rig needs of its MTA (PrivatePostfix, PrivateSendmail)."""
+
+    smtp_port: int
+
+    def sendmail(
+        self, message: bytes, sender: str | None, recipients: Sequence[str], uid: int = ...,
+        **kwargs: Any,
+    ) -> subprocess.CompletedProcess[bytes]: ...  # fmt: skip
+
+    def log(self) -> str: ...
+
+    def start(self) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -38,13 +62,19 @@ class Rig:
 
     dir: Path
     sink: SmtpSink
-    postfix: PrivatePostfix
+    mta: Mta
     milter: MilterProcess | None
     redis: RedisServer | None
     config_path: Path | None
     milter_socket: str
     sasl_users: dict[str, str] = field(default_factory=dict)
     events_path: Path | None = None
+
+    @property
+    def postfix(self) -> PrivatePostfix:
+        """The MTA, for tests that use Postfix's own tools (queue files, postsuper)."""
+        assert isinstance(self.mta, PrivatePostfix), f"this rig runs {self.mta!r}"
+        return self.mta
 
     def smtp(
         self,
@@ -61,7 +91,7 @@ class Rig:
         client's loopback address (e.g. "127.0.0.2", to be a different client than
         127.0.0.1). Use it as a context manager so the connection is closed.
         """
-        client = smtplib.SMTP("127.0.0.1", self.postfix.smtp_port, local_hostname=helo,
+        client = smtplib.SMTP("127.0.0.1", self.mta.smtp_port, local_hostname=helo,
                               timeout=timeout,
                               source_address=(source, 0) if source else None)  # fmt: skip
         try:
@@ -82,7 +112,7 @@ class Rig:
         **kwargs: Any,
     ) -> subprocess.CompletedProcess[bytes]:
         """Local submission with sendmail(1) as ``uid``; see PrivatePostfix.sendmail."""
-        return self.postfix.sendmail(message, sender, recipients, uid, **kwargs)
+        return self.mta.sendmail(message, sender, recipients, uid, **kwargs)
 
     def decisions(self) -> list[dict[str, Any]]:
         """The sendwarden milter's JSON decision lines so far."""
@@ -100,17 +130,28 @@ class Rig:
         parts = [f"=== rig {self.dir}"]
         if self.milter is not None:
             parts += ["--- milter output ---", _tail(self.milter.log(), tail)]
-        parts += ["--- postfix maillog ---", _tail(self.postfix.log(), tail)]
+        parts += [f"--- {type(self.mta).__name__} log ---", _tail(self.mta.log(), tail)]
         if self.redis is not None:
             parts += ["--- redis log ---", _tail(self.redis.log(), 10)]
         return "\n".join(parts)
 
 
-def _with_queue_directory(
-    extra: Mapping[str, Mapping[str, Any]] | None, queue_dir: Path
+def _with_milter_settings(
+    extra: Mapping[str, Mapping[str, Any]] | None, settings: Mapping[str, Any]
 ) -> dict[str, dict[str, Any]]:
     merged = {table: dict(values) for table, values in (extra or {}).items()}
-    merged.setdefault("milter", {}).setdefault("postfix_queue_directory", str(queue_dir))
+    for key, value in settings.items():
+        merged.setdefault("milter", {}).setdefault(key, value)
+    return merged
+
+
+def _merged(
+    base: Mapping[str, Mapping[str, Any]], extra: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, dict[str, Any]]:
+    """Config tables of ``base`` with ``extra``'s keys over them, table by table."""
+    merged = {table: dict(values) for table, values in base.items()}
+    for table, values in (extra or {}).items():
+        merged.setdefault(table, {}).update(values)
     return merged
 
 
@@ -133,6 +174,7 @@ def start_rig(
     with_redis: bool | None = None,
     milter_env: Mapping[str, str] | None = None,
     milter_socket: Literal["unix", "inet"] = "unix",
+    mta: MtaKind = "postfix",
 ) -> Rig:
     """Start Redis, sink, milter and Postfix; every stop is registered on ``stack``.
 
@@ -153,7 +195,7 @@ def start_rig(
     )
 
     redis: RedisServer | None = None
-    if with_redis if with_redis is not None else milter == "sendwarden":
+    if with_redis if with_redis is not None else milter in ("sendwarden", "proxy"):
         redis = RedisServer()
         stack.callback(redis.close)
         redis.start()
@@ -162,21 +204,65 @@ def start_rig(
     stack.callback(sink.stop)
     sink.start()
 
-    # Built (not started) first: the milter config names its queue directory, where
-    # sendwarden reads the uid of sendmail(1) submissions.
-    postfix = PrivatePostfix(
-        sink_port=sink.port,
-        milter=socket_spec if milter != "none" else None,
-        local_domains=local_domains,
-        sasl_users=users,
-        main_cf=postfix_main_cf,
-    )
-    stack.callback(postfix.close)
+    # Built (not started) first: the milter config names Postfix's queue directory, where
+    # sendwarden reads the uid of sendmail(1) submissions, or Sendmail's local daemon.
+    mta_instance: Mta
+    proxy_port = free_port()
+    if mta == "exim":
+        (rig_dir / "proxy.secret").write_text(PROXY_SECRET + "\n")
+        policy_port = free_port()
+        mta_instance = PrivateExim(
+            sink_port=sink.port,
+            proxy_port=proxy_port,
+            policy_port=policy_port,
+            secret=PROXY_SECRET,
+            sasl_users=users,
+            local_domains=local_domains,
+            use_proxy=milter != "none",
+        )
+        mta_settings: dict[str, Any] = {}
+        proxy_settings = {
+            "proxy": {
+                "listen": f"127.0.0.1:{proxy_port}",
+                "next_hop": f"127.0.0.1:{mta_instance.return_port}",
+                "secret_file": str(rig_dir / "proxy.secret"),
+                "policy_listen": f"127.0.0.1:{policy_port}",
+            }
+        }
+        config_extra = _merged(proxy_settings, config_extra)
+    elif mta == "sendmail":
+        mta_instance = PrivateSendmail(
+            sink_port=sink.port,
+            milter=socket_spec if milter != "none" else None,
+            sasl_users=users,
+        )
+        mta_settings = {"peer_uid_daemons": [SENDMAIL_LOCAL_DAEMON]}
+    else:
+        proxy_socket = rig_dir / "proxy.sock"
+        mta_instance = PrivatePostfix(
+            sink_port=sink.port,
+            milter=socket_spec if milter not in ("none", "proxy") else None,
+            local_domains=local_domains,
+            sasl_users=users,
+            main_cf=postfix_main_cf,
+            proxy_filter=f"unix:{proxy_socket}" if milter == "proxy" else None,
+        )
+        mta_settings = {"postfix_queue_directory": str(mta_instance.queue_dir)}
+        if milter == "proxy":  # sendwarden proxy as Postfix's smtpd_proxy_filter
+            proxy_settings = {
+                "proxy": {
+                    "listen": f"unix:{proxy_socket}",
+                    "next_hop": f"127.0.0.1:{mta_instance.reinject_port}",
+                    "mta": "postfix",
+                }
+            }
+            config_extra = _merged(proxy_settings, config_extra)
+    stack.callback(mta_instance.close)
 
     process: MilterProcess | None = None
     config_path: Path | None = None
     events_path: Path | None = None
-    if milter == "sendwarden":
+    if milter in ("sendwarden", "proxy"):
         config_path = write_config(
             rig_dir / "sendwarden.toml",
             socket=socket_spec,
@@ -185,9 +271,19 @@ def start_rig(
             policy=policy,
             consent=consent,
             local_domains=local_domains,
-            extra=_with_queue_directory(config_extra, postfix.queue_dir),
+            extra=_with_milter_settings(config_extra, mta_settings),
         )
-        process = MilterProcess(config_path, log_path=rig_dir / "milter.log", env=milter_env)
+        if mta == "exim" or milter == "proxy":  # the SMTP policy proxy instead of the milter
+            process = MilterProcess(
+                argv=[sys.executable, "-m", "sendwarden", "proxy", "-c", str(config_path)],
+                socket=f"inet:{proxy_port}@127.0.0.1"
+                if mta == "exim"
+                else f"unix:{rig_dir / 'proxy.sock'}",
+                log_path=rig_dir / "milter.log",
+                env=milter_env,
+            )
+        else:
+            process = MilterProcess(config_path, log_path=rig_dir / "milter.log", env=milter_env)
     elif milter == "noop":
         events_path = rig_dir / "events.jsonl"
         process = MilterProcess(
@@ -200,12 +296,12 @@ def start_rig(
         stack.callback(process.stop)
         process.start()
 
-    postfix.start()
+    mta_instance.start()
 
     return Rig(
         dir=rig_dir,
         sink=sink,
-        postfix=postfix,
+        mta=mta_instance,
         milter=process,
         redis=redis,
         config_path=config_path,
@@ -213,3 +309,15 @@ def start_rig(
         sasl_users=users,
         events_path=events_path,
     )
+
+
+@contextlib.contextmanager
+def running_rig(**kwargs: Any) -> Iterator[Rig]:
+    """A rig for a whole test module (starting MTAs costs seconds): ``start_rig(**kwargs)``,
+    stopped at the end with every part's logs printed."""
+    with contextlib.ExitStack() as stack:
+        rig = start_rig(stack, **kwargs)
+        try:
+            yield rig
+        finally:
+            print(rig.report())

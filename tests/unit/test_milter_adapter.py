@@ -19,7 +19,7 @@ from sendwarden.milter.adapter import (
     client_from_connect,
     set_pipeline_source,
 )
-from sendwarden.milter.replies import reply_text
+from sendwarden.milter.replies import milter_reply_text
 from sendwarden.pipeline import Pipeline
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.suspension import Suspension
@@ -210,5 +210,5 @@ def test_local_submission_detection(
 
 
 def test_reply_text_is_one_safe_line() -> None:
-    assert reply_text("50%\nquota  ünïcode") == "50%% quota ?n?code"
-    assert len(reply_text("x" * 5000)) <= 900
+    assert milter_reply_text("50%\nquota  ünïcode") == "50%% quota ?n?code"
+    assert len(milter_reply_text("x" * 5000)) <= 900

@@ -1,0 +1,93 @@
+"""What the SMTP policy proxy costs: Exim alone against Exim with ``sendwarden proxy``
+(the deploy/exim wiring), and Postfix with the sendwarden milter against Postfix with the
+proxy as ``smtpd_proxy_filter``; 1 and 10 SMTP sessions; one run, configurations
+interleaved and repeated, the best of each printed with its ratio to its baseline.
+
+    .venv/bin/python -m loadtest.proxy [--messages 200] [--rounds 2]
+
+Rates are end to end: smtp-source's first connection until the sink has every message
+(Exim accepts first and delivers after, through the proxy and its return port). Needs
+root, Debian's postfix (smtp-source) and the private Exim (scripts/fetch-private-mtas.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tests.support.rig import Rig, start_rig
+
+SENDER = "alice@acme.example"
+RECIPIENT = "bob@remote.example"
+POLICY = {"recipients_per_hour": 100_000_000}
+#: smtp-source cannot log in: the account owns 127.0.0.1, so every message is
+#: attributed (by network), counted and checked, as a customer's web server's would be.
+ACCOUNTS = [{"id": "acme", "domains": ["acme.example"], "networks": ["127.0.0.1/32"]}]
+#: (label, baseline label, rig arguments)
+CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("exim alone", "exim alone", {"mta": "exim", "milter": "none"}),
+    ("exim + sendwarden proxy", "exim alone", {"mta": "exim", "milter": "sendwarden"}),
+    ("postfix + sendwarden milter", "postfix + sendwarden milter", {"milter": "sendwarden"}),
+    ("postfix + sendwarden proxy", "postfix + sendwarden milter", {"milter": "proxy"}),
+]
+
+
+def run_once(kwargs: dict[str, Any], messages: int, sessions: int) -> float:
+    """Messages per second, end to end."""
+    with contextlib.ExitStack() as stack:
+        rig: Rig = start_rig(
+            stack,
+            policy=POLICY,
+            accounts=ACCOUNTS,
+            config_extra={"log": {"decisions": False}},
+            **kwargs,
+        )
+        command = [
+            shutil.which("smtp-source") or "/usr/sbin/smtp-source",
+            "-s", str(sessions), "-m", str(messages), "-l", "2000",
+            "-f", SENDER, "-t", RECIPIENT, "-M", "client.example",
+            f"127.0.0.1:{rig.mta.smtp_port}",
+        ]  # fmt: skip
+        started = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"smtp-source failed: {result.stdout}{result.stderr}\n{rig.report()}"
+            )
+        rig.sink.wait_for(messages, timeout=600)  # all delivered: nothing was refused
+        return messages / (time.perf_counter() - started)
+
+
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args(list(argv))
+    load = os.getloadavg()[0]
+    print(f"{args.messages} messages of 2 KB per run, one message per connection, "
+          f"best of {args.rounds} interleaved rounds; load average {load:.1f}")  # fmt: skip
+    best: dict[tuple[str, int], float] = {}
+    for _ in range(args.rounds):
+        for sessions in (1, 10):
+            for label, _, kwargs in CONFIGS:
+                rate = run_once(kwargs, args.messages, sessions)
+                best[label, sessions] = max(best.get((label, sessions), 0.0), rate)
+    print(f"{'configuration':30} {'sessions':>8} {'msg/s':>8} {'vs baseline':>12}")
+    for sessions in (1, 10):
+        for label, baseline, _ in CONFIGS:
+            rate = best[label, sessions]
+            ratio = rate / best[baseline, sessions]
+            print(f"{label:30} {sessions:8d} {rate:8.1f} {ratio:12.2f}")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

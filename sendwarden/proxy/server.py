@@ -1,0 +1,391 @@
+"""The SMTP policy proxy on aiosmtpd: the MTA hands it outbound mail, the pipeline
+judges it step by step (the same checks and reply text as the milter, through
+:class:`sendwarden.session.PolicySession`), and what passes is relayed to the next hop,
+whose reply is the proxy's reply.
+
+Two ways in:
+
+- ``mta = "exim"``: Exim's proxy transport logs in with the shared secret and sends the
+  sender's identity as a forced ``AUTH=`` parameter (see :mod:`.identity`). Checks run
+  live: a refusal at MAIL or RCPT is that command's reply, so Exim defers (4xx) or
+  bounces (5xx) exactly the recipients concerned, with the rule's text.
+- ``mta = "postfix"`` (``smtpd_proxy_filter``): the identity is whole only at DATA
+  (XFORWARD for the client, smtpd's Received header for the login), so MAIL and RCPT
+  are collected and the message is judged whole at end of data, like a sendmail(1)
+  submission in the milter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import concurrent.futures
+import contextlib
+import hmac
+import ipaddress
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
+
+from sendwarden.config import Settings
+from sendwarden.policy.facts import Client
+from sendwarden.policy.verdict import Action, Verdict
+from sendwarden.proxy.identity import (
+    IdentityError,
+    ProvenIdentity,
+    parse_exim_identity,
+    postfix_login,
+)
+from sendwarden.proxy.message import SplitMessage, apply_changes, split_message
+from sendwarden.proxy.policy_socket import answer, before_queue_pipeline, serve_policy_socket
+from sendwarden.proxy.relay import NextHop, Outgoing, Relay
+from sendwarden.replies import smtp_reply
+from sendwarden.runtime import Runtime, build_runtime
+from sendwarden.session import INTERNAL_ERROR, PolicySession
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+NO_IDENTITY = (
+    "451 4.7.0 The policy proxy got no proven sender identity from the MTA (AUTH= "
+    "parameter missing or unreadable); the message waits in the MTA's queue."
+)
+MAIL_PARAMS_PASSED = ("BODY", "SMTPUTF8", "RET", "ENVID")
+RCPT_PARAMS_PASSED = ("NOTIFY", "ORCPT")
+
+
+def _split_params(arg: str, ours: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """``<addr> K=V ...`` -> (the argument without our keywords, {KEYWORD: raw value})."""
+    address, space, rest = arg.partition(">")
+    kept: list[str] = []
+    taken: dict[str, str] = {}
+    for param in rest.split():
+        keyword, _, value = param.partition("=")
+        if keyword.upper() in ours:
+            taken[keyword.upper()] = value
+        else:
+            kept.append(param)
+    return f"{address}{space}{' ' + ' '.join(kept) if kept else ''}", taken
+
+
+class ProxySMTP(SMTP):
+    """One MTA connection. Keeps the connection's policy session and next-hop relay,
+    and the parameters aiosmtpd would refuse (AUTH=, DSN) before it sees them."""
+
+    line_length_limit = 1 << 16
+
+    def __init__(self, handler: ProxyHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.proxy = handler
+        self.policy = PolicySession(handler.runtime.pipeline)
+        self.relay = Relay(handler.next_hop)
+        self.auth_param: str | None = None
+        self.mail_params: dict[str, str] = {}
+        self.rcpt_params: dict[str, str] = {}
+        self.rcpts: list[tuple[str, list[str]]] = []
+        self.xforward: dict[str, str] = {}
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self.auth_param = None
+        self.mail_params = {}
+        self.rcpts = []
+        if arg:
+            arg, taken = _split_params(arg, ("AUTH", *MAIL_PARAMS_PASSED))
+            self.auth_param = taken.pop("AUTH", None)
+            self.mail_params = taken
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self.rcpt_params = {}
+        if arg:
+            arg, self.rcpt_params = _split_params(arg, RCPT_PARAMS_PASSED)
+        await super().smtp_RCPT(arg)
+
+    async def smtp_XFORWARD(self, arg: str | None) -> None:
+        """Postfix's client attributes (only in postfix mode, where only Postfix
+        reaches the proxy)."""
+        if not self.proxy.postfix_mode:
+            await self.push("502 5.5.1 XFORWARD is not accepted here")
+            return
+        for item in (arg or "").split():
+            name, _, value = item.partition("=")
+            self.xforward[name.upper()] = value
+        await self.push("250 2.0.0 Ok")
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        policy, relay = self.policy, self.relay
+        try:
+            self.proxy.executor.submit(_end_connection, policy, relay)
+        except RuntimeError:  # the proxy is shutting down: end it here
+            _end_connection(policy, relay)
+
+
+def _reverse_path(address: str | None) -> str:
+    """The sender as the pipeline takes it: "" for the null reverse path ``<>``."""
+    return "" if address in (None, "<>") else str(address).strip("<>")
+
+
+def _end_connection(policy: PolicySession, relay: Relay) -> None:
+    try:
+        policy.abort()
+    except Exception:
+        log.exception("ending a policy session failed")
+    relay.close()
+
+
+class ProxyHandler:
+    """aiosmtpd hooks; the pipeline runs on worker threads (it blocks on Redis)."""
+
+    def __init__(self, settings: Settings, runtime: Runtime, secret: str) -> None:
+        proxy = settings.proxy
+        self.settings = settings
+        self.runtime = runtime
+        self.secret = secret
+        self.postfix_mode = proxy.mta == "postfix"
+        host, _, port = proxy.next_hop.rpartition(":")
+        self.next_hop = NextHop(host.strip("[]"), int(port), proxy.next_hop_login,
+                                secret, float(proxy.timeout))  # fmt: skip
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=proxy.workers, thread_name_prefix="sw-proxy"
+        )
+
+    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: function(*args))
+
+    # -- authentication: the MTA proves it is the MTA --------------------------------
+
+    async def auth_X__SENDWARDEN(self, server: SMTP, args: list[str]) -> AuthResult:
+        """``AUTH X-SENDWARDEN base64(\\0login\\0secret)``: a mechanism of its own, so
+        it never meets the MTA's PLAIN/LOGIN authenticators for customers."""
+        if len(args) == 1:
+            response = await server.challenge_auth("")
+            if response is MISSING:
+                return AuthResult(success=False)
+        else:
+            try:
+                response = base64.b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                return AuthResult(success=False)
+        _, _, rest = bytes(response).partition(b"\0")
+        login, _, password = rest.partition(b"\0")
+        good = bool(self.secret) and hmac.compare_digest(password, self.secret.encode())
+        good = hmac.compare_digest(login, self.settings.proxy.mta_login.encode()) and good
+        if not good:
+            peer = server.session.peer if server.session else None
+            log.warning("proxy: failed login from %s as %r", peer, login)
+        return AuthResult(success=good, auth_data=login, handled=False)
+
+    # -- hooks --------------------------------------------------------------------
+
+    async def handle_EHLO(
+        self, server: ProxySMTP, session: Session, envelope: Envelope, hostname: str,
+        responses: list[str],
+    ) -> list[str]:  # fmt: skip
+        session.host_name = hostname
+        extra = ["250-DSN"]
+        if self.postfix_mode:
+            extra.append("250-XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT")
+        return [*responses[:-1], *extra, responses[-1]]
+
+    async def handle_RSET(self, server: ProxySMTP, session: Session, envelope: Envelope) -> str:
+        await self._run(server.policy.abort)
+        return "250 2.0.0 OK"
+
+    async def handle_MAIL(
+        self, server: ProxySMTP, session: Session, envelope: Envelope, address: str,
+        options: list[str],
+    ) -> str:  # fmt: skip
+        envelope.mail_from = address
+        if self.postfix_mode:  # judged whole at end of data
+            return "250 2.1.0 OK"
+        try:
+            identity = parse_exim_identity(server.auth_param or "")
+        except IdentityError as error:
+            log.error("proxy: refusing MAIL from %s: %s", session.peer, error)
+            envelope.mail_from = None
+            return NO_IDENTITY
+        verdict = await self._guarded(server, self._mail, server, identity, address)
+        if verdict.is_final:
+            envelope.mail_from = None
+            return smtp_reply(verdict)
+        return "250 2.1.0 OK"
+
+    @staticmethod
+    def _mail(server: ProxySMTP, identity: ProvenIdentity, address: str) -> Verdict:
+        server.policy.client = Client(address=identity.address, uid=identity.uid)
+        return server.policy.mail(_reverse_path(address), login=identity.login)
+
+    async def handle_RCPT(
+        self, server: ProxySMTP, session: Session, envelope: Envelope, address: str,
+        options: list[str],
+    ) -> str:  # fmt: skip
+        if not self.postfix_mode:
+            verdict = await self._guarded(server, server.policy.rcpt, address)
+            if verdict.is_final:
+                return smtp_reply(verdict)
+        envelope.rcpt_tos.append(address)
+        server.rcpts.append((address, [f"{k}={v}" for k, v in server.rcpt_params.items()]))
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: ProxySMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        try:
+            return await self._run(self._judge_and_relay, server, envelope, content)
+        except Exception:
+            log.exception("proxy: end of data failed")
+            await self._run(server.policy.abort)
+            return smtp_reply(INTERNAL_ERROR)
+
+    async def _guarded(
+        self, server: ProxySMTP, step: Callable[..., Verdict], *args: Any
+    ) -> Verdict:
+        try:
+            return await self._run(step, *args)
+        except Exception:
+            log.exception("proxy: %s failed", getattr(step, "__name__", "step"))
+            server.policy.failed("step")
+            return INTERNAL_ERROR
+
+    # -- end of data (worker thread) -------------------------------------------------
+
+    def _judge_and_relay(self, server: ProxySMTP, envelope: Envelope, content: bytes) -> str:
+        message = split_message(content)
+        policy = server.policy
+        if self.postfix_mode:
+            refused = self._replay_envelope(server, envelope, message)
+            if refused is not None:
+                return refused
+        for header in message.headers:
+            policy.header(header.name, header.value)
+        if policy.pipeline.needs_body:
+            for chunk in message.body_chunks():
+                policy.body(chunk)
+        verdict, changes = policy.eom(queue_id=server.xforward.get("IDENT", ""))
+        if verdict.action is Action.DISCARD:
+            return "250 2.0.0 OK: discarded by the sending policy"
+        if verdict.is_final and verdict.action is not Action.ACCEPT:
+            return smtp_reply(verdict)
+        dropped = set(changes.remove_recipients)
+        outgoing = Outgoing(
+            mail_from=envelope.mail_from or "",
+            mail_params=[f"{k}={v}" for k, v in server.mail_params.items()],
+            recipients=[(rcpt, params) for rcpt, params in server.rcpts if rcpt not in dropped],
+            data=apply_changes(message, changes),
+        )
+        if not outgoing.recipients:
+            return "250 2.0.0 OK: no recipient left to deliver to"
+        return server.relay.send(outgoing)
+
+    def _replay_envelope(
+        self, server: ProxySMTP, envelope: Envelope, message: SplitMessage
+    ) -> str | None:
+        """Postfix mode: MAIL and RCPT checks now that the identity is whole; any
+        refusal refuses the message (one DATA reply covers every recipient)."""
+        policy = server.policy
+        first = message.headers[0] if message.headers else None
+        login = postfix_login((first.name, first.value) if first else None)
+        address: Any = None
+        with contextlib.suppress(ValueError):
+            address = ipaddress.ip_address(server.xforward.get("ADDR", "").removeprefix("IPv6:"))
+        policy.client = Client(address=address, hostname=server.xforward.get("NAME", ""))
+        verdict = policy.mail(_reverse_path(envelope.mail_from), login=login,
+                              queue_id=server.xforward.get("IDENT", ""))  # fmt: skip
+        if verdict.is_final:
+            return smtp_reply(verdict)
+        for recipient in envelope.rcpt_tos:
+            verdict = policy.rcpt(recipient)
+            if verdict.is_final:
+                policy.abort()
+                return smtp_reply(verdict)
+        return None
+
+
+# -- running it -------------------------------------------------------------------
+
+
+def read_secret(settings: Settings) -> str:
+    """The shared secret (empty when none is configured)."""
+    path = settings.proxy.secret_file
+    if not path:
+        return ""
+    secret = Path(path).read_text(encoding="utf-8").strip()
+    if len(secret) < 16:
+        raise ValueError(f"{path}: the proxy secret must be at least 16 characters")
+    return secret
+
+
+async def serve(settings: Settings, ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    secret = read_secret(settings)
+    if settings.proxy.mta == "exim" and not secret:
+        raise ValueError('proxy.secret_file is required with proxy.mta = "exim"')
+    runtime = build_runtime(settings)
+    handler = ProxyHandler(settings, runtime, secret)
+    proxy = settings.proxy
+
+    def factory() -> ProxySMTP:
+        return ProxySMTP(
+            handler,
+            hostname=proxy.hostname,
+            data_size_limit=proxy.max_message_bytes,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            timeout=float(proxy.timeout),
+            auth_required=not handler.postfix_mode,
+            auth_require_tls=False,
+            auth_exclude_mechanism=["PLAIN", "LOGIN"],
+        )
+
+    loop = asyncio.get_running_loop()
+    listen = proxy.listen
+    if listen.startswith("unix:"):
+        path = listen.removeprefix("unix:")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        previous = os.umask(0o117)  # 0660: the MTA's group only
+        try:
+            server = await loop.create_unix_server(factory, path)
+        finally:
+            os.umask(previous)
+    else:
+        host, _, port = listen.rpartition(":")
+        server = await loop.create_server(factory, host.strip("[]"), int(port))
+    policy_server = None
+    if proxy.policy_listen:
+        before_queue = before_queue_pipeline(runtime.pipeline)
+        policy_host, _, policy_port = proxy.policy_listen.rpartition(":")
+
+        def respond(line: str) -> asyncio.Future[str]:
+            return loop.run_in_executor(handler.executor, answer, before_queue, secret, line)
+
+        policy_server = await serve_policy_socket(policy_host.strip("[]"), int(policy_port),
+                                                  respond)  # fmt: skip
+        log.info("sendwarden proxy: policy socket for SMTP-time replies on %s",
+                 proxy.policy_listen)  # fmt: skip
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    log.info("sendwarden proxy (%s mode) listening on %s, relaying to %s",
+             proxy.mta, listen, proxy.next_hop)  # fmt: skip
+    if ready is not None:
+        ready()
+    try:
+        await stopping.wait()
+    finally:
+        log.info("sendwarden proxy stopping")
+        server.close()
+        await server.wait_closed()
+        if policy_server is not None:
+            policy_server.close()
+            await policy_server.wait_closed()
+        handler.executor.shutdown(wait=True)
+        runtime.close()
+        log.info("sendwarden proxy stopped")

@@ -1,0 +1,249 @@
+"""sendwarden in front of a real Exim 4.96 (Debian's, private, in its own namespace),
+through the SMTP policy proxy (``sendwarden proxy``) wired with deploy/exim's pieces.
+
+Exim accepts the message, routes outbound mail to the proxy (logged in with the shared
+secret, the sender's identity in a forced AUTH= parameter), and the proxy relays what
+passes back to Exim's return port, from where it reaches the sink. A refusal at MAIL or
+RCPT is the proxy's reply to Exim: a 5xx becomes Exim's bounce to the sender with the
+rule's text, a 4xx leaves the recipient queued in Exim. Exim itself refuses nothing
+here, so what is refused is sendwarden's doing.
+"""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from tests.e2e.scenarios import (
+    ACCOUNTS,
+    ALICE,
+    BOB,
+    CAROL,
+    MALLORY,
+    MIB,
+    USERS,
+    message,
+    module_rig,
+    sendwarden_log,
+    too_deep,
+    wait_for_decision,
+    with_file,
+)
+from tests.support.exim import PrivateExim
+from tests.support.rig import PROXY_SECRET, Rig
+from tests.support.service import wait_until
+from tests.support.sink import Delivered
+
+EXIM_RIG = {"mta": "exim", "accounts": ACCOUNTS, "sasl_users": USERS}
+
+
+shared_rig, rig = module_rig(**EXIM_RIG)
+
+
+def bounce_to(rig: Rig, sender: str, timeout: float = 30.0) -> Delivered:
+    """Exim's bounce to ``sender`` (null reverse path), once it reached the sink."""
+
+    def found() -> Delivered | None:
+        for delivered in rig.sink.messages:
+            if delivered.mail_from == "" and sender in delivered.rcpt_tos:
+                return delivered
+        return None
+
+    return wait_until(found, timeout, lambda: f"no bounce to {sender}: {rig.sink.messages}")
+
+
+def token(login: str, password: str) -> str:
+    """The X-SENDWARDEN initial response (PLAIN's layout)."""
+    return base64.b64encode(f"\0{login}\0{password}".encode()).decode()
+
+
+def exim_of(rig: Rig) -> PrivateExim:
+    assert isinstance(rig.mta, PrivateExim)
+    return rig.mta
+
+
+def test_sasl_login_is_attributed_and_relayed_without_identity_traces(rig: Rig) -> None:
+    with rig.smtp(ALICE) as client:
+        assert client.sendmail(ALICE, ["bob@remote.example"], message()) == {}
+    (delivered,) = rig.sink.wait_for(1, timeout=30)
+    assert delivered.rcpt_tos == ("bob@remote.example",)
+    assert b"sendwarden1" not in delivered.data  # the identity travelled in AUTH=, not here
+    record = wait_for_decision(sendwarden_log(rig), stage="eom", login=ALICE)
+    assert (record["account"], record["account_source"]) == ("acme", "login")
+
+
+def test_a_customers_own_auth_parameter_is_not_believed(rig: Rig) -> None:
+    # Alice writes AUTH=<ceo@globex.example> on MAIL: Exim's forced value replaces it.
+    with rig.smtp(ALICE) as client:
+        client.mail(ALICE, ["AUTH=ceo@globex.example"])
+        client.rcpt("carl@remote.example")
+        assert client.data(message())[0] == 250
+    rig.sink.wait_for(1, timeout=30)
+    record = wait_for_decision(sendwarden_log(rig), stage="eom", login=ALICE, recipients=1)
+    assert record["account"] == "acme"
+
+
+def test_unauthenticated_relay_gets_554_at_rcpt_from_the_policy_socket(rig: Rig) -> None:
+    # Exim's RCPT ACL asks the proxy's policy socket while the client waits.
+    with rig.smtp() as client, pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        client.sendmail("someone@elsewhere.example", ["bob@remote.example"], message())
+    code, text = refused.value.recipients["bob@remote.example"]
+    assert code == 554
+    assert text.startswith(b"5.7.1 Relaying denied: bob@remote.example is not a domain hosted")
+    received = [line for line in exim_of(rig).log().splitlines() if " <= " in line]
+    assert not [line for line in received if "someone@elsewhere.example" in line]  # not queued
+
+
+def test_suspended_account_gets_550_at_rcpt(rig: Rig) -> None:
+    assert rig.config_path is not None
+    suspend = [sys.executable, "-m", "sendwarden", "account", "suspend", "initech",
+               "--reason", "spam complaints", "-c", str(rig.config_path)]  # fmt: skip
+    assert subprocess.run(suspend, capture_output=True, check=False).returncode == 0
+    with rig.smtp(CAROL) as client, pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        client.sendmail(CAROL, ["bob@remote.example"], message(CAROL))
+    code, text = refused.value.recipients["bob@remote.example"]
+    assert code == 550 and text.startswith(b"5.7.1 Account initech is suspended since")
+
+
+def test_without_the_policy_socket_a_refusal_is_a_bounce_with_the_same_text(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(**EXIM_RIG, config_extra={"proxy": {"policy_listen": ""}})
+    with rig.smtp() as client:  # no answer: Exim accepts, the proxy refuses at delivery
+        client.sendmail("someone@elsewhere.example", ["bob@remote.example"], message())
+    bounce = bounce_to(rig, "someone@elsewhere.example")
+    assert b"554 5.7.1 Relaying denied: bob@remote.example is not a domain hosted here" in (
+        bounce.data.replace(b"\r\n ", b" ")
+    )
+
+
+def test_rate_limit_defers_the_recipient_over_the_limit_in_exims_queue(rig: Rig) -> None:
+    recipients = [f"r{number}@remote.example" for number in range(4)]
+    with rig.smtp(BOB) as client:
+        assert client.sendmail(BOB, recipients, message(BOB)) == {}
+    (delivered,) = rig.sink.wait_for(1, timeout=30)
+    assert sorted(delivered.rcpt_tos) == recipients[:3]
+    mta = exim_of(rig)
+    wait_until(lambda: "451 4.7.1 Account globex has reached its limit" in mta.log(), 20, mta.log)
+    assert mta.queue_count() >= 1  # kept in Exim's queue: nothing lost
+
+
+def test_forged_from_bounces_with_550(rig: Rig) -> None:
+    with rig.smtp(ALICE) as client:
+        client.sendmail(ALICE, ["bob@remote.example"], message("ceo@globex.example"))
+    bounce = bounce_to(rig, ALICE)
+    assert b"550 5.7.1 Forged sender refused" in bounce.data.replace(b"\r\n ", b" ")
+
+
+def test_file_over_the_cap_bounces_with_552(rig: Rig) -> None:
+    with rig.smtp(ALICE) as client:
+        client.sendmail(ALICE, ["bob@remote.example"], with_file(21 * MIB))
+    bounce = bounce_to(rig, ALICE, timeout=60)
+    assert b"552 5.3.4" in bounce.data
+
+
+def test_bulk_without_consent_bounces_with_550(rig: Rig) -> None:
+    readers = [f"reader{number}@bulk.example" for number in range(60)]
+    body = message(ALICE, subject="news", List_Unsubscribe="<mailto:leave@acme.example>")
+    with rig.smtp(ALICE) as client:
+        client.sendmail(ALICE, readers, body)
+    bounce = bounce_to(rig, ALICE)
+    assert b"550 5.7.1" in bounce.data and b"consent" in bounce.data
+
+
+def test_mime_nested_too_deep_bounces_with_554_5_6_0(rig: Rig) -> None:
+    with rig.smtp(ALICE) as client:
+        client.sendmail(ALICE, ["bob@remote.example"], too_deep())
+    assert b"554 5.6.0" in bounce_to(rig, ALICE).data
+
+
+def test_unlisted_login_refused_at_rcpt_when_the_provider_refuses_them(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(**EXIM_RIG, policy={"unknown_senders": "refuse"})
+    with rig.smtp(MALLORY) as client, pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        client.sendmail(MALLORY, ["bob@remote.example"], message(MALLORY))
+    code, text = refused.value.recipients["bob@remote.example"]
+    assert code == 550 and text.startswith(b"5.7.1 Sender refused")
+
+
+def test_local_submission_is_attributed_to_its_uid(rig: Rig) -> None:
+    result = rig.sendmail(message(ALICE), ALICE, ["bob@remote.example"], uid=65534)
+    assert result.returncode == 0, result.stderr
+    (delivered,) = rig.sink.wait_for(1, timeout=30)
+    assert delivered.rcpt_tos == ("bob@remote.example",)
+    record = wait_for_decision(sendwarden_log(rig), stage="eom", uid=65534)
+    assert (record["account"], record["account_source"]) == ("acme", "uid")
+
+
+def test_a_local_user_no_account_lists_is_an_account_of_its_own(rig: Rig) -> None:
+    result = rig.sendmail(message("web@own.example"), "web@own.example",
+                          ["erin@remote.example"], uid=65533)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (delivered,) = rig.sink.wait_for(1, timeout=30)
+    assert delivered.rcpt_tos == ("erin@remote.example",)
+    record = wait_for_decision(sendwarden_log(rig), stage="eom", uid=65533)
+    assert (record["account"], record["account_source"]) == ("uid:65533", "uid")
+
+
+def test_a_local_process_cannot_use_the_return_port(rig: Rig) -> None:
+    port = exim_of(rig).return_port
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo("sneaky.example")
+        assert client.mail(ALICE)[0] == 550  # not logged in as the proxy
+        assert client.docmd("AUTH", "X-SENDWARDEN " + token("sendwarden", "a guess"))[0] == 535
+        assert client.mail(ALICE)[0] == 550
+    assert rig.sink.messages == []
+
+
+def test_a_local_process_cannot_speak_to_the_proxy_as_exim(rig: Rig) -> None:
+    assert rig.config_path is not None
+    assert rig.milter is not None and rig.milter.socket.port is not None
+    port = rig.milter.socket.port
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo("sneaky.example")
+        assert client.mail(ALICE, ["AUTH=sendwarden1;esmtpa;YWxpY2U=;0;"])[0] == 530
+        wrong = token("exim", PROXY_SECRET[:-1] + "x")
+        assert client.docmd("AUTH", f"X-SENDWARDEN {wrong}")[0] == 535
+        assert client.mail(ALICE, ["AUTH=sendwarden1;esmtpa;YWxpY2U=;0;"])[0] == 530
+
+
+def test_dsn_parameters_pass_through_the_proxy(rig: Rig) -> None:
+    # NOTIFY=SUCCESS reaches the Exim instance behind the proxy, which reports the
+    # delivery to the (non-DSN) sink as "relayed" with our ENVID.
+    with rig.smtp(ALICE) as client:
+        client.sendmail(
+            ALICE,
+            ["dsn@remote.example"],
+            message(),
+            mail_options=["RET=HDRS", "ENVID=sw-envid-42"],
+            rcpt_options=["NOTIFY=SUCCESS", "ORCPT=rfc822;dsn@remote.example"],
+        )
+    report = bounce_to(rig, ALICE)
+    assert b"sw-envid-42" in report.data
+    assert b"relayed" in report.data.lower()
+
+
+def test_stopped_proxy_leaves_mail_queued_then_delivers(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(**EXIM_RIG)
+    assert rig.milter is not None and rig.redis is not None
+    mta = exim_of(rig)
+    rig.milter.stop()
+    with rig.smtp(ALICE) as client:
+        assert client.sendmail(ALICE, ["bob@remote.example"], message()) == {}
+    wait_until(lambda: mta.queue_count() == 1, 20, "not queued")
+    rig.redis.stop()  # the store down: 451 4.3.0 from the proxy, still queued
+    rig.milter.start()
+    mta.run_queue()
+    wait_until(lambda: "451 4.3.0" in mta.log(), 20, mta.log)
+    assert mta.queue_count() == 1
+    assert rig.sink.messages == []
+    rig.redis.start()
+    mta.run_queue()
+    (delivered,) = rig.sink.wait_for(1, timeout=30)
+    assert delivered.rcpt_tos == ("bob@remote.example",)

@@ -1,0 +1,182 @@
+"""The proxy's pure parts: the identity Exim sends, and the message it relays."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sendwarden.config import settings_from_mapping
+from sendwarden.pipeline import Pipeline
+from sendwarden.policy.facts import MessageChanges
+from sendwarden.proxy.identity import (
+    IdentityError,
+    parse_exim_identity,
+    postfix_login,
+    xtext_decode,
+)
+from sendwarden.proxy.message import apply_changes, split_message
+from sendwarden.proxy.policy_socket import answer, before_queue_pipeline
+from sendwarden.proxy.server import _split_params
+from tests.unit.fakes import RecordingCheck
+
+
+def exim_value(protocol: str, login: str, uid: str, address: str) -> str:
+    """What the deploy/exim transport expands to."""
+    encoded = base64.b64encode(login.encode()).decode()
+    return f"sendwarden1;{protocol};{encoded};{uid};{address}"
+
+
+def xtext(text: str) -> str:
+    return "".join(f"+{ord(c):02X}" if c in "+=" or not 33 <= ord(c) <= 126 else c for c in text)
+
+
+def test_smtp_auth_gives_the_login_and_address() -> None:
+    identity = parse_exim_identity(exim_value("esmtpsa", "alice@acme.example", "101", "192.0.2.7"))
+    assert identity.login == "alice@acme.example"
+    assert identity.uid is None  # the Exim daemon's uid is no one's identity
+    assert identity.address == ipaddress.ip_address("192.0.2.7")
+
+
+def test_local_submission_gives_the_uid_not_the_login_name() -> None:
+    # $authenticated_id of local mail is a login name root may override with -oMai.
+    identity = parse_exim_identity(exim_value("local", "root", "1001", ""))
+    assert (identity.uid, identity.login, identity.address) == (1001, None, None)
+
+
+def test_unauthenticated_smtp_gives_only_the_address() -> None:
+    identity = parse_exim_identity(exim_value("esmtp", "", "101", "[2001:db8::1]"))
+    assert (identity.login, identity.uid) == (None, None)
+    assert identity.address == ipaddress.ip_address("2001:db8::1")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "alice@acme.example",  # a customer's own AUTH= value
+        "sendwarden1;esmtpa;not base64!;0;",
+        "sendwarden1;esmtpa;;0;",  # authenticated without a login
+        "sendwarden1;local;;x;",  # local without a uid
+        "sendwarden1;esmtp;;0;not-an-ip",
+        "sendwarden1;uucp;;0;",
+        "sendwarden2;esmtpa;YWxpY2U=;0;",
+    ],
+)
+def test_unreadable_identities_are_refused(value: str) -> None:
+    with pytest.raises(IdentityError):
+        parse_exim_identity(value)
+
+
+@given(st.text(min_size=1))
+def test_any_login_comes_back_exactly_whatever_it_contains(login: str) -> None:
+    # A login holding ";local;0;" or xtext-like "+3B" cannot change another field.
+    value = xtext(exim_value("esmtpa", login, "0", "127.0.0.1"))
+    identity = parse_exim_identity(value)
+    assert identity.login == login and identity.uid is None
+
+
+@given(st.text())
+def test_text_that_is_not_our_identity_never_yields_a_login_or_uid(text: str) -> None:
+    if text.startswith("sendwarden1;"):
+        return
+    with pytest.raises(IdentityError):
+        parse_exim_identity(xtext(text))
+
+
+def test_xtext_decoding() -> None:
+    assert xtext_decode("a+3Bb+2B") == "a;b+"
+
+
+def test_postfix_login_only_from_smtpds_own_received_header() -> None:
+    received = (
+        "from client (client [192.0.2.1])\r\n\t(Authenticated sender: alice@acme.example)\r\n"
+        "\tby mta.example (Postfix) with ESMTPSA id ABC"
+    )
+    assert postfix_login(("Received", received)) == "alice@acme.example"
+    assert postfix_login(("Received", received.replace("(Postfix)", "(Exim)"))) is None
+    assert postfix_login(("X-Note", received)) is None
+    assert postfix_login(None) is None
+
+
+def test_mail_parameters_are_taken_with_their_case() -> None:
+    arg, taken = _split_params("<a@b.c> SIZE=10 AUTH=Sw+3Bx ENVID=AbC", ("AUTH", "ENVID"))
+    assert arg == "<a@b.c> SIZE=10"
+    assert taken == {"AUTH": "Sw+3Bx", "ENVID": "AbC"}
+
+
+MESSAGE = (
+    b"Received: from a\r\n\tby b\r\n"
+    b"From: Alice <alice@acme.example>\r\n"
+    b"X-Test: one\r\n"
+    b"X-Test: two\r\n"
+    b"\r\n"
+    b"Body line\r\n\r\nX-Not: a header\r\n"
+)
+
+
+def test_headers_as_the_milter_protocol_passes_them() -> None:
+    message = split_message(MESSAGE)
+    assert [(h.name, h.value) for h in message.headers] == [
+        ("Received", "from a\r\n\tby b"),
+        ("From", "Alice <alice@acme.example>"),
+        ("X-Test", "one"),
+        ("X-Test", "two"),
+    ]
+    assert message.body == b"Body line\r\n\r\nX-Not: a header\r\n"
+
+
+def test_changes_remove_by_index_and_prepend() -> None:
+    changes = MessageChanges(
+        add_headers=[("DKIM-Signature", "v=1"), ("X-Added", "yes")],
+        remove_headers=[("x-test", 2)],
+    )
+    out = apply_changes(split_message(MESSAGE), changes)
+    assert out.startswith(b"DKIM-Signature: v=1\r\nX-Added: yes\r\nReceived: from a\r\n")
+    assert b"X-Test: one\r\n" in out and b"X-Test: two" not in out
+    assert out.endswith(b"\r\n\r\nBody line\r\n\r\nX-Not: a header\r\n")
+
+
+@given(st.binary())
+def test_unchanged_messages_are_relayed_byte_for_byte(data: bytes) -> None:
+    assert apply_changes(split_message(data), MessageChanges()) == data
+
+
+# -- the policy socket: SMTP-time answers for Exim's RCPT ACL ---------------------------
+
+SECRET = "s3cret-s3cret-s3cret"
+
+
+def socket_pipeline() -> tuple[Pipeline, RecordingCheck]:
+    from sendwarden.checks.relay import RelayCheck
+    from sendwarden.checks.suspension import SuspensionCheck
+    from tests.unit.fakes import MemorySuspensions
+
+    settings = settings_from_mapping({"policy": {"local_domains": ["hosting.example"],
+                                                 "trusted_networks": []}})  # fmt: skip
+    counting = RecordingCheck()  # stands for the rate limit: must never be asked
+    checks = [SuspensionCheck(MemorySuspensions()), RelayCheck(["hosting.example"]), counting]
+    return before_queue_pipeline(Pipeline(settings, checks)), counting
+
+
+def test_policy_socket_refuses_relay_at_rcpt_with_the_rule_text() -> None:
+    pipeline, counting = socket_pipeline()
+    identity = exim_value("esmtp", "", "101", "192.0.2.9")
+    reply = answer(pipeline, SECRET, f"{SECRET} {identity} <x@else.example> <bob@remote.example>")
+    assert reply.startswith("554 5.7.1 Relaying denied: bob@remote.example")
+    assert [check.name for check in pipeline.checks] == ["suspended", "relay"]
+    assert counting.calls == []
+
+
+def test_policy_socket_says_dunno_to_what_it_cannot_decide_and_to_strangers() -> None:
+    pipeline, _ = socket_pipeline()
+    login = exim_value("esmtpa", "alice@acme.example", "101", "192.0.2.9")
+    assert answer(pipeline, SECRET, f"{SECRET} {login} <a@acme.example> <b@remote.example>") == (
+        "DUNNO"
+    )
+    stranger = exim_value("esmtp", "", "101", "192.0.2.9")
+    for line in (f"wrong {stranger} <x@y.z> <b@remote.example>", "", f"{SECRET} junk <a> <b>"):
+        assert answer(pipeline, SECRET, line) == "DUNNO"
