@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,32 +82,41 @@ class BuildFailed(SourceError):
 
 
 def build_in_child(
-    settings: DirectorySettings, out: str | Path, previous: str | Path | None, timeout: float
+    settings: DirectorySettings,
+    out: str | Path,
+    previous: str | Path | None,
+    timeout: float,
+    started: Callable[[subprocess.Popen[bytes]], None] | None = None,
 ) -> BuildReport:
     """:func:`build` in a child process at lower priority: its parsing never holds the
-    milter's interpreter lock, and its garbage is not the milter's memory."""
+    milter's interpreter lock, and its garbage is not the milter's memory. ``started``
+    is given the child (so a shutdown can stop it)."""
     request = {
         "settings": dataclasses.asdict(settings),
         "out": str(out),
         "previous": previous and str(previous),
     }
+    with subprocess.Popen(
+        [sys.executable, "-m", "sendwarden.directory.build"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as child:
+        if started is not None:
+            started(child)
+        try:
+            stdout, stderr = child.communicate(json.dumps(request).encode(), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise BuildFailed(f"reading the directory sources took over {timeout:.0f}s") from None
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "sendwarden.directory.build"],
-            input=json.dumps(request).encode(),
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise BuildFailed(f"reading the directory sources took over {timeout:.0f}s") from None
-    try:
-        answer = json.loads(done.stdout.decode() or "{}")
+        answer = json.loads(stdout.decode() or "{}")
     except ValueError:
         answer = {}
-    if done.returncode != 0 or "error" in answer or "report" not in answer:
-        reason = answer.get("error") or done.stderr.decode(errors="replace").strip()[-2000:]
-        raise BuildFailed(reason or f"the directory builder exited with {done.returncode}")
+    if child.returncode != 0 or "error" in answer or "report" not in answer:
+        reason = answer.get("error") or stderr.decode(errors="replace").strip()[-2000:]
+        raise BuildFailed(reason or f"the directory builder exited with {child.returncode}")
     return _report_from_json(answer["report"])
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import subprocess
 import tempfile
 import threading
 import time
@@ -39,6 +40,8 @@ DIRECTORY_FAILED = "directory-source-failed"
 ACCOUNT_CACHE = 4096
 #: The last good snapshot's name in ``directory.state_directory``.
 KEPT_SNAPSHOT = "directory.db"
+#: Longest close() waits for the refresh thread once its build was stopped.
+CLOSE_TIMEOUT = 10.0
 #: Longest a build may take before it counts as failed.
 BUILD_TIMEOUT = 600.0
 
@@ -172,6 +175,7 @@ class LiveDirectory:
         self._known_conflicts: set[tuple[str, str]] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._child: subprocess.Popen[bytes] | None = None  # a build in progress
         self._refresh_lock = threading.Lock()
         self.lookups = DirectoryLookups(self.config, None)
         self.last_refresh = 0.0
@@ -221,9 +225,13 @@ class LiveDirectory:
         self._thread.start()
 
     def close(self) -> None:
+        """Stop refreshing; a build in progress is stopped, not waited for."""
         self._stop.set()
+        child = self._child
+        if child is not None and child.poll() is None:
+            child.terminate()
         if self._thread is not None:
-            self._thread.join(timeout=BUILD_TIMEOUT)
+            self._thread.join(timeout=CLOSE_TIMEOUT)
         # The snapshot is not closed here: a lookup may still hold it. Its connection
         # closes when the last reference goes; its file may go before (Unix keeps it).
         if self._own_workdir:
@@ -246,7 +254,8 @@ class LiveDirectory:
             try:
                 self._rebuild()
             except SourceError as error:
-                self._failed(str(error))
+                if not self._stop.is_set():  # a build stopped by close() is no problem
+                    self._failed(str(error))
                 return False
             self._recovered()
             return True
@@ -272,12 +281,16 @@ class LiveDirectory:
         previous = self.lookups.snapshot
         settled_against = before or previous
         started = time.monotonic()
-        report = build_in_child(
-            self.directory_settings,
-            out,
-            settled_against.path if settled_against is not None else None,
-            timeout=BUILD_TIMEOUT,
-        )
+        try:
+            report = build_in_child(
+                self.directory_settings,
+                out,
+                settled_against.path if settled_against is not None else None,
+                timeout=BUILD_TIMEOUT,
+                started=self._set_child,
+            )
+        finally:
+            self._child = None
         snapshot = Snapshot(out)
         if not self._own_workdir:
             # Kept for the next start; the open snapshot reads on through its handle.
@@ -293,6 +306,9 @@ class LiveDirectory:
             # finishes on it; its connection closes when the last reference goes, and
             # an open file outlives its name. (A kept one was replaced already.)
             previous.path.unlink(missing_ok=True)
+
+    def _set_child(self, child: subprocess.Popen[bytes]) -> None:
+        self._child = child
 
     def _log_new_conflicts(self, conflicts: Sequence[Conflict]) -> None:
         current = {(conflict.kind, conflict.key) for conflict in conflicts}

@@ -195,3 +195,39 @@ def test_a_reload_keeps_contested_domains_with_their_owners(map_file: Path) -> N
     finally:
         reloaded.close()
         running.close()
+
+
+def test_closing_stops_a_build_in_progress_without_an_alert(tmp_path: Path) -> None:
+    """A shutdown (or the end of a replaced configuration) does not wait for a long
+    read of the sources, and a read it stopped is no problem to report."""
+    import sqlite3
+    import time
+
+    database = tmp_path / "panel.db"
+    sqlite3.connect(database).close()
+    slow = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300000000) "
+        "SELECT 'acme' AS account FROM c WHERE x < 0"
+    )
+    settings = settings_from_mapping(
+        {"directory": {"sql_url": f"sqlite:///{database}", "sql_query": "SELECT 'acme' AS account"}}
+    )
+    recorder = Recorder()
+    directory = LiveDirectory(settings, notifiers=[recorder])
+    directory.load()
+    directory.directory_settings = settings_from_mapping(
+        {"directory": {"sql_url": f"sqlite:///{database}", "sql_query": slow}}
+    ).directory
+    refresher = threading.Thread(target=lambda: directory.refresh(force=True))
+    refresher.start()
+    wait_until(
+        lambda: directory._child is not None and directory._child.poll() is None,
+        30,
+        "the build did not start",
+    )
+    started = time.monotonic()
+    directory.close()
+    refresher.join(timeout=30)
+    assert time.monotonic() - started < 15
+    assert not refresher.is_alive()
+    assert recorder.alerts == []
