@@ -35,6 +35,11 @@ from sendwarden.store.redis import account_key, redis_errors
 
 Clock = Callable[[], int]  # microseconds since the epoch
 
+#: How long a reservation's record (what lets a refund give it back, once) is kept:
+#: longer than any SMTP transaction and any refund owed across a Redis outage.
+#: A refund that comes later gives nothing back: the count stays high, never low.
+RECORD_SECONDS = 900
+
 #: The bucket of a reservation whose answer never came (Redis timed out): it may
 #: have been counted, may be counted later, or never; a refund finds it wherever it is.
 UNKNOWN_BUCKET = -1
@@ -175,6 +180,7 @@ class RecipientCounter:
         constants = {
             "window": window_seconds,
             "bucket": bucket_seconds,
+            "record_ttl": RECORD_SECONDS,
             "suspend_after": self._suspension.after,
             "suspend_period": self._suspension.period,
             "by": lua_string(self._suspension.by),

@@ -27,7 +27,7 @@
 -- briefly cached answer, this one never is.
 --
 -- Idempotence: every admitted reservation is recorded under its id in its bucket's
--- record hash (which expires with the bucket). A retry of an id already recorded
+-- record hash (kept record_ttl seconds). A retry of an id already recorded
 -- counts nothing again and returns the first answer; an id already refunded (the
 -- caller timed out and gave it back before Redis ran it) counts nothing.
 --
@@ -35,6 +35,7 @@
 -- script when it is loaded (RecipientCounter), not sent with every decision:
 --   window          seconds (3600)
 --   bucket          seconds per bucket (60)
+--   record_ttl      seconds a reservation's record is kept for its refund (900)
 --   suspend_after   strikes that suspend the account (0 = never)
 --   suspend_period  seconds within which the strikes must fall
 --   by              who suspends (recorded in the suspension)
@@ -57,6 +58,7 @@ local limit = tonumber(ARGV[2])
 local want = tonumber(ARGV[6]) or cost
 local window = $window
 local bucket = $bucket
+local record_ttl = $record_ttl
 local suspend_after = $suspend_after
 local suspend_period = $suspend_period
 local by = $by
@@ -111,13 +113,15 @@ if used + cost <= limit then
   if granted == 0 then
     return {1, used, current, 0, now, 0, 0, suspension}
   end
+  -- The record lets a refund give this reservation back once; it is kept as long
+  -- as a transaction (and a refund owed across an outage) may last, not the whole
+  -- window: a refund that comes later finds nothing and gives nothing back.
   local record_key = records .. ':' .. current
   redis.call('HSET', record_key, id, granted)
+  redis.call('PEXPIRE', record_key, record_ttl * 1000)
   if redis.call('HINCRBY', rate_key, current, granted) == granted then
-    -- A new bucket, the newest: the whole hash is stale once it has left the window,
-    -- and the bucket's records with it.
+    -- A new bucket, the newest: the whole hash is stale once it has left the window.
     redis.call('PEXPIRE', rate_key, (window + bucket) * 1000)
-    redis.call('PEXPIRE', record_key, (window + bucket) * 1000)
   end
   if over then
     redis.call('HDEL', rate_key, 'o')

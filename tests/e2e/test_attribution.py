@@ -122,6 +122,10 @@ def test_an_envelope_over_64_kb_is_attributed_by_its_real_uid(rig: Rig) -> None:
     assert (record["account"], record["account_source"]) == ("uid:1", "uid")
     # uid 1 is an account of its own at the default limit: 300 recipients never fit.
     assert record["reply"].startswith("550 5.7.1 Account uid:1 may send to at most 3")
+    # The refusal comes back as a bounce; wait for it here, or it lands in the next
+    # test's (cleared) sink.
+    (bounce,) = rig.sink.wait_for(1, timeout=30)
+    assert bounce.rcpt_tos == ("web@acme.example",)
 
 
 # -- proven senders no account lists, and strangers ------------------------------------

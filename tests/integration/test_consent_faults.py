@@ -33,9 +33,10 @@ from sendwarden.store.redis import connect
 from sendwarden.store.suspensions import SharedDatabase
 from tests.support.postgres import PostgresServer
 from tests.support.redis_server import RedisServer
+from tests.support.service import wait_until
 
 REMOTE = Client(address=ipaddress.ip_address("198.51.100.7"), hostname="client.example", port=4711)
-TIMEOUT_MS = 300
+TIMEOUT_MS = 1000  # generous: a new backend takes a while on a loaded machine
 PAUSE_LIMIT = 15.0  # the server stays stopped at most this long, whatever happens
 
 
@@ -82,13 +83,16 @@ def test_a_stopped_postgresql_cannot_hang_a_consent_query(paused_later: Postgres
         outcome, first = outcome_while_paused(
             server, lambda: store.consenting("acme", ["a@example.net"])
         )
-        assert outcome.startswith("StoreError") and "no answer within 300 ms" in outcome
+        assert outcome.startswith("StoreError") and f"no answer within {TIMEOUT_MS} ms" in outcome
         # on a new connection (the failed one was discarded)
         outcome, second = outcome_while_paused(
             server, lambda: store.consenting("acme", ["b@example.net"])
         )
         assert outcome.startswith("StoreError"), outcome
-        print(f"SIGSTOPped PostgreSQL: query ended after {first:.2f}s, connect after {second:.2f}s")
+        print(
+            f"SIGSTOPped PostgreSQL, timeout {TIMEOUT_MS} ms: query ended after {first:.2f}s, "
+            f"connect after {second:.2f}s"
+        )
         assert store.consenting("acme", ["c@example.net"]) == set()  # back once resumed
     finally:
         store.close()
@@ -105,11 +109,17 @@ def bulk_config(redis_url: str, database: str) -> dict[str, Any]:
 
 
 def send(pipeline: Pipeline, recipients: int) -> str:
-    """One message from acme (a newsletter when to several); the final reply."""
+    """One message from acme (a newsletter when to several); the first refusal, or the
+    end-of-message reply."""
     txn = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="news@acme.example")
-    pipeline.mail(txn)
+    mail = pipeline.mail(txn)
+    if mail.is_final:
+        return mail.reply()
     for n in range(recipients):
-        pipeline.rcpt(txn, f"reader{n}@readers.example")
+        rcpt = pipeline.rcpt(txn, f"reader{n}@readers.example")
+        if rcpt.is_final:
+            pipeline.abort(txn)
+            return rcpt.reply()
     pipeline.header(txn, "From", "news@acme.example")
     if recipients > 1:  # a newsletter
         pipeline.header(txn, "List-Unsubscribe", "<https://acme.example/unsubscribe/abc>")
@@ -139,7 +149,8 @@ def test_one_postgresql_outage_is_one_pair_of_log_lines(
         bulk, personal = replies[0::2], replies[1::2]
         assert all(r.startswith("451 4.3.0") for r in bulk), bulk
         assert personal == [""] * 4, personal
-        assert send(pipeline, 60).startswith("550")  # answered again
+        # answered again (a first connection may still be slow on a loaded machine)
+        wait_until(lambda: send(pipeline, 60).startswith("550"), 30, "never answered again")
         messages = [record.getMessage() for record in caplog.records]
         down = [m for m in messages if "consent database is unavailable" in m]
         up = [m for m in messages if "consent database is available again" in m]

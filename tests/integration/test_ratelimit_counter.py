@@ -20,7 +20,7 @@ from redis.crc import key_slot
 
 from sendwarden.config import RedisSettings
 from sendwarden.ratelimit import RecipientCounter, SuspensionPolicy
-from sendwarden.ratelimit.counter import lua_string
+from sendwarden.ratelimit.counter import RECORD_SECONDS, lua_string
 from sendwarden.ratelimit.window import MICROSECONDS, BucketWindow, bucket_of
 from sendwarden.store import StoreError
 from sendwarden.store.redis import connect
@@ -228,6 +228,14 @@ def test_memory_per_account_at_500_recipients_an_hour_stays_small(client: redis.
         clock.now += 7_200_000
     assert client.hlen("sw:{acme}:rate") <= 61  # 60 minutes, plus one partly expired
     assert (client.memory_usage("sw:{acme}:rate") or 0) < 1500
+    # The reservation records (what makes a refund idempotent) are kept 15 minutes,
+    # not the hour: at most the last 16 minute buckets' worth are alive at any time.
+    records = sorted(key.decode() for key in client.keys("sw:{acme}:res:*"))
+    assert all(0 < client.pttl(key) <= RECORD_SECONDS * 1000 for key in records)
+    alive = records[-(RECORD_SECONDS // 60 + 1) :]
+    record_bytes = sum(client.memory_usage(key) or 0 for key in alive)
+    print(f"500 recipients/hour: live reservation records = {record_bytes} bytes")
+    assert record_bytes < 6000
 
 
 # -- Redis down or silent ----------------------------------------------------------
