@@ -24,6 +24,7 @@ from sendwarden.policy.rfc5322 import decode_encoded_words
 
 _SPOOF = icu.SpoofChecker()
 _QUOTED_PAIR = re.compile(r"\\(.)")
+_ASCII_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # text@domain.tld as a reader takes it: spaces around the "@" do not hide it.
 _ADDRESS_LIKE = re.compile(r"([^\s<>()\[\]{},;:\"'@\\]+)\s*@\s*([^\s<>()\[\]{},;:\"'@\\]+)")
 
@@ -42,7 +43,9 @@ def rendered(value: str) -> str:
     """A header value as a mail client shows it: encoded words decoded, quoted
     pairs resolved, quote marks dropped, default-ignorable (invisible) characters
     removed, NFKC-folded. BidiControl when a bidi control would reorder it."""
-    text = decode_encoded_words(value)
+    text = _QUOTED_PAIR.sub(r"\1", decode_encoded_words(value)).replace('"', "")
+    if text.isascii():  # no bidi control, nothing invisible but control characters
+        return _ASCII_CONTROLS.sub("", text)
     for char in text:
         if _has(char, icu.UProperty.BIDI_CONTROL):
             raise BidiControl(
@@ -51,7 +54,7 @@ def rendered(value: str) -> str:
             )
     text = "".join(
         char
-        for char in _QUOTED_PAIR.sub(r"\1", text).replace('"', "")
+        for char in text
         if not _has(char, icu.UProperty.DEFAULT_IGNORABLE_CODE_POINT)
         and (char == "\t" or unicodedata.category(char) != "Cc")
     )

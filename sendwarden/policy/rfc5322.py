@@ -79,6 +79,17 @@ def tokens(value: str) -> Iterator[Token]:
 def _comment(text: str, i: int) -> tuple[str, int]:
     """A comment's content from just after its "(" to its matching ")", nested ones
     with their parentheses; returns (content, index after the ")")."""
+    return _delimited(text, i, ")", nests="(")
+
+
+def _quoted(text: str, i: int) -> tuple[str, int]:
+    """A quoted string's content from just after its opening quote."""
+    return _delimited(text, i, '"')
+
+
+def _delimited(text: str, i: int, close: str, nests: str = "") -> tuple[str, int]:
+    """Text up to the ``close`` that matches (``nests`` opens one level more), quoted
+    pairs resolved; (content, index after the close), or the rest when it never closes."""
     depth, out = 1, []
     while i < len(text):
         char = text[i]
@@ -86,27 +97,12 @@ def _comment(text: str, i: int) -> tuple[str, int]:
             out.append(text[i + 1])
             i += 2
             continue
-        if char == "(":
+        if char == nests:
             depth += 1
-        elif char == ")":
+        elif char == close:
             depth -= 1
             if depth == 0:
                 return "".join(out), i + 1
-        out.append(char)
-        i += 1
-    return "".join(out), i
-
-
-def _quoted(text: str, i: int) -> tuple[str, int]:
-    out = []
-    while i < len(text):
-        char = text[i]
-        if char == "\\" and i + 1 < len(text):
-            out.append(text[i + 1])
-            i += 2
-            continue
-        if char == '"':
-            return "".join(out), i + 1
         out.append(char)
         i += 1
     return "".join(out), i
