@@ -30,6 +30,7 @@ from typing import Protocol
 from sendwarden.addresses import domain_of
 from sendwarden.config import Account, IPNetwork
 from sendwarden.policy.facts import IPAddress
+from sendwarden.policy.rendering import domain_skeleton
 
 #: Prefixes of unlisted accounts' ids; configured ids may not contain ``:``, so the
 #: two never collide.
@@ -101,6 +102,7 @@ class ConfiguredAccounts:
         self._by_domain = {
             domain: account for account in self.accounts for domain in account.domains
         }
+        self._by_look: dict[str, Account] | None = None  # built on first use
         # Longest prefix first, so a /32 inside another account's /24 wins.
         self._networks: Sequence[tuple[IPNetwork, Account]] = sorted(
             ((network, account) for account in self.accounts for network in account.networks),
@@ -125,6 +127,19 @@ class ConfiguredAccounts:
 
     def owner_of_exact_domain(self, domain: str) -> Account | None:
         return self._by_domain.get(domain)
+
+    def owner_of_look(self, look: str) -> Account | None:
+        """The account of a domain with this skeleton, or of a parent's (index built once)."""
+        looks = self._by_look
+        if looks is None:
+            looks = self._by_look = {
+                domain_skeleton(domain): account for domain, account in self._by_domain.items()
+            }
+        while look:
+            if (account := looks.get(look)) is not None:
+                return account
+            _, _, look = look.partition(".")
+        return None
 
 
 class AccountDirectory:
@@ -180,6 +195,13 @@ class AccountDirectory:
                 return account
             _, _, domain = domain.partition(".")
         return None
+
+    def owner_of_look(self, look: str) -> Account | None:
+        """The account owning a domain a reader cannot tell from one with this
+        confusable skeleton (:func:`~sendwarden.policy.rendering.domain_skeleton`),
+        or from a parent of it: acme.example with a Cyrillic a (U+0430) is acme's.
+        Over the configured accounts' domains (a source's domains match exactly only)."""
+        return self._configured.owner_of_look(look)
 
     def resolve(
         self,

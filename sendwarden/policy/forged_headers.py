@@ -7,27 +7,30 @@ headers makes a message look checked or relayed by the provider when it was not.
 Postfix does not show its own ``Received:`` header to milters, but other MTAs
 (Sendmail) do; the MTA's own header is recognised by the queue id it carries, which
 a client cannot know in advance.
+
+Header values are read with the full RFC 5322 comment grammar (nested comments,
+quoted pairs, quoted strings, folding): ``by (x (y)) mta.provider.example`` names
+the provider's host, and so does a host in any comment, such as the TCP-info
+``(mta.provider.example [192.0.2.1])`` (the worse reading for a forger).
 """
 
 from __future__ import annotations
 
-import re
+import itertools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from sendwarden.addresses import normalise_domain
 from sendwarden.policy.facts import Transaction
+from sendwarden.policy.rfc5322 import Kind, Token, comments, tokens, without_comments
 from sendwarden.policy.verdict import Verdict, account_label, reject
 
 RULE = "forged-header"
 OWN_HEADER_PREFIX = "x-sendwarden"
 
-# Host names a Received line claims: "from HOST", "by HOST", and "(HOST [address])".
-_RECEIVED_HOSTS = re.compile(r"\b(?:from|by)\s+([^\s;()\[\]]+)|\(([^\s;()\[\]]+)\s*\[", re.I)
-_RECEIVED_ID = re.compile(r"\bid\s+<?([^\s;<>]+)", re.I)
-# authserv-id: the first token, after any comments (RFC 8601 section 2.2).
-_AUTHSERV_ID = re.compile(r"^\s*(?:\([^)]*\)\s*)*\"?([^\s;\"()]+)")
+_HOST_KEYWORDS = frozenset({"from", "by"})  # RFC 5321 4.4: the clauses naming a host
+_VALUES = (Kind.ATOM, Kind.QUOTED)
 
 
 class ForgedKind(StrEnum):
@@ -60,7 +63,7 @@ def find_forged_headers(
     seen: dict[str, int] = {}
     forged: list[ForgedHeader] = []
     for name, value in headers:
-        lowered = name.lower()
+        lowered = name.strip().lower()  # "X-Sendwarden-Verdict :" is the same header
         index = seen[lowered] = seen.get(lowered, 0) + 1
         if lowered.startswith(OWN_HEADER_PREFIX):
             forged.append(ForgedHeader(name, index, ForgedKind.OWN, name))
@@ -69,10 +72,10 @@ def find_forged_headers(
             if host and not _is_mtas_own(value, queue_id):
                 forged.append(ForgedHeader(name, index, ForgedKind.RECEIVED, host))
         elif lowered == "authentication-results" and server_ids:
-            match = _AUTHSERV_ID.match(value)
-            if match and match.group(1).casefold() in server_ids:
+            server_id = authserv_id_of(value)
+            if server_id and server_id.casefold() in server_ids:
                 forged.append(
-                    ForgedHeader(name, index, ForgedKind.AUTHENTICATION_RESULTS, match.group(1))
+                    ForgedHeader(name, index, ForgedKind.AUTHENTICATION_RESULTS, server_id)
                 )
     return forged
 
@@ -114,18 +117,40 @@ def headers_after_removal(
     seen: dict[str, int] = {}
     kept: list[tuple[str, str]] = []
     for name, value in headers:
-        lowered = name.lower()
+        lowered = name.strip().lower()  # "X-Sendwarden-Verdict :" is the same header
         seen[lowered] = seen.get(lowered, 0) + 1
         if (lowered, seen[lowered]) not in gone:
             kept.append((name, value))
     return kept
 
 
+def authserv_id_of(value: str) -> str:
+    """The authserv-id of an Authentication-Results value (RFC 8601 2.2): its first
+    value (a token or a quoted string) after any comments; '' when there is none."""
+    meaningful = without_comments(value)
+    if meaningful and meaningful[0].kind in _VALUES:
+        return meaningful[0].text.strip()
+    return ""
+
+
 def _claimed_provider_host(value: str, hostnames: frozenset[str]) -> str | None:
-    for match in _RECEIVED_HOSTS.finditer(value):
-        candidate = (match.group(1) or match.group(2)).strip(".,")
+    """A provider host the Received value names: after "from" or "by" (comments in
+    between skipped), or anywhere in a comment (TCP-info, nested or not)."""
+    meaningful = without_comments(value)
+    candidates = [
+        token.text
+        for keyword, token in itertools.pairwise(meaningful)
+        if _is_keyword(keyword, _HOST_KEYWORDS) and token.kind is Kind.ATOM
+    ]
+    candidates += [
+        token.text
+        for comment in comments(value)
+        for token in tokens(comment)
+        if token.kind is Kind.ATOM
+    ]
+    for candidate in candidates:
         try:
-            host = normalise_domain(candidate)
+            host = normalise_domain(candidate.strip(".,"))
         except ValueError:
             continue
         if host in hostnames:
@@ -133,7 +158,16 @@ def _claimed_provider_host(value: str, hostnames: frozenset[str]) -> str | None:
     return None
 
 
+def _is_keyword(token: Token, keywords: Collection[str]) -> bool:
+    return token.kind is Kind.ATOM and token.text.lower() in keywords
+
+
 def _is_mtas_own(value: str, queue_id: str) -> bool:
-    """The MTA's own Received line names this transaction's queue id."""
-    match = _RECEIVED_ID.search(value)
-    return bool(queue_id) and match is not None and match.group(1) == queue_id
+    """The MTA's own Received line names this transaction's queue id ("id QUEUEID")."""
+    if not queue_id:
+        return False
+    meaningful = [token for token in without_comments(value) if token.text not in "<>"]
+    return any(
+        _is_keyword(keyword, ("id",)) and token.kind in _VALUES and token.text == queue_id
+        for keyword, token in itertools.pairwise(meaningful)
+    )

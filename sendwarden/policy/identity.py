@@ -15,17 +15,16 @@ from __future__ import annotations
 import functools
 import re
 import typing
-import unicodedata
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from email import errors as email_errors
-from email.header import decode_header
 from email.headerregistry import AddressHeader, HeaderRegistry
 
 from sendwarden.addresses import domain_matches, normalise_domain, split_address
 from sendwarden.config import Account
 from sendwarden.policy.accounts import AccountDirectory, is_listed
 from sendwarden.policy.facts import Transaction
+from sendwarden.policy.rendering import BidiControl, address_like, domain_skeleton, rendered
 from sendwarden.policy.verdict import Verdict, account_label, reject
 
 RULE_FORGED_SENDER = "forged-sender"
@@ -34,9 +33,6 @@ RULE_MALFORMED = "malformed-header"
 
 _REGISTRY = HeaderRegistry()
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
-# Something that reads as an address to a person: text@domain.tld, after NFKC folding
-# (so full-width U+FF20 '@' and U+FF0E '.' count) and RFC 2047 decoding.
-_ADDRESS_LIKE = re.compile(r"[^\s<>()\[\]{},;:\"'@]+@([^\s<>()\[\]{},;:\"'@]+)")
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")  # bytes pymilter could not decode (surrogateescape)
 # SMTPUTF8 local parts are fine, and so are sloppy encoded words (common in the wild, and
 # the decoded display name is checked anyway); defects in the address structure are not.
@@ -65,40 +61,36 @@ class Mailbox:
 
 @dataclass(frozen=True, slots=True)
 class ShownAddress:
-    """Address-like text inside a display name or comment: what the reader sees."""
+    """Address-like text a reader sees in a sender header (display name, comment,
+    encoded word, look-alike characters): its domain normalised, and the domain's
+    confusable skeleton, which is what ownership is judged on."""
 
     header: str
     text: str
     domain: str
+    look: str
 
 
 @dataclass(frozen=True, slots=True)
 class IdentityHeaders:
-    """The From and Sender headers of a message, parsed and checked for shape."""
+    """The headers a mail client shows as the sender, parsed and checked for shape:
+    From, Sender, and every Resent-From / Resent-Sender (``resent``, with the header
+    name)."""
 
     from_mailboxes: tuple[Mailbox, ...]
     sender: Mailbox | None
     shown: tuple[ShownAddress, ...]
+    resent: tuple[tuple[str, Mailbox], ...] = ()
+
+    def addresses(self) -> list[tuple[str, Mailbox]]:
+        """Every real address a reader is shown as the sender, with its header."""
+        found = [("From", mailbox) for mailbox in self.from_mailboxes]
+        if self.sender is not None:
+            found.append(("Sender", self.sender))
+        return found + list(self.resent)
 
 
 # -- parsing ----------------------------------------------------------------------
-
-
-def decode_words(value: str) -> str:
-    """The header text a mail client would show: RFC 2047 encoded words decoded
-    everywhere (also inside quotes and comments, where some clients decode them),
-    then NFKC-folded so look-alike characters (full-width at sign and full stop)
-    become plain ones."""
-    parts: list[str] = []
-    for chunk, charset in decode_header(_FOLD.sub("", value)):
-        if isinstance(chunk, str):
-            parts.append(chunk)
-            continue
-        try:
-            parts.append(chunk.decode(charset or "raw-unicode-escape", "replace"))
-        except LookupError:  # an unknown charset: still show something to check
-            parts.append(chunk.decode("latin-1"))
-    return unicodedata.normalize("NFKC", "".join(parts))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -153,21 +145,30 @@ def _tolerated(defect: email_errors.MessageDefect) -> bool:
 @functools.lru_cache(maxsize=4096)
 def shown_addresses(name: str, value: str) -> tuple[ShownAddress, ...]:
     """Address-like text anywhere in a header as a reader sees it (display names,
-    comments, encoded words included). Only text@domain.tld counts: 'Team @ Acme' is
-    a name, not an address."""
-    found: list[ShownAddress] = []
-    for match in _ADDRESS_LIKE.finditer(decode_words(value)):
+    comments, encoded words, look-alikes included). MalformedHeader when a
+    bidirectional control character would show it in another order."""
+    try:
+        shown = rendered(value)
+    except BidiControl as error:
+        raise MalformedHeader(f"the {name} header contains {error}") from None
+    found: dict[str, ShownAddress] = {}
+    for text, domain_text in address_like(shown):
         try:
-            domain = normalise_domain(match.group(1).rstrip("."))
+            domain = normalise_domain(domain_text)
         except ValueError:
-            continue
-        if "." in domain:
-            found.append(ShownAddress(name, match.group(0).rstrip("."), domain))
-    return tuple(found)
+            domain = domain_text.casefold()  # not a valid domain, yet a reader sees one
+        look = domain_skeleton(domain)
+        found.setdefault(look, ShownAddress(name, text, domain, look))  # ownership is per domain
+    return tuple(found.values())
+
+
+SENDER_HEADERS = ("From", "Sender", "Resent-From", "Resent-Sender")
 
 
 def read_identity(headers: Sequence[tuple[str, str]]) -> IdentityHeaders:
-    """Exactly one From with one or more mailboxes, at most one Sender with one."""
+    """Exactly one From with one or more mailboxes, at most one Sender with one;
+    each Resent-From (one or more mailboxes) and Resent-Sender (one) of every
+    resent block. Every one of them is read as a reader sees it."""
     from_values = _values(headers, "from")
     if not from_values:
         raise MalformedHeader("the message has no From header")
@@ -184,12 +185,23 @@ def read_identity(headers: Sequence[tuple[str, str]]) -> IdentityHeaders:
     shown = shown_addresses("From", from_values[0])
     sender = None
     if sender_values:
-        sender_mailboxes = parse_mailboxes("Sender", sender_values[0])
-        if len(sender_mailboxes) > 1:
-            raise MalformedHeader("the Sender header must name exactly one address")
-        sender = sender_mailboxes[0]
+        sender = _single("Sender", sender_values[0])
         shown += shown_addresses("Sender", sender_values[0])
-    return IdentityHeaders(from_mailboxes, sender, shown)
+    resent: list[tuple[str, Mailbox]] = []
+    for value in _values(headers, "resent-from"):
+        resent += [("Resent-From", mailbox) for mailbox in parse_mailboxes("Resent-From", value)]
+        shown += shown_addresses("Resent-From", value)
+    for value in _values(headers, "resent-sender"):
+        resent.append(("Resent-Sender", _single("Resent-Sender", value)))
+        shown += shown_addresses("Resent-Sender", value)
+    return IdentityHeaders(from_mailboxes, sender, shown, tuple(resent))
+
+
+def _single(name: str, value: str) -> Mailbox:
+    mailboxes = parse_mailboxes(name, value)
+    if len(mailboxes) > 1:
+        raise MalformedHeader(f"the {name} header must name exactly one address")
+    return mailboxes[0]
 
 
 # -- ownership --------------------------------------------------------------------
@@ -254,13 +266,11 @@ def _own_identity_verdict(
         )
     ):
         return _not_owned(account, f"the envelope sender (MAIL FROM) {txn.mail_from}")
-    for mailbox in identity.from_mailboxes:
+    for header, mailbox in identity.addresses():
         if not account_owns(account, mailbox.domain):
-            return _not_owned(account, f"the From header address {mailbox.address}")
-    if identity.sender is not None and not account_owns(account, identity.sender.domain):
-        return _not_owned(account, f"the Sender header address {identity.sender.address}")
+            return _not_owned(account, f"the {header} header address {mailbox.address}")
     for shown in identity.shown:
-        if not account_owns(account, shown.domain):
+        if not account_shows_own(account, shown.look):
             return reject(
                 RULE_IMPERSONATION,
                 "550",
@@ -273,6 +283,16 @@ def _own_identity_verdict(
     return None
 
 
+def account_shows_own(account: Account, look: str) -> bool:
+    """Whether a shown domain's skeleton is one of the account's domains as a reader
+    sees them (a look-alike of its own domain shows nobody else)."""
+    for owned in account.domains:
+        own_look = domain_skeleton(owned)
+        if look == own_look or (account.allow_subdomains and look.endswith("." + own_look)):
+            return True
+    return False
+
+
 def _unlisted_identity_verdict(
     txn: Transaction,
     account: Account,
@@ -280,37 +300,37 @@ def _unlisted_identity_verdict(
     directory: AccountDirectory,
     provider_hostnames: Collection[str],
 ) -> Verdict | None:
-    """A proven sender no account lists: never a customer's domain; a login's own
-    domain (the unlisted account's ``domains``) when it has one, else any other."""
+    """A proven sender no account lists: never a customer's domain nor one a reader
+    cannot tell from it; a login's own domain (the unlisted account's ``domains``)
+    when it has one, else any other."""
     sender_domain = split_address(txn.mail_from)[1]
-    claims = []
+    claims: list[tuple[str, str, str | None, bool]] = []  # what, address, domain, shown
     if txn.mail_from and not (txn.client.local_process and sender_domain in provider_hostnames):
-        claims.append(("the envelope sender (MAIL FROM)", txn.mail_from, sender_domain))
+        claims.append(("the envelope sender (MAIL FROM)", txn.mail_from, sender_domain, False))
     claims += [
-        ("the From header address", mailbox.address, mailbox.domain)
-        for mailbox in identity.from_mailboxes
+        (f"the {header} header address", mailbox.address, mailbox.domain, False)
+        for header, mailbox in identity.addresses()
     ]
-    if identity.sender is not None:
-        claims.append(
-            ("the Sender header address", identity.sender.address, identity.sender.domain)
-        )
     claims += [
-        (f"the {shown.header} header's display name address", _shown_text(shown), shown.domain)
+        (f"the {shown.header} header's display name address", _shown_text(shown), shown.domain,
+         True)
         for shown in identity.shown
-    ]
-    for what, address, domain in claims:
-        if domain is None or directory.owner_of_domain(domain) is not None:
+    ]  # fmt: skip
+    for what, address, domain, shown in claims:
+        look = domain_skeleton(domain) if domain else ""
+        if domain is None or directory.owner_of_domain(domain) or directory.owner_of_look(look):
             return reject(
                 RULE_IMPERSONATION,
                 "550",
                 "5.7.1",
                 f"Impersonation refused: {what} {address} is "
-                + ("not a usable address" if domain is None else "in a domain of another "
-                   "customer of this provider")
+                + ("not a usable address" if domain is None else "in (or looks like) a "
+                   "domain of another customer of this provider")
                 + f", and {_unlisted_label(txn, account)} is not that customer. Log in "
                 "(SMTP AUTH) with the account that owns the domain.",
             )  # fmt: skip
-        if account.domains and not account_owns(account, domain):
+        owned = account_shows_own(account, look) if shown else account_owns(account, domain)
+        if account.domains and not owned:
             return _not_owned(account, f"{what} {address}")
     return None
 

@@ -6,6 +6,7 @@ Every refusal here is Postfix relaying the milter's end-of-message reply to the 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import smtplib
 from collections.abc import Iterator
@@ -213,3 +214,49 @@ def test_unknown_trusted_sender_may_not_use_a_customers_domain(stripping_rig: Ri
     assert b"another customer of this provider" in refused.value.smtp_error
     (delivered,) = stripping_rig.sink.wait_for(1)
     assert delivered.message["From"] == "news@shop.example"
+
+
+# -- what a reader sees, and sender-routed addresses ---------------------------------
+
+
+def encoded(text: str) -> str:
+    return "=?utf-8?b?" + base64.b64encode(text.encode()).decode() + "?="
+
+
+@pytest.mark.parametrize(
+    ("from_", "words"),
+    [
+        # a Cyrillic o (U+043E) in globex: a reader sees ceo@globex.example
+        (encoded("ceo@gl\u043ebex.example") + " <alice@acme.example>", "Impersonation refused"),
+        ('"ceo\u200b@globex.example" <alice@acme.example>', "Impersonation refused"),
+        ("alice@acme.example (Alice (ceo\\@globex.example))", "Impersonation refused"),
+        (encoded("\u202eelpmaxe.xebolg@oec") + " <alice@acme.example>", "U+202E"),
+    ],
+)
+def test_what_a_reader_sees_is_judged(rig: Rig, from_: str, words: str) -> None:
+    data = message(f"From: {from_}")  # raw UTF-8 where not encoded (SMTPUTF8 is on)
+    text = refused_at_end_of_message(rig, "alice@acme.example", "alice@acme.example", data)
+    assert words in text
+
+
+def test_a_resent_from_of_another_customer_is_refused(rig: Rig) -> None:
+    text = refused_at_end_of_message(
+        rig,
+        "alice@acme.example",
+        "alice@acme.example",
+        message("From: alice@acme.example", "Resent-From: ceo@globex.example"),
+    )
+    assert "the Resent-From header address ceo@globex.example" in text
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    ["bob%remote.example@hosting.example", "remote.example!bob@hosting.example",
+     '"bob@remote.example"@hosting.example'],
+)  # fmt: skip
+def test_sender_routed_local_parts_from_strangers_are_relay(rig: Rig, recipient: str) -> None:
+    with rig.smtp() as client, pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        client.sendmail("x@elsewhere.example", [recipient], message("From: x@elsewhere.example"))
+    code, text = refused.value.recipients[recipient]
+    assert code == 554 and text.startswith(b"5.7.1 Relaying denied"), text
+    assert b"routes mail onward" in text

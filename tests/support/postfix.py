@@ -47,6 +47,7 @@ LINKED_COMMANDS = (
 #: Queue subdirectories holding messages Postfix has not finished with.
 PENDING_QUEUES = ("maildrop", "incoming", "active", "deferred")
 DEFAULT_MESSAGE_SIZE_LIMIT = 64 * 1024 * 1024
+PORT_ATTEMPTS = 3  # a free port another process takes before Postfix binds it: try anew
 
 # name, type, private, unpriv, chroot, wakeup, maxproc, command. chroot is always "n": the
 # milter socket and the sasldb live in the temp dir, outside any chroot.
@@ -121,6 +122,7 @@ class PrivatePostfix(LoggingService):
         self.local_domains = tuple(local_domains)
         self.sasl_users = dict(sasl_users or {})
         self.smtp_port: int = smtp_port if smtp_port is not None else free_port()
+        self._port_chosen_here = smtp_port is None  # may be replaced if another takes it
         self.myhostname = myhostname
         self.message_size_limit = message_size_limit
         self.extra_main_cf = dict(main_cf or {})
@@ -300,7 +302,16 @@ class PrivatePostfix(LoggingService):
         if self.running:
             return self
         self.configure()
-        proc = self._run([POSTFIX_BIN, "-c", str(self.config_dir), "start"], check=False)
+        for _ in range(PORT_ATTEMPTS):
+            log_before = len(self.log())
+            proc = self._run([POSTFIX_BIN, "-c", str(self.config_dir), "start"], check=False)
+            lost_port = "Address already in use" in self.log()[log_before:]
+            if proc.returncode == 0 or not (lost_port and self._port_chosen_here):
+                break
+            # free_port() raced another process on this shared machine: take another.
+            self.stop()
+            self.smtp_port = free_port()
+            _write_public(self.config_dir / "master.cf", self.master_cf())
         if proc.returncode != 0:
             self.stop()
             raise PostfixError(

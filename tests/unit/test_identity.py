@@ -17,12 +17,12 @@ from sendwarden.policy.identity import (
     RULE_IMPERSONATION,
     RULE_MALFORMED,
     MalformedHeader,
-    decode_words,
     identity_verdict,
     parse_mailboxes,
     read_identity,
     shown_addresses,
 )
+from sendwarden.policy.rendering import rendered
 from sendwarden.policy.verdict import Action
 
 PROVIDER = frozenset({"mta.provider.example"})
@@ -331,12 +331,12 @@ def test_inbound_mail_from_the_internet_is_not_judged(settings: Settings) -> Non
 # -- the parsing helpers -------------------------------------------------------------
 
 
-def test_decode_words_decodes_and_folds_look_alikes() -> None:
-    assert decode_words("=?utf-8?q?a=40b=2Ec?= <x@y.z>") == "a@b.c <x@y.z>"
-    assert decode_words("=?iso-8859-1?q?J=F6rg?=") == "Jörg"
-    assert decode_words("Jörg =?utf-8?q?x?=") == "Jörg x"
-    assert decode_words("a\uff20b\uff0ec") == "a@b.c"
-    assert decode_words("=?x-unknown?q?a=40b.c?=") == "a@b.c"  # unknown charset: still checked
+def test_rendered_decodes_and_folds_look_alikes() -> None:
+    assert rendered("=?utf-8?q?a=40b=2Ec?= <x@y.z>") == "a@b.c <x@y.z>"
+    assert rendered("=?iso-8859-1?q?J=F6rg?=") == "Jörg"
+    assert rendered("Jörg =?utf-8?q?x?=") == "Jörg x"
+    assert rendered("a\uff20b\uff0ec") == "a@b.c"
+    assert rendered("=?x-unknown?q?a=40b.c?=") == "a@b.c"  # unknown charset: still checked
 
 
 def test_parse_mailboxes_normalises_domains() -> None:

@@ -54,6 +54,20 @@ DETECTION = [
     ("sendwarden's own header", "X-Sendwarden-Checked", "yes", True),
     ("sendwarden's own header, any case", "x-sendwarden", "yes", True),
     ("an unrelated X- header", "X-Mailer", "mta.provider.example", False),
+    # The full comment grammar: comments anywhere, nested, with quoted pairs.
+    ("a comment between by and the host", R, "from x by (relay) mta.provider.example id 3", True),
+    ("a nested comment before the host", R, "from x by (a (b) c) mx1.provider.example", True),
+    ("a folded Received", R, "from x\r\n\tby\r\n\tmta.provider.example\r\n\tid 9", True),
+    ("the host deep in a nested comment", R, "from x (y (mta.provider.example [192.0.2.1])) by z",
+     True),
+    ("a quoted pair in a comment", R, "from x (\\) mta.provider.example [192.0.2.1]) by z", True),
+    ("the queue id only in a comment", R, "by mta.provider.example (id 4AbC1) id OTHER", True),
+    ("the queue id after a comment", R, "by mta.provider.example id (x) 4AbC1", False),
+    ("A-R with nested comments", AR, "(a (b \\) c) d) auth.provider.example; none", True),
+    ("A-R with a quoted authserv-id", AR, '"auth.provider.example"; dkim=pass', True),
+    ("A-R folded", AR, "\r\n\t(x)\r\n\tauth.provider.example;\r\n\tspf=pass", True),
+    ("A-R whose comment names the id", AR, "(auth.provider.example) other.example; none", False),
+    ("sendwarden's own, space before the colon", "X-Sendwarden-Verdict ", "accept", True),
 ]  # fmt: skip
 
 

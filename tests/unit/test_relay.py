@@ -32,6 +32,16 @@ def txn(*, trusted: bool = False, login: str | None = None, source: str = "") ->
         (txn(login="unmapped"), "bob@remote.example", False),  # authenticated, unknown account
         (txn(source="network"), "bob@remote.example", False),  # the account's own server
         (txn(source="sender-domain"), "bob@remote.example", True),  # a claim proves nothing
+        # Sender-specified routing through a local domain is relaying too.
+        (txn(), "bob%remote.example@hosting.example", True),
+        (txn(), "remote.example!bob@hosting.example", True),
+        (txn(), '"bob@remote.example"@hosting.example', True),
+        (txn(), '"bob\\@remote.example"@hosting.example', True),
+        (txn(), "<@hosting.example:bob@remote.example>", True),  # source route
+        (txn(), "<@hosting.example,@mx.hosting.example:bob@hosting.example>", True),
+        (txn(trusted=True), "bob%remote.example@hosting.example", False),
+        (txn(login="alice@acme.example", source="login"), "a!b@hosting.example", False),
+        (txn(), "bob.smith+tag@hosting.example", False),
     ],
 )
 def test_relay(facts: Transaction, recipient: str, refused: bool) -> None:
@@ -40,3 +50,8 @@ def test_relay(facts: Transaction, recipient: str, refused: bool) -> None:
     if verdict is not None:
         assert verdict.reply().startswith("554 5.7.1 Relaying denied")
         assert "198.51.100.7" in verdict.text
+
+
+def test_routed_reply_says_why() -> None:
+    verdict = relay_verdict(txn(), "bob%remote.example@hosting.example", LOCAL)
+    assert verdict is not None and "routes mail onward through this server" in verdict.text

@@ -1,0 +1,92 @@
+"""What a mail client shows as the sender: the text the identity rules judge.
+
+A reader sees header text decoded (RFC 2047 encoded words, with RFC 2231
+language tags), comments and quoted strings unquoted, invisible characters gone,
+compatibility forms folded (NFKC: the full-width at sign U+FF20), and characters that are
+drawn alike taken as one another. So the rules judge that: :func:`rendered` is
+the text as shown, :func:`skeleton` its UTS #39 confusable skeleton from ICU's
+spoof checker (PyICU), kept up to date with Unicode by ICU itself rather than by
+a table of our own. Bidirectional controls (U+202E and friends) reorder what is
+shown; a sender header carrying one is refused (:class:`BidiControl`), since no
+one reading can be sure what it says.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+
+import icu
+import idna
+
+from sendwarden.policy.rfc5322 import decode_encoded_words
+
+_SPOOF = icu.SpoofChecker()
+_QUOTED_PAIR = re.compile(r"\\(.)")
+_ASCII_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# text@domain.tld as a reader takes it: spaces around the "@" do not hide it.
+_ADDRESS_LIKE = re.compile(r"([^\s<>()\[\]{},;:\"'@\\]+)\s*@\s*([^\s<>()\[\]{},;:\"'@\\]+)")
+
+
+class BidiControl(ValueError):
+    """Header text with a bidirectional control character: shown in another order
+    than written. The message names the character."""
+
+
+def _has(char: str, prop: int) -> bool:
+    return bool(icu.Char.hasBinaryProperty(char, prop))
+
+
+@functools.lru_cache(maxsize=4096)
+def rendered(value: str) -> str:
+    """A header value as a mail client shows it: encoded words decoded, quoted
+    pairs resolved, quote marks dropped, default-ignorable (invisible) characters
+    removed, NFKC-folded. BidiControl when a bidi control would reorder it."""
+    text = _QUOTED_PAIR.sub(r"\1", decode_encoded_words(value)).replace('"', "")
+    if text.isascii():  # no bidi control, nothing invisible but control characters
+        return _ASCII_CONTROLS.sub("", text)
+    for char in text:
+        if _has(char, icu.UProperty.BIDI_CONTROL):
+            raise BidiControl(
+                f"U+{ord(char):04X} ({unicodedata.name(char, 'bidi control')}) reorders "
+                "what a reader sees"
+            )
+    text = "".join(
+        char
+        for char in text
+        if not _has(char, icu.UProperty.DEFAULT_IGNORABLE_CODE_POINT)
+        and (char == "\t" or unicodedata.category(char) != "Cc")
+    )
+    return unicodedata.normalize("NFKC", text)
+
+
+@functools.lru_cache(maxsize=8192)
+def skeleton(text: str) -> str:
+    """The UTS #39 confusable skeleton (NFC, case-folded): two strings a reader
+    cannot tell apart have the same one (paypal with a Cyrillic a U+0430, and paypal)."""
+    return unicodedata.normalize("NFC", str(_SPOOF.getSkeleton(0, text))).casefold()
+
+
+@functools.lru_cache(maxsize=8192)
+def domain_skeleton(domain: str) -> str:
+    """The skeleton of a domain as a reader sees it (its Unicode form, not ``xn--``)."""
+    try:
+        shown = idna.decode(domain)
+    except (idna.IDNAError, UnicodeError, ValueError):
+        shown = domain
+    return skeleton(shown.rstrip("."))
+
+
+def address_like(text: str) -> list[tuple[str, str]]:
+    """``(address, domain text)`` for everything in rendered text that a reader takes
+    for an address, read as written and read through its skeleton (where a look-alike
+    "@" or "." becomes the real one). Only dotted domains count: "Team @ Acme" is
+    a name."""
+    found: list[tuple[str, str]] = []
+    for candidate in dict.fromkeys((text, skeleton(text))):
+        for match in _ADDRESS_LIKE.finditer(candidate):
+            domain = match.group(2).rstrip(".")
+            if "." in domain:
+                found.append((f"{match.group(1)}@{domain}", domain))
+    return found
