@@ -13,6 +13,7 @@ from sendwarden.policy.facts import Transaction
 from sendwarden.policy.verdict import Verdict
 
 DECISIONS = logging.getLogger("sendwarden.decisions")
+TRACE = "_trace"  # txn.scratch key of the transaction's RuleTrace
 
 
 @dataclass(slots=True)
@@ -28,6 +29,14 @@ class RuleTrace:
             self.hits.append(check)
         elif check not in self.passed:
             self.passed.append(check)
+
+
+def note(txn: Transaction, text: str) -> None:
+    """Add a line to the decision record of this transaction: what staff should know
+    and the customer's reply does not say (internals, a staff reason)."""
+    trace = txn.scratch.get(TRACE)
+    if isinstance(trace, RuleTrace):
+        trace.notes.append(text)
 
 
 def decision_record(

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from sendwarden.checks.base import Check
 from sendwarden.config import Settings
-from sendwarden.decisionlog import RuleTrace
-from sendwarden.pipeline import TRACE
+from sendwarden.decisionlog import note
 from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.forged_headers import (
@@ -47,7 +46,7 @@ class IdentityCheck(Check):
         if verdict is not None:
             return verdict
         if txn.account is None and (txn.identified or txn.trusted):
-            _note(txn, f"identity: no known account; From {_from_text(txn)} accepted")
+            note(txn, f"identity: no known account; From {_from_text(txn)} accepted")
         return self._forged_headers(txn)
 
     def _forged_headers(self, txn: Transaction) -> Verdict | None:
@@ -73,7 +72,7 @@ def _strip(txn: Transaction, forged: list[ForgedHeader]) -> None:
     whether or not the MTA renumbers after a removal."""
     for header in sorted(forged, key=lambda header: header.index, reverse=True):
         txn.changes.remove_headers.append((header.name, header.index))
-        _note(txn, f"identity: stripped forged {header.name} #{header.index} ({header.claim})")
+        note(txn, f"identity: stripped forged {header.name} #{header.index} ({header.claim})")
 
 
 def _from_text(txn: Transaction) -> str:
@@ -81,10 +80,3 @@ def _from_text(txn: Transaction) -> str:
         return ", ".join(mailbox.address for mailbox in read_identity(txn.headers).from_mailboxes)
     except MalformedHeader:
         return "(unreadable)"
-
-
-def _note(txn: Transaction, note: str) -> None:
-    """Add a line to the decision record of this transaction."""
-    trace = txn.scratch.get(TRACE)
-    if isinstance(trace, RuleTrace):
-        trace.notes.append(note)

@@ -25,7 +25,7 @@ from sendwarden.policy.ratelimit import (
     suspension_reason,
     too_many_recipients_verdict,
 )
-from sendwarden.policy.suspension import Suspension, suspension_verdict
+from sendwarden.policy.suspension import RATE_LIMIT_SUSPENDER, Suspension, suspension_verdict
 from sendwarden.policy.verdict import Action, Verdict
 from sendwarden.ratelimit.counter import Decision
 from sendwarden.ratelimit.owed import OwedRefunds
@@ -94,6 +94,7 @@ class RecipientRateCheck(Check):
             reservations.suspension = Suspension(
                 reason=self._reason(limit),
                 since=datetime.fromtimestamp(decision.now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                by=RATE_LIMIT_SUSPENDER,
             )
         return over_limit_verdict(
             account.id, limit, decision.frees_at, decision.now, suspended_after=suspended_after

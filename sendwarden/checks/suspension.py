@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sendwarden.checks.base import Check
+from sendwarden.decisionlog import note
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.suspension import RULE, suspension_verdict
 from sendwarden.policy.verdict import Verdict
@@ -18,4 +19,11 @@ class SuspensionCheck(Check):
     def at_mail(self, txn: Transaction) -> Verdict | None:
         if txn.account is None:
             return None
-        return suspension_verdict(txn.account.id, self._store.get(txn.account.id))
+        suspension = self._store.get(txn.account.id)
+        if suspension is not None:  # the whole record for staff; the reply shows less
+            note(
+                txn,
+                f"suspended since {suspension.since} by {suspension.by or 'unknown'}: "
+                f"{suspension.reason}",
+            )
+        return suspension_verdict(txn.account.id, suspension)

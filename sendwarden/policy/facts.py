@@ -21,9 +21,19 @@ class Client:
     local_submission: bool = False  # sendmail(1)/pickup via non_smtpd_milters
 
     def __str__(self) -> str:
+        """``host.example[192.0.2.1]``, or ``[192.0.2.1]`` alone when the MTA found no
+        name (Postfix then passes the bracketed address as the host name)."""
         if self.local_submission:
             return "local submission (sendmail)"
-        return f"{self.hostname or 'unknown'}[{self.address or 'unknown'}]"
+        address = f"[{self.address or 'unknown'}]"
+        hostname = self.hostname.strip()
+        if (
+            not hostname
+            or hostname.lower() == "unknown"
+            or hostname.strip("[]") == str(self.address)
+        ):
+            return address
+        return f"{hostname}{address}"
 
 
 @dataclass(slots=True)

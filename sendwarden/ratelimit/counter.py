@@ -21,6 +21,7 @@ from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
 from sendwarden.config import Settings
+from sendwarden.policy.suspension import RATE_LIMIT_SUSPENDER
 from sendwarden.ratelimit.window import (
     BUCKET_SECONDS,
     MICROSECONDS,
@@ -110,7 +111,7 @@ class SuspensionPolicy:
 
     after: int = 0
     period: int = 86400
-    by: str = "sendwarden rate limit"
+    by: str = RATE_LIMIT_SUSPENDER
 
 
 class RecipientCounter:

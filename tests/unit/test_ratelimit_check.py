@@ -269,7 +269,10 @@ def test_the_refusal_that_suspends_also_refuses_the_message() -> None:
     replies = smtp_send(pipeline, "alice@acme.example", ["a@x.net", "b@x.net"])
     assert replies[0] == ""
     assert replies[1].startswith("451 4.7.1") and "now suspended" in replies[1]
-    assert replies[2].startswith("550 5.7.1 Account acme is suspended since 2023-11-14T22:13:20Z")
+    assert replies[2].startswith(
+        "550 5.7.1 Account acme is suspended because its limit of 1 recipients per hour"
+    )
+    assert "(since 2023-11-14T22:13:20Z)" in replies[2]
 
 
 def test_store_down_tempfails_or_accepts_as_configured() -> None:
