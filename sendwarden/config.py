@@ -8,6 +8,7 @@ one line, which is what ``sendwarden check-config`` prints.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import ipaddress
 import tomllib
@@ -119,9 +120,28 @@ class MilterSettings:
     postfix_queue_directory: str = "/var/spool/postfix"
 
 
+def _redis_url(value: Any, key: str) -> str:
+    """A URL redis-py can connect with: a bare ``HOST:PORT`` would pass as text and
+    fail only at start, with a traceback."""
+    from redis.connection import parse_url  # local: keeps config import-light
+
+    url = typing.cast(str, _convert(str, value, key))
+    if "://" not in url:
+        raise ConfigError(
+            key,
+            f"{url!r} is not a Redis URL: write redis://HOST:PORT/DB (rediss:// for TLS, "
+            "unix:///path/to/redis.sock for a socket), e.g. redis://127.0.0.1:6379/0",
+        )
+    try:
+        parse_url(url)
+    except ValueError as error:
+        raise ConfigError(key, f"{url!r}: {error}") from None
+    return url
+
+
 @dataclass(frozen=True)
 class RedisSettings:
-    url: str = "redis://127.0.0.1:6379/0"
+    url: str = parsed(_redis_url, default="redis://127.0.0.1:6379/0")
     timeout_ms: int = parsed(_positive, default=250)
     key_prefix: str = "sw"
 
@@ -284,10 +304,18 @@ class PrivateKeyFile:
     pem: bytes = field(repr=False)
 
 
+#: Whether loading a config reads the DKIM key files: the milter (which signs) and
+#: check-config do; commands that never sign do not, so staff and the alert service run
+#: them without access to the private keys.
+_READ_KEYS: contextvars.ContextVar[bool] = contextvars.ContextVar("read_keys", default=True)
+
+
 def _dkim_key_file(value: Any, key: str) -> PrivateKeyFile:
     from sendwarden.dkim.keys import KeyFileError, read_private_key  # local: keeps config light
 
     path = typing.cast(str, _convert(str, value, key))
+    if not _READ_KEYS.get():
+        return PrivateKeyFile(path, b"")
     try:
         return PrivateKeyFile(path, read_private_key(path))
     except KeyFileError as error:
@@ -560,6 +588,40 @@ def _check_unique(accounts: list[Account]) -> None:
                 )
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    """``127.0.0.1:8025`` -> ("127.0.0.1", 8025); ``[::1]:8025`` -> ("::1", 8025)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """Settings that run but are very likely a mistake, each naming its key; printed by
+    ``check-config`` and logged when a service starts."""
+    warnings = []
+    for index, network in enumerate(settings.policy.trusted_networks):
+        if network.prefixlen == 0:
+            warnings.append(
+                f"policy.trusted_networks[{index}]: {network} trusts every address on the "
+                "internet: anyone may send to any domain without logging in (an open relay); "
+                "list only your own networks"
+            )
+    host, _ = split_listen(settings.api.listen)
+    if not is_loopback(host):
+        warnings.append(
+            f"api.listen: {settings.api.listen} is reachable from other hosts, and "
+            "`sendwarden api` speaks plain HTTP (bearer tokens in clear text): listen on "
+            "127.0.0.1 and put a TLS-terminating proxy in front of it"
+        )
+    return warnings
+
+
 def _check_token_accounts(tokens: tuple[ApiToken, ...], accounts: tuple[Account, ...]) -> None:
     """An account token must name a configured account, or it could write records for nobody."""
     known = {account.id for account in accounts}
@@ -579,8 +641,17 @@ def settings_from_mapping(document: Mapping[str, Any]) -> Settings:
     return dataclasses.replace(settings, accounts=accounts)
 
 
-def load_settings(path: str | Path) -> Settings:
-    """Read and validate a TOML config file."""
+def load_settings(path: str | Path, *, read_keys: bool = True) -> Settings:
+    """Read and validate a TOML config file. ``read_keys=False``: the DKIM key files
+    are named but not read (their ``pem`` is empty), for commands that never sign."""
+    token = _READ_KEYS.set(read_keys)
+    try:
+        return _load_settings(path)
+    finally:
+        _READ_KEYS.reset(token)
+
+
+def _load_settings(path: str | Path) -> Settings:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:

@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = load_settings(args.config, read_keys=False)
     account = settings.account(args.account)  # an unknown id is a clear error
     store = RedisSuspensionStore(connect(settings.redis), settings.redis.key_prefix)
     if args.action == "suspend":

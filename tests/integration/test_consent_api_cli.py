@@ -15,8 +15,7 @@ import httpx
 import pytest
 
 from sendwarden.cli import main
-from sendwarden.commands.api import is_loopback, split_listen
-from sendwarden.config import settings_from_mapping
+from sendwarden.config import is_loopback, settings_from_mapping, split_listen
 from tests.support.ports import free_port, wait_for_tcp
 from tests.support.sendwarden_config import build_config, dumps_toml
 
