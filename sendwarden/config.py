@@ -133,7 +133,7 @@ def _redis_url(value: Any, key: str) -> str:
             "unix:///path/to/redis.sock for a socket), e.g. redis://127.0.0.1:6379/0",
         )
     try:
-        parse_url(url)
+        parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as error:
         raise ConfigError(key, f"{url!r}: {error}") from None
     return url
