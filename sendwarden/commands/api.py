@@ -28,7 +28,8 @@ def register(subparsers: Any) -> None:
         run,
         config=True,
         help="serve the consent HTTP API (or: api token create)",
-        description="Serve the consent HTTP API in the foreground; SIGTERM stops it.",
+        description="Serve the consent HTTP API in the foreground; SIGHUP reloads the "
+        "tokens, SIGTERM stops it.",
     )
     token.register_under(add_actions(parser, required=False))
 
@@ -40,7 +41,7 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn  # imported here: the other commands need no web server
 
-    from sendwarden.consent.api import create_app
+    from sendwarden.consent.api import create_app, reload_tokens
     from sendwarden.consent.store import open_from_settings
 
     settings = load_settings(args.config, read_keys=False)
@@ -59,6 +60,22 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         app = create_app(settings.api.tokens, store)
+
+        def reload(signum: int, frame: FrameType | None) -> None:
+            """SIGHUP: new tokens from the config file; a bad file keeps the old ones.
+            (Other settings, such as api.listen and consent.database, need a restart.)"""
+            try:
+                fresh = load_settings(args.config, read_keys=False)
+            except ConfigError as error:
+                log.error("reload refused, keeping the running tokens: %s", error)
+                return
+            if not fresh.api.tokens:
+                log.error("reload refused, keeping the running tokens: api.tokens is empty")
+                return
+            reload_tokens(app, fresh.api.tokens)
+            log.info("tokens reloaded from %s (%d tokens)", args.config, len(fresh.api.tokens))
+
+        signal.signal(signal.SIGHUP, reload)
         uvicorn.run(
             app,
             host=host,
