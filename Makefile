@@ -5,10 +5,16 @@ PY := $(VENV)/bin/python
 RUN_DIR ?= .run
 RUN_CONFIG ?= deploy/sendwarden.dev.toml
 REDIS_PORT ?= 6379
+# make install (production: runtime dependencies only; see scripts/install.sh)
+PREFIX ?= /opt/sendwarden
+SYSCONFDIR ?= /etc/sendwarden
+UNITDIR ?= /etc/systemd/system
+PYTHON3 ?= /usr/bin/python3
+SERVICE_GROUP ?= sendwarden
 MILTER_PORT ?= 8891
 RUN_DIR_ABS = $(abspath $(RUN_DIR))
 
-.PHONY: run run-config stop test lint bench system-deps venv clean
+.PHONY: run run-config stop test install wheel lint bench system-deps venv clean
 
 system-deps:
 	./scripts/install-system-deps.sh
@@ -47,10 +53,21 @@ run-config:
 stop:
 	@if [ -f $(RUN_DIR)/redis.pid ]; then redis-cli -p $(REDIS_PORT) shutdown nosave || true; fi
 
-test: venv
+test: venv wheel
 	$(VENV)/bin/ruff check sendwarden tests loadtest
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -ra
+
+# The wheel `make install` installs, built in CI so packaging breaks loudly (dist/).
+wheel: venv
+	rm -rf dist
+	$(PY) -m pip wheel -q --no-deps -w dist .
+
+# Production install into $(PREFIX) (a virtualenv with the runtime dependencies only),
+# the config skeleton in $(SYSCONFDIR), systemd units in $(UNITDIR). Idempotent.
+install:
+	PREFIX=$(PREFIX) SYSCONFDIR=$(SYSCONFDIR) UNITDIR=$(UNITDIR) PYTHON3=$(PYTHON3) \
+		SERVICE_GROUP=$(SERVICE_GROUP) ./scripts/install.sh
 
 lint: venv
 	$(VENV)/bin/ruff check sendwarden tests loadtest

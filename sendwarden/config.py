@@ -402,6 +402,13 @@ def _webhook_url(value: Any, key: str) -> str:
     return text
 
 
+def _absolute_path(value: Any, key: str) -> str:
+    text = typing.cast(str, _convert(str, value, key))
+    if text and not text.startswith("/"):
+        raise ConfigError(key, f"{text!r}: write an absolute path (the services start in /)")
+    return text
+
+
 @dataclass(frozen=True)
 class AlertSettings:
     """``sendwarden alerts``: DNSBL listings of the provider's addresses and accounts
@@ -423,6 +430,11 @@ class AlertSettings:
     mail_to: tuple[str, ...] = ()  # the abuse desk's addresses
     mail_from: str = "sendwarden@localhost"
     smtp_server: str = parsed(_listen, default="127.0.0.1:25")  # where alert mail is sent
+    # SASL login of the alert service at smtp_server, and the file holding its password.
+    # The milter knows this login (same config) and lets mail authenticated with it carry
+    # sendwarden's own X-Sendwarden-Alert header, which it refuses from anyone else.
+    smtp_login: str = ""
+    smtp_password_file: str = parsed(_absolute_path, default="")
     webhook_url: str = parsed(_webhook_url, default="")  # POSTed one JSON object per alert
 
 
@@ -612,6 +624,12 @@ def config_warnings(settings: Settings) -> list[str]:
                 "internet: anyone may send to any domain without logging in (an open relay); "
                 "list only your own networks"
             )
+    if settings.alerts.mail_to and not settings.alerts.smtp_login:
+        warnings.append(
+            "alerts.smtp_login: alert mail is submitted without logging in, so it passes "
+            "the milter only as mail from a trusted network; give the alert service a SASL "
+            "login (alerts.smtp_login, alerts.smtp_password_file)"
+        )
     host, _ = split_listen(settings.api.listen)
     if not is_loopback(host):
         warnings.append(
@@ -632,12 +650,29 @@ def _check_token_accounts(tokens: tuple[ApiToken, ...], accounts: tuple[Account,
             )
 
 
+def _check_alert_login(alerts: AlertSettings, accounts: tuple[Account, ...]) -> None:
+    """The alert service's login proves sendwarden's own mail: no customer may hold it,
+    and it is useless without its password."""
+    if bool(alerts.smtp_login) != bool(alerts.smtp_password_file):
+        missing = "smtp_password_file" if alerts.smtp_login else "smtp_login"
+        raise ConfigError(f"alerts.{missing}", "smtp_login and smtp_password_file go together")
+    login = alerts.smtp_login.casefold()
+    for account in accounts:
+        if login and any(own.casefold() == login for own in account.logins):
+            raise ConfigError(
+                f"accounts[{account.id}].logins",
+                f"{alerts.smtp_login} is alerts.smtp_login, sendwarden's own login: "
+                "give the alert service a login of its own",
+            )
+
+
 def settings_from_mapping(document: Mapping[str, Any]) -> Settings:
     """Validate a parsed TOML document (also used by tests that build configs in code)."""
     document = dict(document)
     accounts = _build_accounts(document.pop("accounts", []))
     settings = typing.cast(Settings, _build(Settings, document, ""))
     _check_token_accounts(settings.api.tokens, accounts)
+    _check_alert_login(settings.alerts, accounts)
     return dataclasses.replace(settings, accounts=accounts)
 
 

@@ -87,6 +87,9 @@ def _check_service_files(settings: Settings) -> None:
     dialect, target = parse_database_url(settings.consent.database)
     if dialect == "sqlite" and target != ":memory:":
         _writable("consent.database", Path(target))
+    password_file = settings.alerts.smtp_password_file
+    if password_file and not os.access(password_file, os.R_OK):
+        raise ConfigError("alerts.smtp_password_file", f"this user cannot read {password_file}")
     scheme, _, rest = settings.milter.socket.partition(":")
     if scheme in ("unix", "local"):
         _writable("milter.socket", Path(rest), socket=True)

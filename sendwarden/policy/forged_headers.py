@@ -22,6 +22,8 @@ from sendwarden.policy.verdict import Verdict, account_label, reject
 
 RULE = "forged-header"
 OWN_HEADER_PREFIX = "x-sendwarden"
+#: What sendwarden's own alert mail carries; accepted only with the alert service's login.
+ALERT_HEADER = "X-Sendwarden-Alert"
 
 # Host names a Received line claims: "from HOST", "by HOST", and "(HOST [address])".
 _RECEIVED_HOSTS = re.compile(r"\b(?:from|by)\s+([^\s;()\[\]]+)|\(([^\s;()\[\]]+)\s*\[", re.I)
