@@ -31,12 +31,11 @@ class RuleTrace:
             self.passed.append(check)
 
 
-def note(txn: Transaction, text: str) -> None:
-    """Add a line to the decision record of this transaction: what staff should know
-    and the customer's reply does not say (internals, a staff reason)."""
+def add_note(txn: Transaction, note: str) -> None:
+    """Add a line to the decision record of this transaction (when it has one)."""
     trace = txn.scratch.get(TRACE)
     if isinstance(trace, RuleTrace):
-        trace.notes.append(text)
+        trace.notes.append(note)
 
 
 def decision_record(

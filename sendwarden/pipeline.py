@@ -10,7 +10,8 @@ from typing import Protocol
 
 from sendwarden.checks.base import Check
 from sendwarden.config import Settings
-from sendwarden.decisionlog import TRACE, RuleTrace, decision_record, log_decision
+from sendwarden.decisionlog import TRACE as TRACE  # re-exported: checks import it from here
+from sendwarden.decisionlog import RuleTrace, decision_record, log_decision
 from sendwarden.policy.accounts import AccountDirectory, is_trusted
 from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.verdict import CONTINUE, Action, Verdict, account_label, tempfail

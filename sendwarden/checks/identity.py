@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from sendwarden.checks.base import Check
 from sendwarden.config import Settings
-from sendwarden.decisionlog import note
+from sendwarden.decisionlog import add_note
 from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.forged_headers import (
@@ -49,7 +49,7 @@ class IdentityCheck(Check):
         if verdict is not None:
             return verdict
         if txn.account is None and (txn.identified or txn.trusted):
-            note(txn, f"identity: no known account; From {_from_text(txn)} accepted")
+            add_note(txn, f"identity: no known account; From {_from_text(txn)} accepted")
         return self._forged_headers(txn)
 
     def _forged_headers(self, txn: Transaction) -> Verdict | None:
@@ -77,7 +77,7 @@ def _strip(txn: Transaction, forged: list[ForgedHeader]) -> None:
     whether or not the MTA renumbers after a removal."""
     for header in sorted(forged, key=lambda header: header.index, reverse=True):
         txn.changes.remove_headers.append((header.name, header.index))
-        note(txn, f"identity: stripped forged {header.name} #{header.index} ({header.claim})")
+        add_note(txn, f"identity: stripped forged {header.name} #{header.index} ({header.claim})")
 
 
 def _from_text(txn: Transaction) -> str:

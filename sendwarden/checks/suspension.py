@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sendwarden.checks.base import Check
-from sendwarden.decisionlog import note
+from sendwarden.decisionlog import add_note
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.suspension import RULE, suspension_verdict
 from sendwarden.policy.verdict import Verdict
@@ -21,7 +21,7 @@ class SuspensionCheck(Check):
             return None
         suspension = self._store.get(txn.account.id)
         if suspension is not None:  # the whole record for staff; the reply shows less
-            note(
+            add_note(
                 txn,
                 f"suspended since {suspension.since} by {suspension.by or 'unknown'}: "
                 f"{suspension.reason}",
