@@ -15,7 +15,14 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from sendwarden.consent.ledger import canonical_time
-from sendwarden.consent.sqlbase import BACKEND, COLUMNS, SELECT_EVENTS, Clock, SqlConsentStore
+from sendwarden.consent.sqlbase import (
+    BACKEND,
+    COLUMNS,
+    SELECT_EVENTS,
+    Clock,
+    SqlConsentStore,
+    migrations,
+)
 from sendwarden.store import StoreError
 
 #: pg_advisory_xact_lock key serialising schema migrations across hosts ("swcm").
@@ -87,7 +94,21 @@ class PostgresConsentStore(SqlConsentStore[psycopg.Connection[Any]]):
         return conn
 
     def migrate(self) -> int:
-        """Bring the schema up to date; hosts starting together wait for each other."""
+        """Bring the schema up to date; hosts starting together wait for each other.
+        A schema already up to date is only read, so roles without the right to create
+        tables (the services', staff's: docs/operations.md) open the ledger too."""
+        latest = migrations(self.dialect)[-1].version
+        with (
+            self._errors(f"reading the schema version of {self.where}"),
+            self._pool.connection() as conn,
+        ):
+            exists = conn.execute("SELECT to_regclass('consent_schema') IS NOT NULL").fetchone()
+            if exists and exists[0]:
+                row = conn.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM consent_schema"
+                ).fetchone()
+                if row and int(row[0]) == latest:
+                    return latest
         with (
             self._errors(f"migrating {self.where}"),
             self._pool.connection() as conn,
