@@ -36,7 +36,10 @@ if [ ! -x "$PREFIX/venv/bin/python" ]; then
 fi
 WHEELS=$(mktemp -d)
 trap 'rm -rf "$WHEELS"' EXIT
-"$PREFIX/venv/bin/pip" wheel -q --no-deps -w "$WHEELS" .
+# The build tools live in the virtualenv (fetched once): no throw-away build
+# environment to download on every run.
+"$PREFIX/venv/bin/pip" install -q "setuptools>=68" wheel
+"$PREFIX/venv/bin/pip" wheel -q --no-build-isolation --no-deps -w "$WHEELS" .
 WHEEL=$(ls "$WHEELS"/sendwarden-*.whl)
 "$PREFIX/venv/bin/pip" install -q "$WHEEL"
 # Same version number, newer code: replace the package itself (dependencies stay).

@@ -33,6 +33,7 @@ class MilterServer:
         self.config_path = Path(config_path)
         self.generations: Generations[Runtime] = Generations(build_runtime(settings))
         self._stopping = threading.Event()
+        self._stop_requested = False  # SIGTERM/SIGINT arrived
         set_pipeline_source(self.generations.lease)
 
     @property
@@ -89,7 +90,10 @@ class MilterServer:
             try:
                 libmilter.main()
             except BaseException as error:  # reported by the main thread
-                failure.append(error)
+                # A stop signalled before libmilter's main loop began makes it refuse to
+                # run ("cannot run main"): that is a clean stop, not a failure.
+                if not self._stop_requested:
+                    failure.append(error)
             finally:
                 self._stopping.set()
 
@@ -114,6 +118,7 @@ class MilterServer:
         log.info(
             "signal %s: stopping (connections in flight finish first)", signal.Signals(signum).name
         )
+        self._stop_requested = True
         libmilter.stop()
         _wake_listener(self.runtime.settings.milter.socket)
         self._stopping.set()
