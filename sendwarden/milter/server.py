@@ -21,7 +21,7 @@ import Milter
 import milter as libmilter
 
 from sendwarden.config import ConfigError, Settings, load_settings
-from sendwarden.milter.adapter import milter_class, set_pipeline_source
+from sendwarden.milter.adapter import SendwardenMilter, set_pipeline_source
 from sendwarden.milter.generations import Generations
 from sendwarden.runtime import Runtime, build_runtime
 
@@ -53,7 +53,6 @@ class MilterServer:
         if settings.milter.socket != self.runtime.settings.milter.socket:
             log.warning("milter.socket changed; the new socket takes effect only after a restart")
         runtime = build_runtime(settings)
-        Milter.factory = milter_class(runtime.pipeline)
         self.generations.replace(runtime)
         log.info(
             "configuration reloaded from %s (%d earlier ones still finish connections)",
@@ -68,7 +67,7 @@ class MilterServer:
         settings = self.runtime.settings
         spec = settings.milter.socket
         _prepare_socket_path(spec)
-        Milter.factory = milter_class(self.runtime.pipeline)
+        Milter.factory = SendwardenMilter  # steps negotiated per connection
         _register(settings.milter.name)
         libmilter.setconn(spec)
         libmilter.settimeout(settings.milter.timeout)
