@@ -56,7 +56,7 @@ cp deploy/postfix-main.cf deploy/sendmail.mc deploy/sendwarden.example.toml "$DO
 mkdir -p "$SYSCONFDIR"
 if [ ! -e "$SYSCONFDIR/sendwarden.toml" ]; then
     cp deploy/sendwarden.example.toml "$SYSCONFDIR/sendwarden.toml"
-    say "wrote $SYSCONFDIR/sendwarden.toml: edit it, then: sendwarden check-config --as-user postfix"
+    say "wrote $SYSCONFDIR/sendwarden.toml: edit it, then: sendwarden check-config --as-user postfix:sendwarden"
 else
     say "kept $SYSCONFDIR/sendwarden.toml"
 fi

@@ -10,6 +10,7 @@ passes files the service user cannot open.
 from __future__ import annotations
 
 import argparse
+import grp
 import os
 import pwd
 import subprocess
@@ -34,9 +35,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--as-user",
-        metavar="USER",
-        help="check as the service user (e.g. postfix): files it cannot read or write are "
-        "errors (needs root, or to be that user)",
+        metavar="USER[:GROUP]",
+        help="check as the service user (e.g. postfix:sendwarden, the units' User= and "
+        "Group=): files it cannot read or write are errors (needs root, or to be that user)",
     )
     parser.add_argument(SERVICE_CHECKS, action="store_true", help=argparse.SUPPRESS)
 
@@ -54,29 +55,37 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_as(user: str, config: str) -> int:
-    """The same check in a child process running as ``user`` (with its groups)."""
+def _run_as(spec: str, config: str) -> int:
+    """The same check in a child process running as ``USER[:GROUP]`` (the user's groups,
+    and GROUP as the primary group, as the systemd units' User= and Group= give it)."""
+    user, _, group = spec.partition(":")
     try:
         account = pwd.getpwnam(user)
     except KeyError:
         raise ConfigError("", f"--as-user: no user {user!r} on this host") from None
+    gid = account.pw_gid
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError("", f"--as-user: no group {group!r} on this host") from None
     if os.geteuid() not in (0, account.pw_uid):
-        raise ConfigError("", f"--as-user {user}: needs root (or run it as {user})")
+        raise ConfigError("", f"--as-user {spec}: needs root (or run it as {user})")
     argv = [sys.executable, "-m", "sendwarden", "check-config", "-c"]
     argv += [os.path.abspath(config), SERVICE_CHECKS]
     result = subprocess.run(
         argv,
         user=account.pw_uid,
-        group=account.pw_gid,
-        extra_groups=os.getgrouplist(user, account.pw_gid),
+        group=gid,
+        extra_groups=os.getgrouplist(user, gid),
         cwd="/",
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
         capture_output=True,
         text=True,
         check=False,
     )
-    sys.stdout.write(result.stdout.replace(": OK (", f": OK as user {user} (", 1))
-    sys.stderr.write(result.stderr.replace("config error: ", f"config error (as {user}): ", 1))
+    sys.stdout.write(result.stdout.replace(": OK (", f": OK as user {spec} (", 1))
+    sys.stderr.write(result.stderr.replace("config error: ", f"config error (as {spec}): ", 1))
     return result.returncode
 
 

@@ -4,6 +4,7 @@ unprivileged user in front of a real Postfix."""
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import re
@@ -172,6 +173,17 @@ def test_the_installed_milter_runs_as_an_unprivileged_user(
     accepted = check_as_user()
     assert accepted.returncode == 0, accepted.stderr
     assert f"OK as user {USER}" in accepted.stdout
+    # The units run as User=postfix, Group=sendwarden: USER:GROUP checks with that group.
+    config.chmod(0o640)
+    os.chown(config, 0, grp.getgrnam("mail").gr_gid)
+    no_group = check_as_user()
+    assert no_group.returncode == 2 and "cannot read" in no_group.stderr, no_group.stderr
+    with_group = subprocess.run(
+        [installed.sendwarden, "check-config", "-c", str(config), "--as-user", f"{USER}:mail"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert with_group.returncode == 0, with_group.stderr
+    config.chmod(0o644)
 
     log_path = work / "milter.log"
     with log_path.open("wb") as log:
