@@ -140,7 +140,7 @@ def test_the_installed_milter_runs_as_an_unprivileged_user(
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert keygen.returncode == 0, keygen.stderr
-    config = installed.sysconfdir / "unprivileged.toml"
+    config = work / "unprivileged.toml"
     socket_path = work / "milter.sock"
     config.write_text(
         dumps_toml(
