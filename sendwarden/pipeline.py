@@ -11,7 +11,7 @@ from typing import Protocol
 from sendwarden.checks.base import Check
 from sendwarden.config import Settings
 from sendwarden.decisionlog import TRACE as TRACE  # re-exported: checks import it from here
-from sendwarden.decisionlog import RuleTrace, decision_record, log_decision
+from sendwarden.decisionlog import RuleTrace, decision_record, decisions_logged, log_decision
 from sendwarden.policy.accounts import AccountDirectory, is_trusted
 from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.verdict import CONTINUE, Action, Verdict, account_label, tempfail
@@ -185,7 +185,8 @@ class Pipeline:
     def _decided(
         self, txn: Transaction, stage: str, verdict: Verdict, recipient: str | None = None
     ) -> None:
-        log_decision(decision_record(txn, stage, verdict, self._trace(txn), recipient))
+        if decisions_logged():
+            log_decision(decision_record(txn, stage, verdict, self._trace(txn), recipient))
         for observer in self.observers:
             try:
                 observer.observe(txn, stage, verdict)

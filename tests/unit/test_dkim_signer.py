@@ -11,7 +11,6 @@ import pytest
 
 from sendwarden.checks.base import Check
 from sendwarden.config import Settings, settings_from_mapping
-from sendwarden.dkim.keys import parse_private_key
 from sendwarden.dkim.signer import (
     DkimSigner,
     SigningKey,
@@ -46,9 +45,8 @@ TEST_PUBLIC = (
     "seCjXpqDTw4MDfA2V8bmZybcEdHXh4COOTwM0ce5i3VQm+llURRlGemyXgJ9USJdpfyPBFqHKdUVKNas8uT"
     "XZuXNZ5v0uQhUqH5IoGrpZH0OHLMcCQs/aNRTyvEHfQIDAQAB"
 )
-PRIVATE = parse_private_key(TEST_KEY)
 KEYS = {
-    domain: SigningKey(domain, "unit", PRIVATE)
+    domain: SigningKey.from_pem(domain, "unit", TEST_KEY, "the test key")
     for domain in ("acme.example", "initech.example", "xn--bcher-kva.example")
 }
 PUBLISHED = {

@@ -13,9 +13,9 @@ from sendwarden.checks.relay import RelayCheck
 from sendwarden.checks.suspension import SuspensionCheck
 from sendwarden.config import Settings, settings_from_mapping
 from sendwarden.pipeline import Pipeline
-from sendwarden.policy.facts import Client
+from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.suspension import Suspension
-from sendwarden.policy.verdict import Action
+from sendwarden.policy.verdict import Action, Verdict
 from tests.unit.fakes import MemorySuspensions, RecordingCheck
 
 CONFIG = {
@@ -189,3 +189,27 @@ def test_abort_settles_the_transaction() -> None:
     pipeline.rcpt(txn, "b@remote.example")
     pipeline.abort(txn)
     assert recorder.calls[-1] == ("after", "discard")
+
+
+def test_no_decision_record_is_built_when_the_decision_log_is_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nobody reads it, so no one pays for it; observers (alerts) are still told."""
+    caplog.set_level(logging.CRITICAL + 1, logger="sendwarden.decisions")  # log.decisions off
+
+    def no_record(*args: object) -> dict[str, object]:
+        raise AssertionError("a decision record was built with the decision log off")
+
+    monkeypatch.setattr("sendwarden.pipeline.decision_record", no_record)
+    seen: list[tuple[str, str]] = []
+
+    class Observer:
+        def observe(self, txn: Transaction, stage: str, verdict: Verdict) -> None:
+            seen.append((stage, verdict.action.value))
+
+    pipeline, _, _ = build()
+    pipeline = Pipeline(pipeline.settings, pipeline.checks, observers=[Observer()])
+    txn = pipeline.begin(REMOTE, login=None, mail_from="x@elsewhere.example")
+    assert pipeline.mail(txn).action is Action.CONTINUE
+    assert pipeline.rcpt(txn, "bob@remote.example").action is Action.REJECT
+    assert seen == [("rcpt", "reject")]
