@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 StoreErrorAction = Literal["tempfail", "accept"]
+UnknownSenders = Literal["limit", "refuse"]
 Section = TypeVar("Section")
 
 
@@ -163,6 +164,10 @@ class PolicySettings:
     provider_hostnames: tuple[str, ...] = parsed(_parse_domains, default=())
     authserv_id: str = ""
     forged_header_action: Literal["refuse", "strip"] = "refuse"
+    # A proven sender (login, local uid, trusted-network host) that no account lists:
+    # "limit" makes it an account of its own under the default limits; "refuse" (for
+    # providers that list every sender) refuses its mail with 550 5.7.1.
+    unknown_senders: UnknownSenders = "limit"
 
 
 def _consent_database(value: Any, key: str) -> str:
@@ -572,6 +577,9 @@ def _build_accounts(raw: Any) -> tuple[Account, ...]:
     ):
         if not account.id.strip():
             raise ConfigError(f"{name}.id", "must not be empty")
+        if ":" in account.id:
+            # Unlisted senders are named "login:...", "uid:...", "host:...": never a customer.
+            raise ConfigError(f"{name}.id", f"{account.id!r}: an account id may not contain ':'")
         accounts.append(account)
     _check_unique(accounts)
     return tuple(accounts)

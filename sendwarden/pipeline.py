@@ -12,7 +12,7 @@ from sendwarden.checks.base import Check
 from sendwarden.config import Settings
 from sendwarden.decisionlog import TRACE as TRACE  # re-exported: checks import it from here
 from sendwarden.decisionlog import RuleTrace, decision_record, decisions_logged, log_decision
-from sendwarden.policy.accounts import AccountDirectory, is_trusted
+from sendwarden.policy.accounts import AccountDirectory, is_listed, is_trusted
 from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.verdict import CONTINUE, Action, Verdict, account_label, tempfail
 from sendwarden.store import StoreError, StoreHealth
@@ -94,14 +94,17 @@ class Pipeline:
 
     def eom(self, txn: Transaction) -> Verdict:
         """End of message: the final verdict, after which checks commit or give back.
-        For a local submission the adapter has set ``txn.uid`` by now."""
+        For a local submission the adapter has set ``txn.uid`` by now (None when it
+        could not be read: then the unknown local sender sends)."""
         verdict = CONTINUE
         if txn.client.local_submission:
             verdict = self._local_submission_envelope(txn)
         if not verdict.is_final:
             verdict = self._run(txn, lambda check: check.at_eom(txn))
-        if txn.account is None and txn.trusted:
-            self._trace(txn).notes.append("unknown account on a trusted network")
+        if txn.account is not None and not is_listed(txn.account):
+            self._trace(txn).notes.append(
+                f"unlisted sender {txn.account.id} ({txn.account_source}): default limits"
+            )
         return self._finish(txn, "eom", verdict)
 
     def abort(self, txn: Transaction) -> None:
@@ -113,9 +116,15 @@ class Pipeline:
     # -- internals --------------------------------------------------------------
 
     def _resolve_account(self, txn: Transaction) -> None:
-        txn.account, txn.account_source = self.directory.resolve(
-            login=txn.login, uid=txn.uid, client_address=txn.client.address, mail_from=txn.mail_from
+        """Only what the MTA proves picks the account (never the envelope sender)."""
+        attribution = self.directory.resolve(
+            login=txn.login,
+            uid=txn.uid,
+            client_address=txn.client.address,
+            local_submission=txn.client.local_submission,
+            trusted=txn.trusted,
         )
+        txn.account, txn.account_source = attribution.account, attribution.source
 
     def _local_submission_envelope(self, txn: Transaction) -> Verdict:
         """sendmail(1): Postfix forbids per-recipient replies here, so the MAIL and RCPT

@@ -30,6 +30,7 @@ from sendwarden.checks.base import Check
 from sendwarden.config import Account, DkimKey
 from sendwarden.dkim.canon import RelaxedBodyHash
 from sendwarden.dkim.keys import KeyFileError, parse_private_key
+from sendwarden.policy.accounts import is_listed
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.forged_headers import headers_after_removal
 from sendwarden.policy.identity import MalformedHeader, account_owns, read_identity
@@ -166,9 +167,10 @@ class DkimSigner(Check):
             state.update(chunk)
 
     def at_eom(self, txn: Transaction) -> Verdict | None:
-        if txn.account is None or not (txn.identified or txn.trusted):
-            return None  # only outbound mail of a known account is signed
-        key = choose_key(_from_domains(txn), txn.account, self._keys)
+        account = txn.account
+        if account is None or not is_listed(account) or not (txn.identified or txn.trusted):
+            return None  # only a proven, listed account's outbound mail is signed
+        key = choose_key(_from_domains(txn), account, self._keys)
         state = txn.scratch.get(self.name)
         if key is None or state == _SKIP:
             return None

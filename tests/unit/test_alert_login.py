@@ -75,3 +75,18 @@ def test_no_account_may_hold_the_alert_login() -> None:
         )
     with pytest.raises(ConfigError, match=r"alerts\.smtp_password_file"):
         settings_from_mapping({"alerts": {"smtp_login": "a@x.example"}})
+
+
+def test_refusing_unlisted_senders_does_not_refuse_the_alert_service() -> None:
+    """With policy.unknown_senders = "refuse", every unlisted login is refused, but the
+    alert service's login (which no account may list) is sendwarden's own."""
+    from sendwarden.pipeline import Pipeline
+    from sendwarden.policy.unknown import unknown_sender_verdict
+
+    pipeline = Pipeline(settings(), [])
+    remote = Client(ipaddress.ip_address("198.51.100.7"), "client.example")
+    own = pipeline.begin(remote, login="ALERTS@hosting.example", mail_from="sw@hosting.example")
+    assert unknown_sender_verdict(own, "refuse", ALERTS_LOGIN) is None
+    other = pipeline.begin(remote, login="mallory@hosting.example", mail_from="m@hosting.example")
+    verdict = unknown_sender_verdict(other, "refuse", ALERTS_LOGIN)
+    assert verdict is not None and verdict.code == "550"

@@ -3,6 +3,7 @@ of the message as the MTA will write it (no I/O: a fixed test key, dkimpy's dnsf
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 
@@ -20,6 +21,7 @@ from sendwarden.dkim.signer import (
     key_for_domain,
 )
 from sendwarden.pipeline import Pipeline
+from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.verdict import Action, Verdict, reject
 
@@ -105,7 +107,7 @@ def transaction(
     txn.headers = list(HEADERS if headers is None else headers)
     if account is not None:
         txn.account = settings.account(account)
-        txn.account_source = "login" if identified else "sender-domain"
+        txn.account_source = "login" if identified else ""
     return txn
 
 
@@ -225,6 +227,27 @@ def test_trusted_network_sender_of_a_known_account_is_signed(settings: Settings)
     txn.trusted = True
     sign(DkimSigner(KEYS.values()), txn)
     assert dkim.verify(as_written(txn), dnsfunc=dns)
+
+
+@pytest.mark.parametrize(
+    ("account_id", "login", "trusted"),
+    [
+        ("host:127.0.0.1", None, True),  # a trusted host no account lists
+        ("login:mallory@acme.example", "mallory@acme.example", False),  # unlisted login
+    ],
+)
+def test_an_unlisted_sender_is_never_signed_with_a_customers_key(
+    settings: Settings, account_id: str, login: str | None, trusted: bool
+) -> None:
+    """Even handed an account that claims the domain: only a listed account's key signs."""
+    txn = transaction(settings, account=None)
+    txn.login, txn.trusted = login, trusted
+    unlisted = AccountDirectory(settings.accounts).get(account_id)
+    assert unlisted is not None
+    txn.account = dataclasses.replace(unlisted, domains=("acme.example",))
+    txn.account_source = "login" if login else "trusted-network"
+    sign(DkimSigner(KEYS.values()), txn)
+    assert txn.changes.add_headers == []
 
 
 def test_body_is_not_hashed_when_no_key_can_sign(settings: Settings) -> None:

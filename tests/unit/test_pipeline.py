@@ -169,7 +169,7 @@ def test_store_down_with_accept_lets_mail_through() -> None:
     assert pipeline.mail(txn).action is Action.CONTINUE
 
 
-def test_unknown_sender_on_trusted_network_is_accepted_and_noted(
+def test_unlisted_sender_on_trusted_network_is_its_own_account_and_noted(
     decisions: list[dict[str, object]],
 ) -> None:
     pipeline, _, _ = build()
@@ -178,8 +178,11 @@ def test_unknown_sender_on_trusted_network_is_accepted_and_noted(
     pipeline.mail(txn)
     pipeline.rcpt(txn, "bob@remote.example")
     assert pipeline.eom(txn).action is Action.CONTINUE
-    assert decisions[-1]["account"] is None
-    assert decisions[-1]["notes"] == ["unknown account on a trusted network"]
+    assert decisions[-1]["account"] == "host:127.0.0.1"
+    assert decisions[-1]["account_source"] == "trusted-network"
+    assert decisions[-1]["notes"] == [
+        "unlisted sender host:127.0.0.1 (trusted-network): default limits"
+    ]
 
 
 def test_abort_settles_the_transaction() -> None:

@@ -55,7 +55,7 @@ class _Broken(Check):
 
 @given(
     st.sampled_from(["redis", "consent database", "postgresql"]),
-    st.text(min_size=1, max_size=80),
+    st.text(alphabet="#@XQ_/%0123456789", min_size=4, max_size=80),
 )
 def test_a_store_outage_reply_names_no_internals(backend: str, detail: str) -> None:
     settings = settings_from_mapping({"accounts": [{"id": "acme", "logins": ["a@acme.example"]}]})
@@ -68,8 +68,7 @@ def test_a_store_outage_reply_names_no_internals(backend: str, detail: str) -> N
     assert "try again later" in verdict.text
     lowered = verdict.text.lower()
     assert not any(word in lowered for word in INTERNAL_WORDS), verdict.text
-    if detail.strip() and len(detail.strip()) > 3:
-        assert detail not in verdict.text
+    assert detail not in verdict.text  # the store's error is for the log only
 
 
 # Staff reasons in characters the fixed reply text never uses, so "not in the reply" means it.
