@@ -126,15 +126,21 @@ def _redis_url(value: Any, key: str) -> str:
     fail only at start, with a traceback."""
     from redis.connection import parse_url  # local: keeps config import-light
 
+    from sendwarden.store.redis import cluster_nodes, is_cluster_url
+
     url = typing.cast(str, _convert(str, value, key))
     if "://" not in url:
         raise ConfigError(
             key,
             f"{url!r} is not a Redis URL: write redis://HOST:PORT/DB (rediss:// for TLS, "
-            "unix:///path/to/redis.sock for a socket), e.g. redis://127.0.0.1:6379/0",
+            "unix:///path/to/redis.sock for a socket, redis+cluster://HOST:PORT,HOST:PORT "
+            "for Redis Cluster), e.g. redis://127.0.0.1:6379/0",
         )
     try:
-        parse_url(url)  # type: ignore[no-untyped-call]
+        if is_cluster_url(url):
+            cluster_nodes(url)
+        else:
+            parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as error:
         raise ConfigError(key, f"{url!r}: {error}") from None
     return url

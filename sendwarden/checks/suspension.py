@@ -1,4 +1,5 @@
-"""Suspended accounts are refused at MAIL (one Redis GET per message)."""
+"""Suspended accounts are refused at MAIL (one Redis GET per message; the durable
+database only when Redis has no entry for the account)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,8 @@ class SuspensionCheck(Check):
                 f"{suspension.reason}",
             )
         return suspension_verdict(txn.account.id, suspension)
+
+    def close(self) -> None:
+        close = getattr(self._store, "close", None)
+        if callable(close):
+            close()

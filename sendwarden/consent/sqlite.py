@@ -60,7 +60,7 @@ class SQLiteConsentStore(SqlConsentStore[sqlite3.Connection]):
             self._memory_keeper = self._connect()
         else:
             restrict_ledger_files(path)
-        if migrate:
+        if migrate and self.needs_migration():
             self.migrate()
 
     def __repr__(self) -> str:
@@ -77,6 +77,9 @@ class SQLiteConsentStore(SqlConsentStore[sqlite3.Connection]):
         conn.execute("PRAGMA synchronous = FULL")  # evidence survives a power cut
         conn.execute(f"PRAGMA cache_size = -{READ_CACHE_KIB}")
         return conn
+
+    def _abort(self, conn: sqlite3.Connection) -> None:
+        conn.interrupt()  # the running statement fails with "interrupted"
 
     def close(self) -> None:
         super().close()
