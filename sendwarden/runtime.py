@@ -17,13 +17,18 @@ from sendwarden.checks.relay import RelayCheck
 from sendwarden.checks.suspension import SuspensionCheck
 from sendwarden.checks.unknown import unknown_sender_checks
 from sendwarden.config import Settings
+from sendwarden.consent.bulk import RecentRecipients
 from sendwarden.consent.check import consent_check_from_settings
 from sendwarden.dkim.signer import signers_from_settings
 from sendwarden.pipeline import Pipeline
 from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store.redis import connect
-from sendwarden.store.suspensions import SharedDatabase, suspension_store_from_settings
+from sendwarden.store.suspensions import (
+    CachedSuspensions,
+    SharedDatabase,
+    suspension_store_from_settings,
+)
 
 
 @dataclass
@@ -60,19 +65,31 @@ def build_checks(
     # first use, shared by the checks that need it.
     database = SharedDatabase(settings)
     suspensions = suspension_store_from_settings(settings, client, database)
+    # Shared: reservations refresh the MAIL-time suspension cache, and the rate
+    # limit's end-of-message round trip counts recipients for the consent rule.
+    cache = CachedSuspensions(suspensions)
+    recent = RecentRecipients(client, settings.redis.key_prefix)
     return [
         # MAIL: unlisted senders, when the provider refuses them (pure).
         *unknown_sender_checks(settings.policy.unknown_senders, settings.alerts.smtp_login),
-        SuspensionCheck(suspensions),
         RelayCheck(settings.policy.local_domains),
         # Last among the RCPT checks: only recipients nothing else refused are counted.
-        RecipientRateCheck(counter_from_settings(settings, client), settings, suspensions),
+        # At MAIL its batch reservation refuses a suspended account in the same round
+        # trip, and tells the suspension check below (which then needs none).
+        RecipientRateCheck(
+            counter_from_settings(settings, client),
+            settings,
+            suspensions,
+            suspension_cache=cache,
+            recent=recent,
+        ),
+        SuspensionCheck(cache),
         # End of message: forged From/Sender and provider headers (pure, no store).
         IdentityCheck(settings, directory),
         # End of message: no file over the cap (fed the body; inbound and outbound).
         *attachment_checks(settings, client),
         # End of message: bulk mail needs consent (before any signer, which stays last).
-        consent_check_from_settings(settings, client, database),
+        consent_check_from_settings(settings, client, database, recent),
         # LAST: the DKIM signer signs only what every rule above passed.
         *signers_from_settings(settings.dkim),
     ]
