@@ -15,6 +15,7 @@ from sendwarden.checks.ratelimit import RecipientRateCheck, Reservations
 from sendwarden.checks.relay import RelayCheck
 from sendwarden.checks.suspension import SuspensionCheck
 from sendwarden.config import ConfigError, Settings, settings_from_mapping
+from sendwarden.decisionlog import TRACE
 from sendwarden.pipeline import Pipeline
 from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.ratelimit import (
@@ -367,7 +368,10 @@ def test_the_mail_reservation_refuses_a_suspended_account() -> None:
     counter.suspended["acme"] = b'{"reason": "abuse report", "since": "2026-01-01T00:00:00Z"}'
     txn = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="alice@acme.example")
     verdict = pipeline.mail(txn)
-    assert verdict.reply().startswith("550 5.7.1 Account acme is suspended since 2026-01-01")
+    assert verdict.reply().startswith("550 5.7.1 Account acme is suspended by the provider")
+    assert "(since 2026-01-01T00:00:00Z)" in verdict.text
+    assert "abuse report" not in verdict.text  # staff's reason: in the decision's notes
+    assert any("abuse report" in note for note in txn.scratch[TRACE].notes)
     assert counter.used("acme") == 0
 
 
