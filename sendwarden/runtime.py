@@ -16,9 +16,11 @@ from sendwarden.checks.ratelimit import RecipientRateCheck
 from sendwarden.checks.relay import RelayCheck
 from sendwarden.checks.suspension import SuspensionCheck
 from sendwarden.checks.unknown import unknown_sender_checks
-from sendwarden.config import Settings
+from sendwarden.config import ConfigError, Settings
 from sendwarden.consent.bulk import RecentRecipients
 from sendwarden.consent.check import consent_check_from_settings
+from sendwarden.directory.live import LiveDirectory, account_directory, live_directory
+from sendwarden.directory.sources import SourceError
 from sendwarden.dkim.signer import signers_from_settings
 from sendwarden.pipeline import Pipeline
 from sendwarden.policy.accounts import AccountDirectory
@@ -36,10 +38,13 @@ class Runtime:
     settings: Settings
     redis: redis.Redis
     pipeline: Pipeline
+    live_directory: LiveDirectory | None = None  # refreshes the [directory] sources
 
     def close(self) -> None:
         self.pipeline.close()
         self.redis.close()
+        if self.live_directory is not None:
+            self.live_directory.close()
 
 
 def attachment_checks(settings: Settings, client: redis.Redis) -> list[Check]:
@@ -95,10 +100,29 @@ def build_checks(
     ]
 
 
-def build_runtime(settings: Settings) -> Runtime:
+def load_directory(
+    settings: Settings, previous: LiveDirectory | None = None
+) -> tuple[AccountDirectory, LiveDirectory | None]:
+    """The accounts: the config's alone, or the [directory] sources read now (a bad
+    source is a ConfigError naming it: the start or the reload is refused) and then
+    re-read in the background."""
+    if not settings.directory.has_sources:
+        return AccountDirectory(settings.accounts), None
+    try:
+        live = live_directory(settings, previous)
+    except SourceError as error:
+        raise ConfigError("directory", str(error)) from None
+    return account_directory(live), live
+
+
+def build_runtime(settings: Settings, previous: Runtime | None = None) -> Runtime:
+    """``previous``: the running configuration, on a reload (its directory's owners
+    keep the domains a new read finds contested)."""
+    running = previous.live_directory if previous is not None else None
+    directory, live = load_directory(settings, running)  # shared by pipeline and checks
     client = connect(settings.redis)
-    directory = AccountDirectory(settings.accounts)  # one index, shared by pipeline and checks
     checks = build_checks(settings, client, directory)
     # Counts refusals that put the provider's addresses at risk, for the alert sweep.
     risk = RiskRecorder(RiskStore(client, settings.redis.key_prefix))
-    return Runtime(settings, client, Pipeline(settings, checks, directory, observers=[risk]))
+    pipeline = Pipeline(settings, checks, directory, observers=[risk])
+    return Runtime(settings, client, pipeline, live)

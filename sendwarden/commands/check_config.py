@@ -21,6 +21,8 @@ from typing import Any
 from sendwarden.cli import add_command
 from sendwarden.config import ConfigError, Settings, config_warnings, load_settings
 from sendwarden.consent.store import parse_database_url
+from sendwarden.directory.explain import open_directory
+from sendwarden.directory.sources import SourceError
 
 SERVICE_CHECKS = "--service-checks"
 
@@ -48,10 +50,26 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)  # ConfigError -> one line, exit 2 (cli.main)
     if args.service_checks:
         _check_service_files(settings)
+    accounts = f"{len(settings.accounts)} accounts"
+    if settings.directory.has_sources:
+        # The sources are read as the milter would read them: a bad line is named here.
+        try:
+            with open_directory(settings) as directory:
+                snapshot = directory.snapshot
+                counts = snapshot.counts() if snapshot is not None else {}
+                conflicts = snapshot.conflicts() if snapshot is not None else []
+        except SourceError as error:
+            raise ConfigError("directory", str(error)) from None
+        accounts = (
+            f"{len(settings.accounts)} accounts in the config; the directory has "
+            f"{counts.get('accounts', 0)} accounts, {counts.get('domains', 0)} domains, "
+            f"{counts.get('logins', 0)} logins, {counts.get('uids', 0)} uids"
+        )
+        for conflict in conflicts:
+            print(f"directory conflict: {conflict}")
     for warning in config_warnings(settings):
         print(f"sendwarden: warning: {warning}", file=sys.stderr)
-    accounts = len(settings.accounts)
-    print(f"{args.config}: OK ({accounts} accounts, milter socket {settings.milter.socket})")
+    print(f"{args.config}: OK ({accounts}, milter socket {settings.milter.socket})")
     return 0
 
 

@@ -52,7 +52,7 @@ class MilterServer:
             return False
         if settings.milter.socket != self.runtime.settings.milter.socket:
             log.warning("milter.socket changed; the new socket takes effect only after a restart")
-        runtime = build_runtime(settings)
+        runtime = build_runtime(settings, self.runtime)
         self.generations.replace(runtime)
         log.info(
             "configuration reloaded from %s (%d earlier ones still finish connections)",
