@@ -8,6 +8,7 @@ one line, which is what ``sendwarden check-config`` prints.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import ipaddress
 import tomllib
@@ -124,9 +125,34 @@ class MilterSettings:
     peer_uid_daemons: tuple[str, ...] = ()
 
 
+def _redis_url(value: Any, key: str) -> str:
+    """A URL redis-py can connect with: a bare ``HOST:PORT`` would pass as text and
+    fail only at start, with a traceback."""
+    from redis.connection import parse_url  # local: keeps config import-light
+
+    from sendwarden.store.redis import cluster_nodes, is_cluster_url
+
+    url = typing.cast(str, _convert(str, value, key))
+    if "://" not in url:
+        raise ConfigError(
+            key,
+            f"{url!r} is not a Redis URL: write redis://HOST:PORT/DB (rediss:// for TLS, "
+            "unix:///path/to/redis.sock for a socket, redis+cluster://HOST:PORT,HOST:PORT "
+            "for Redis Cluster), e.g. redis://127.0.0.1:6379/0",
+        )
+    try:
+        if is_cluster_url(url):
+            cluster_nodes(url)
+        else:
+            parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as error:
+        raise ConfigError(key, f"{url!r}: {error}") from None
+    return url
+
+
 @dataclass(frozen=True)
 class RedisSettings:
-    url: str = "redis://127.0.0.1:6379/0"
+    url: str = parsed(_redis_url, default="redis://127.0.0.1:6379/0")
     timeout_ms: int = parsed(_positive, default=250)
     key_prefix: str = "sw"
 
@@ -327,10 +353,18 @@ class PrivateKeyFile:
     pem: bytes = field(repr=False)
 
 
+#: Whether loading a config reads the DKIM key files: the milter (which signs) and
+#: check-config do; commands that never sign do not, so staff and the alert service run
+#: them without access to the private keys.
+_READ_KEYS: contextvars.ContextVar[bool] = contextvars.ContextVar("read_keys", default=True)
+
+
 def _dkim_key_file(value: Any, key: str) -> PrivateKeyFile:
     from sendwarden.dkim.keys import KeyFileError, read_private_key  # local: keeps config light
 
     path = typing.cast(str, _convert(str, value, key))
+    if not _READ_KEYS.get():
+        return PrivateKeyFile(path, b"")
     try:
         return PrivateKeyFile(path, read_private_key(path))
     except KeyFileError as error:
@@ -417,6 +451,13 @@ def _webhook_url(value: Any, key: str) -> str:
     return text
 
 
+def _absolute_path(value: Any, key: str) -> str:
+    text = typing.cast(str, _convert(str, value, key))
+    if text and not text.startswith("/"):
+        raise ConfigError(key, f"{text!r}: write an absolute path (the services start in /)")
+    return text
+
+
 @dataclass(frozen=True)
 class AlertSettings:
     """``sendwarden alerts``: DNSBL listings of the provider's addresses and accounts
@@ -438,6 +479,11 @@ class AlertSettings:
     mail_to: tuple[str, ...] = ()  # the abuse desk's addresses
     mail_from: str = "sendwarden@localhost"
     smtp_server: str = parsed(_listen, default="127.0.0.1:25")  # where alert mail is sent
+    # SASL login of the alert service at smtp_server, and the file holding its password.
+    # The milter knows this login (same config) and lets mail authenticated with it carry
+    # sendwarden's own X-Sendwarden-Alert header, which it refuses from anyone else.
+    smtp_login: str = ""
+    smtp_password_file: str = parsed(_absolute_path, default="")
     webhook_url: str = parsed(_webhook_url, default="")  # POSTed one JSON object per alert
 
 
@@ -659,6 +705,46 @@ def _check_unique(accounts: list[Account]) -> None:
                 )
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    """``127.0.0.1:8025`` -> ("127.0.0.1", 8025); ``[::1]:8025`` -> ("::1", 8025)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """Settings that run but are very likely a mistake, each naming its key; printed by
+    ``check-config`` and logged when a service starts."""
+    warnings = []
+    for index, network in enumerate(settings.policy.trusted_networks):
+        if network.prefixlen == 0:
+            warnings.append(
+                f"policy.trusted_networks[{index}]: {network} trusts every address on the "
+                "internet: anyone may send to any domain without logging in (an open relay); "
+                "list only your own networks"
+            )
+    if settings.alerts.mail_to and not settings.alerts.smtp_login:
+        warnings.append(
+            "alerts.smtp_login: alert mail is submitted without logging in, so it passes "
+            "the milter only as mail from a trusted network; give the alert service a SASL "
+            "login (alerts.smtp_login, alerts.smtp_password_file)"
+        )
+    host, _ = split_listen(settings.api.listen)
+    if not is_loopback(host):
+        warnings.append(
+            f"api.listen: {settings.api.listen} is reachable from other hosts, and "
+            "`sendwarden api` speaks plain HTTP (bearer tokens in clear text): listen on "
+            "127.0.0.1 and put a TLS-terminating proxy in front of it"
+        )
+    return warnings
+
+
 def _check_token_accounts(tokens: tuple[ApiToken, ...], accounts: tuple[Account, ...]) -> None:
     """An account token must name a configured account, or it could write records for nobody."""
     known = {account.id for account in accounts}
@@ -669,17 +755,43 @@ def _check_token_accounts(tokens: tuple[ApiToken, ...], accounts: tuple[Account,
             )
 
 
+def _check_alert_login(alerts: AlertSettings, accounts: tuple[Account, ...]) -> None:
+    """The alert service's login proves sendwarden's own mail: no customer may hold it,
+    and it is useless without its password."""
+    if bool(alerts.smtp_login) != bool(alerts.smtp_password_file):
+        missing = "smtp_password_file" if alerts.smtp_login else "smtp_login"
+        raise ConfigError(f"alerts.{missing}", "smtp_login and smtp_password_file go together")
+    login = alerts.smtp_login.casefold()
+    for account in accounts:
+        if login and any(own.casefold() == login for own in account.logins):
+            raise ConfigError(
+                f"accounts[{account.id}].logins",
+                f"{alerts.smtp_login} is alerts.smtp_login, sendwarden's own login: "
+                "give the alert service a login of its own",
+            )
+
+
 def settings_from_mapping(document: Mapping[str, Any]) -> Settings:
     """Validate a parsed TOML document (also used by tests that build configs in code)."""
     document = dict(document)
     accounts = _build_accounts(document.pop("accounts", []))
     settings = typing.cast(Settings, _build(Settings, document, ""))
     _check_token_accounts(settings.api.tokens, accounts)
+    _check_alert_login(settings.alerts, accounts)
     return dataclasses.replace(settings, accounts=accounts)
 
 
-def load_settings(path: str | Path) -> Settings:
-    """Read and validate a TOML config file."""
+def load_settings(path: str | Path, *, read_keys: bool = True) -> Settings:
+    """Read and validate a TOML config file. ``read_keys=False``: the DKIM key files
+    are named but not read (their ``pem`` is empty), for commands that never sign."""
+    token = _READ_KEYS.set(read_keys)
+    try:
+        return _load_settings(path)
+    finally:
+        _READ_KEYS.reset(token)
+
+
+def _load_settings(path: str | Path) -> Settings:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:

@@ -15,7 +15,7 @@ from sendwarden.decisionlog import TRACE as TRACE  # re-exported: checks import 
 from sendwarden.decisionlog import RuleTrace, decision_record, decisions_logged, log_decision
 from sendwarden.policy.accounts import AccountDirectory, is_listed, is_trusted
 from sendwarden.policy.facts import Client, Transaction
-from sendwarden.policy.verdict import CONTINUE, Action, Verdict, tempfail
+from sendwarden.policy.verdict import CONTINUE, Action, Verdict, account_label, tempfail
 from sendwarden.store import StoreError, StoreHealth, watching
 
 log = logging.getLogger(__name__)
@@ -193,9 +193,11 @@ class Pipeline:
             STORE_RULE,
             "451",
             "4.3.0",
-            f"Temporary problem checking the sending policy ({check.name}: {error.backend} is "
-            f"unavailable) for {txn.account_id or 'this sender'}; the message was not accepted, "
-            "please try again later.",
+            # The customer learns what happened and that a retry will do; which store
+            # failed and why is in the decision's notes and the outage log line.
+            f"Temporary problem checking the sending policy for {account_label(txn.account_id)}: "
+            "the message was not accepted this time. Your mail program or server should "
+            "try again later; nothing else needs to be done.",
         )
 
     def _finish_if_final(self, txn: Transaction, stage: str, verdict: Verdict) -> Verdict:

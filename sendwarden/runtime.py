@@ -76,7 +76,7 @@ def build_checks(
     recent = RecentRecipients(client, settings.redis.key_prefix)
     return [
         # MAIL: unlisted senders, when the provider refuses them (pure).
-        *unknown_sender_checks(settings.policy.unknown_senders),
+        *unknown_sender_checks(settings.policy.unknown_senders, settings.alerts.smtp_login),
         RelayCheck(settings.policy.local_domains),
         # Last among the RCPT checks: only recipients nothing else refused are counted.
         # At MAIL its batch reservation refuses a suspended account in the same round

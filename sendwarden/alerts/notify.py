@@ -9,6 +9,7 @@ import json
 import logging
 import smtplib
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +19,8 @@ from email.utils import formatdate, make_msgid
 from typing import Any, Protocol
 
 from sendwarden.alerts.rules import Alert
-from sendwarden.config import AlertSettings
+from sendwarden.config import AlertSettings, is_loopback
+from sendwarden.policy.forged_headers import ALERT_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +76,51 @@ class LogNotifier:
 
 
 class MailNotifier:
-    """One plain-text mail per alert to the abuse desk, through ``smtp_server``."""
+    """One plain-text mail per alert to the abuse desk, through ``smtp_server``.
+
+    With a login, the notifier authenticates (after STARTTLS when offered): the milter
+    recognises sendwarden's own mail by that proven login, and only then does the mail
+    carry the ``X-Sendwarden-Alert`` header, which the milter refuses from anyone else.
+    Without one, the header is left out and the mail is an ordinary local submission.
+    """
 
     name = "mail"
 
-    def __init__(self, smtp_server: str, mail_from: str, mail_to: Sequence[str]) -> None:
+    def __init__(
+        self,
+        smtp_server: str,
+        mail_from: str,
+        mail_to: Sequence[str],
+        login: str = "",
+        password_file: str = "",
+    ) -> None:
         host, _, port = smtp_server.rpartition(":")
         self.host = host.strip("[]")
         self.port = int(port)
         self.mail_from = mail_from
         self.mail_to = tuple(mail_to)
+        self.login = login
+        self.password_file = password_file
+
+    def _password(self) -> str:
+        try:
+            with open(self.password_file, encoding="utf-8") as file:
+                return file.read().strip()
+        except OSError as error:
+            raise NotifyError(
+                f"cannot read alerts.smtp_password_file {self.password_file}: {error.strerror}"
+            ) from error
+
+    def _authenticate(self, client: smtplib.SMTP) -> None:
+        client.ehlo()
+        if client.has_extn("starttls"):
+            context = ssl.create_default_context()
+            if is_loopback(self.host):  # this host's own MTA: nothing on the path to check
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            client.starttls(context=context)
+            client.ehlo()
+        client.login(self.login, self._password())
 
     def send(self, alert: Alert) -> None:
         message = EmailMessage()
@@ -93,10 +130,13 @@ class MailNotifier:
         message["Date"] = formatdate(localtime=True)
         message["Message-ID"] = make_msgid(domain=self.mail_from.rpartition("@")[2] or None)
         message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to this
-        message["X-Sendwarden-Alert"] = f"{alert.kind}; {alert.finding.key}"
+        if self.login:
+            message[ALERT_HEADER] = f"{alert.kind}; {alert.finding.key}"
         message.set_content(alert_text(alert))
         try:
             with smtplib.SMTP(self.host, self.port, timeout=CHANNEL_TIMEOUT) as client:
+                if self.login:
+                    self._authenticate(client)
                 refused = client.send_message(message, self.mail_from, list(self.mail_to))
         except (OSError, smtplib.SMTPException) as error:
             raise NotifyError(
@@ -136,7 +176,15 @@ class WebhookNotifier:
 def notifiers_from_settings(alerts: AlertSettings) -> list[Notifier]:
     notifiers: list[Notifier] = [LogNotifier()]
     if alerts.mail_to:
-        notifiers.append(MailNotifier(alerts.smtp_server, alerts.mail_from, alerts.mail_to))
+        notifiers.append(
+            MailNotifier(
+                alerts.smtp_server,
+                alerts.mail_from,
+                alerts.mail_to,
+                alerts.smtp_login,
+                alerts.smtp_password_file,
+            )
+        )
     if alerts.webhook_url:
         notifiers.append(WebhookNotifier(alerts.webhook_url))
     return notifiers

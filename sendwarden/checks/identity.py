@@ -17,6 +17,7 @@ from sendwarden.decisionlog import add_note
 from sendwarden.policy.accounts import AccountDirectory, is_listed
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.forged_headers import (
+    ALERT_HEADER,
     ForgedHeader,
     ForgedKind,
     authserv_ids,
@@ -38,6 +39,8 @@ class IdentityCheck(Check):
         self._provider_hostnames = frozenset(policy.provider_hostnames)
         self._authserv_ids = authserv_ids(policy.authserv_id, policy.provider_hostnames)
         self._strip = policy.forged_header_action == "strip"
+        # sendwarden's own alert mail proves itself by the alert service's SASL login.
+        self._own_login = settings.alerts.smtp_login.casefold()
 
     def at_eom(self, txn: Transaction) -> Verdict | None:
         verdict = identity_verdict(
@@ -56,6 +59,8 @@ class IdentityCheck(Check):
             authserv_ids=self._authserv_ids,
             queue_id=txn.queue_id,
         )
+        if self._own_login and txn.login is not None and txn.login.casefold() == self._own_login:
+            forged = [header for header in forged if header.name.lower() != ALERT_HEADER.lower()]
         outbound = txn.identified or txn.trusted
         if not outbound:
             forged = [header for header in forged if header.kind is not ForgedKind.RECEIVED]

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from sendwarden.checks.base import Check
+from sendwarden.checks.suspension import refuse_suspended
 from sendwarden.config import Settings
 from sendwarden.policy.consent import is_outbound
 from sendwarden.policy.facts import Transaction
@@ -194,7 +195,7 @@ class RecipientRateCheck(Check):
         if decision.suspension and decision.suspension != NOT_SUSPENDED:
             if self._suspension_cache is not None:
                 self._suspension_cache.seen_suspended(account.id)
-            return suspension_verdict(account.id, parse_suspension(decision.suspension))
+            return refuse_suspended(txn, account.id, parse_suspension(decision.suspension))
         if self._suspension_cache is not None and decision.suspension == NOT_SUSPENDED:
             self._suspension_cache.seen_unsuspended(account.id)
         if decision.admitted:

@@ -7,8 +7,9 @@ reservation script itself refuses a suspension Redis knows."""
 from __future__ import annotations
 
 from sendwarden.checks.base import Check
+from sendwarden.decisionlog import add_note
 from sendwarden.policy.facts import Transaction
-from sendwarden.policy.suspension import RULE, suspension_verdict
+from sendwarden.policy.suspension import RULE, Suspension, suspension_verdict
 from sendwarden.policy.verdict import Verdict
 from sendwarden.store.suspensions import SuspensionStore
 
@@ -23,9 +24,24 @@ class SuspensionCheck(Check):
     def at_mail(self, txn: Transaction) -> Verdict | None:
         if txn.account is None:
             return None
-        return suspension_verdict(txn.account.id, self._store.get(txn.account.id))
+        return refuse_suspended(txn, txn.account.id, self._store.get(txn.account.id))
 
     def close(self) -> None:
         close = getattr(self._store, "close", None)
         if callable(close):
             close()
+
+
+def refuse_suspended(
+    txn: Transaction, account_id: str, suspension: Suspension | None
+) -> Verdict | None:
+    """The refusal of a suspended account, wherever it is found (this check, or the
+    rate limiter's MAIL round trip): the whole record goes to the decision's notes for
+    staff; the reply shows less (a staff reason is not the customer's to read)."""
+    if suspension is not None:
+        add_note(
+            txn,
+            f"suspended since {suspension.since} by {suspension.by or 'unknown'}: "
+            f"{suspension.reason}",
+        )
+    return suspension_verdict(account_id, suspension)

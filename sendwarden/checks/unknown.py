@@ -13,13 +13,15 @@ class UnknownSenderCheck(Check):
     name = RULE
     answers_before_queue = True
 
-    def __init__(self, mode: UnknownSenders) -> None:
+    def __init__(self, mode: UnknownSenders, own_login: str = "") -> None:
         self._mode = mode
+        self._own_login = own_login
 
     def at_mail(self, txn: Transaction) -> Verdict | None:
-        return unknown_sender_verdict(txn, self._mode)
+        return unknown_sender_verdict(txn, self._mode, self._own_login)
 
 
-def unknown_sender_checks(mode: UnknownSenders) -> list[Check]:
-    """The check only when it can fire: "limit" needs no step of its own."""
-    return [UnknownSenderCheck(mode)] if mode == "refuse" else []
+def unknown_sender_checks(mode: UnknownSenders, own_login: str = "") -> list[Check]:
+    """The check only when it can fire: "limit" needs no step of its own.
+    ``own_login``: the alert service's login (``alerts.smtp_login``), never refused."""
+    return [UnknownSenderCheck(mode, own_login)] if mode == "refuse" else []

@@ -62,7 +62,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = load_settings(args.config, read_keys=False)
     try:
         with open_directory(settings) as directory:
             if args.action == "which":

@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = load_settings(args.config, read_keys=False)
     actions = {"run": _run, "risk": _risk, "status": _status, "test": _test}
     return actions[args.action](settings, args)
 

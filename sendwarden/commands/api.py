@@ -8,7 +8,6 @@ create`` mints tokens (:mod:`sendwarden.commands.token`).
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import signal
 from types import FrameType
@@ -16,7 +15,7 @@ from typing import Any
 
 from sendwarden.cli import add_actions, add_command
 from sendwarden.commands import token
-from sendwarden.config import ConfigError, load_settings
+from sendwarden.config import ConfigError, config_warnings, load_settings, split_listen
 from sendwarden.decisionlog import configure_logging
 
 log = logging.getLogger(__name__)
@@ -29,22 +28,10 @@ def register(subparsers: Any) -> None:
         run,
         config=True,
         help="serve the consent HTTP API (or: api token create)",
-        description="Serve the consent HTTP API in the foreground; SIGTERM stops it.",
+        description="Serve the consent HTTP API in the foreground; SIGHUP reloads the "
+        "tokens, SIGTERM stops it.",
     )
     token.register_under(add_actions(parser, required=False))
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """``127.0.0.1:8025`` -> ("127.0.0.1", 8025); ``[::1]:8025`` -> ("::1", 8025)."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
@@ -54,18 +41,18 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn  # imported here: the other commands need no web server
 
-    from sendwarden.consent.api import create_app
+    from sendwarden.consent.api import create_app, reload_tokens
     from sendwarden.consent.store import open_from_settings
 
-    settings = load_settings(args.config)
+    settings = load_settings(args.config, read_keys=False)
     if not settings.api.tokens:
         raise ConfigError(
             "api.tokens", "no tokens configured; create one with `sendwarden api token create`"
         )
     configure_logging(settings.log.level, decisions=False)
     host, port = split_listen(settings.api.listen)
-    if not is_loopback(host):
-        log.warning("the consent API listens on %s, beyond this host: put TLS in front of it", host)
+    for warning in config_warnings(settings):
+        log.warning("%s", warning)
     store = open_from_settings(settings.consent)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that
     # was there before: make that one a clean exit, so the store is closed and the
@@ -73,6 +60,22 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         app = create_app(settings.api.tokens, store)
+
+        def reload(signum: int, frame: FrameType | None) -> None:
+            """SIGHUP: new tokens from the config file; a bad file keeps the old ones.
+            (Other settings, such as api.listen and consent.database, need a restart.)"""
+            try:
+                fresh = load_settings(args.config, read_keys=False)
+            except ConfigError as error:
+                log.error("reload refused, keeping the running tokens: %s", error)
+                return
+            if not fresh.api.tokens:
+                log.error("reload refused, keeping the running tokens: api.tokens is empty")
+                return
+            reload_tokens(app, fresh.api.tokens)
+            log.info("tokens reloaded from %s (%d tokens)", args.config, len(fresh.api.tokens))
+
+        signal.signal(signal.SIGHUP, reload)
         uvicorn.run(
             app,
             host=host,

@@ -81,7 +81,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = load_settings(args.config, read_keys=False)
     handler: Callable[[argparse.Namespace, Settings, ConsentStore], int] = args.run
     store = open_from_settings(settings.consent)
     try:

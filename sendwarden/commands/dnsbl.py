@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"sendwarden: {error}", file=sys.stderr)
         return EXIT_USAGE
-    alerts = load_settings(args.config).alerts
+    alerts = load_settings(args.config, read_keys=False).alerts
     addresses = monitored_addresses(given or alerts.monitored_networks)
     if not addresses:
         print(

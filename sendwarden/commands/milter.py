@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from sendwarden.cli import add_command
@@ -21,8 +22,13 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sendwarden.milter.server import MilterServer  # imports libmilter only when needed
+    # libmilter is imported only when needed
+    from sendwarden.milter.server import MilterServer, SocketInUse
 
     settings = load_settings(args.config)
     configure_logging(settings.log.level, settings.log.decisions)
-    return MilterServer(args.config, settings).serve()
+    try:
+        return MilterServer(args.config, settings).serve()
+    except SocketInUse as error:
+        print(f"sendwarden: not started: {error}", file=sys.stderr)
+        return 1

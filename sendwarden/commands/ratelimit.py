@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = load_settings(args.config, read_keys=False)
     account = find_account(settings, args.account)  # an unknown id is a clear error
     client = connect(settings.redis)
     counter = counter_from_settings(settings, client)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sendwarden.cli import add_actions
+from sendwarden.cli import DEFAULT_CONFIG, add_actions
+from sendwarden.config import load_settings
 from sendwarden.consent.api import hash_token, mint_token
 
 
@@ -26,6 +27,13 @@ def register_under(actions: Any) -> None:
         "--staff", action="store_true", help="a staff token: reads every record, writes none"
     )
     create.add_argument("--name", help="a name for logs and records (default: account or 'staff')")
+    # SUPPRESS: `sendwarden api -c FILE token create` keeps the -c given to `api`.
+    create.add_argument(
+        "-c",
+        "--config",
+        default=argparse.SUPPRESS,
+        help=f"TOML config file (default {DEFAULT_CONFIG})",
+    )
     create.set_defaults(handler=run_create)
 
 
@@ -42,6 +50,10 @@ def config_lines(name: str, digest: str, account: str | None) -> str:
 
 def run_create(args: argparse.Namespace) -> int:
     account: str | None = args.account
+    if account is not None:
+        # A token for an account that does not exist would record consent for nobody,
+        # and the server would refuse the config it was pasted into.
+        load_settings(args.config, read_keys=False).account(account)
     name = args.name or account or "staff"
     token = mint_token()
     print("New API token (shown only now; give it to whoever calls the API, keep no copy):")

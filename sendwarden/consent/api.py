@@ -16,6 +16,7 @@ threads); a store that is unreachable answers 503.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import secrets
@@ -29,6 +30,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Req
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sendwarden import __version__
 from sendwarden.config import ApiToken
@@ -206,24 +208,30 @@ def context(request: Request) -> ApiContext:
     return typing.cast(ApiContext, request.app.state.sendwarden)
 
 
+def unauthorized(presented: str | None) -> HTTPException:
+    """401 for a request with no bearer token, or one that is not configured."""
+    if presented is None:
+        return HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing token: send 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        "unknown token (not in this server's [[api.tokens]])",
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+
+
 def caller(
     ctx: Annotated[ApiContext, Depends(context)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiToken:
     """The configured token the request presents; 401 without one."""
-    if credentials is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing token: send 'Authorization: Bearer <token>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    token = ctx.tokens.identify(credentials.credentials)
+    presented = credentials.credentials if credentials is not None else None
+    token = ctx.tokens.identify(presented) if presented is not None else None
     if token is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "unknown token (not in this server's [[api.tokens]])",
-            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-        )
+        raise unauthorized(presented)
     return token
 
 
@@ -328,6 +336,87 @@ def _store_unavailable(request: Request, error: Exception) -> JSONResponse:
     )
 
 
+# -- limits before the body is read -------------------------------------------------
+
+#: Largest request body anyone may send: a consent record is a few KB at most.
+MAX_BODY_BYTES = 64 * 1024
+#: Largest body of a request without a configured bearer token (a sign-in form): a
+#: stranger makes the server read no more than this.
+ANONYMOUS_BODY_BYTES = 8 * 1024
+#: Paths that are answered only with a bearer token: refused before the body is read.
+TOKEN_ONLY_PREFIX = "/v1/"
+
+
+def presented_token(scope: Scope) -> str | None:
+    """The bearer token in the request's Authorization header, or None."""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            text = typing.cast(bytes, value).decode("latin-1")
+            scheme, _, credentials = text.strip().partition(" ")
+            if scheme.lower() == "bearer" and credentials.strip():
+                return credentials.strip()
+    return None
+
+
+class AuthenticateFirst:
+    """Checks the bearer token from the headers before anything reads the body, for
+    every route of the app (pure ASGI, so it wraps routes added by anyone): a request
+    to ``/v1/`` without a configured token is answered 401 at once; any other request
+    without one may send at most ANONYMOUS_BODY_BYTES. The app-wide limit
+    (``FastAPI(max_body_size=MAX_BODY_BYTES)``) bounds everyone else. Tokens are read
+    from ``app.state`` on every request, so a reload takes effect at once."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        presented = presented_token(scope)
+        ctx = typing.cast(ApiContext, scope["app"].state.sendwarden)
+        if presented is not None and ctx.tokens.identify(presented) is not None:
+            await self.app(scope, receive, send)
+            return
+        if scope["path"].startswith(TOKEN_ONLY_PREFIX):
+            error = unauthorized(presented)
+            response = JSONResponse(
+                {"detail": error.detail}, status_code=error.status_code, headers=error.headers
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, _limited(scope, receive, ANONYMOUS_BODY_BYTES), send)
+
+
+def _limited(scope: Scope, receive: Receive, limit: int) -> Receive:
+    """``receive`` that refuses (413) a body announced or grown over ``limit`` bytes.
+    (Not Starlette's nested body-limit middleware: each route sets the app-wide limit
+    again, which would lift this lower one.)"""
+    announced = next(
+        (value for name, value in scope.get("headers", ()) if name == b"content-length"), b""
+    )
+    received = 0
+
+    async def receive_limited() -> Message:
+        nonlocal received
+        if announced.isdigit() and int(announced) > limit:
+            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "request body too large")
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "request body too large")
+        return message
+
+    return receive_limited
+
+
+def reload_tokens(app: FastAPI, tokens: Iterable[ApiToken]) -> None:
+    """Serve with these tokens from the next request on (SIGHUP in ``sendwarden api``)."""
+    ctx = typing.cast(ApiContext, app.state.sendwarden)
+    app.state.sendwarden = dataclasses.replace(ctx, tokens=TokenRing(tokens))
+
+
 def create_app(
     tokens: Iterable[ApiToken],
     store: ConsentStore,
@@ -340,8 +429,10 @@ def create_app(
         description="Consent records for bulk mail: signup and unsubscribe pages write them, "
         "support staff read the evidence. Bulk mail is only accepted for recipients whose "
         "latest record is an opt-in.",
+        max_body_size=MAX_BODY_BYTES,
     )
     app.state.sendwarden = ApiContext(TokenRing(tokens), store, clock)
+    app.add_middleware(AuthenticateFirst)
     app.include_router(router)
     app.add_exception_handler(StoreError, _store_unavailable)
     return app

@@ -27,7 +27,13 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sendwarden.consent.ledger import canonical_time
-from sendwarden.consent.sqlbase import BACKEND, COLUMNS, SELECT_EVENTS, Clock, SqlConsentStore
+from sendwarden.consent.sqlbase import (
+    BACKEND,
+    COLUMNS,
+    SELECT_EVENTS,
+    Clock,
+    SqlConsentStore,
+)
 from sendwarden.store import StoreError
 
 #: pg_advisory_xact_lock key serialising schema migrations across hosts ("swcm").

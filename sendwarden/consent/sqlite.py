@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from datetime import datetime
@@ -15,6 +16,9 @@ from sendwarden.consent.ledger import parse_canonical_time
 from sendwarden.consent.sqlbase import COLUMNS, SELECT_EVENTS, Clock, SqlConsentStore
 
 MEMORY = ":memory:"
+#: The ledger holds every customer's recipients and their IP addresses: the service
+#: user writes it, its group (staff reading evidence) reads it, nobody else.
+FILE_MODE = 0o640
 APPEND_CACHE_KIB = 256 * 1024
 READ_CACHE_KIB = 8 * 1024
 _INSERT = (
@@ -54,6 +58,8 @@ class SQLiteConsentStore(SqlConsentStore[sqlite3.Connection]):
             # One in-memory database shared by the pool's connections, alive until close().
             self._memory_uri = f"file:sendwarden-consent-{id(self)}?mode=memory&cache=shared"
             self._memory_keeper = self._connect()
+        else:
+            restrict_ledger_files(path)
         if migrate and self.needs_migration():
             self.migrate()
 
@@ -161,3 +167,16 @@ def _statements(script: str) -> Iterator[str]:
         part.strip().startswith("--") or not part.strip() for part in pending.splitlines()
     ):
         raise ValueError(f"incomplete SQL statement in a migration: {pending[:80]!r}")
+
+
+def restrict_ledger_files(path: str) -> None:
+    """Create the database file 0640 before SQLite does (SQLite gives the -wal and -shm
+    files the mode of the database), and take away what a looser existing file (an older
+    release made them 0644) grants beyond 0640."""
+    with contextlib.suppress(OSError):  # exists already; or SQLite reports the problem
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            mode = os.stat(name).st_mode & 0o777
+            if mode & ~FILE_MODE:
+                os.chmod(name, mode & FILE_MODE)

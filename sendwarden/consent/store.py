@@ -26,14 +26,18 @@ def parse_database_url(url: str) -> tuple[Dialect, str]:
     ValueError says what a valid URL looks like."""
     if url.startswith("sqlite:"):
         if not url.startswith("sqlite:///"):
-            raise ValueError(
-                f"{url!r}: write sqlite:////absolute/path.db (four slashes) "
-                "or sqlite:///relative/path.db"
-            )
+            raise ValueError(f"{url!r}: write sqlite:////absolute/path.db (four slashes)")
         path = url.removeprefix("sqlite:///")
         if not path or path.endswith("/") or "?" in path:
             raise ValueError(
                 f"{url!r}: needs a database file path, e.g. sqlite:////var/lib/sendwarden/consent.db"
+            )
+        if path != ":memory:" and not path.startswith("/"):
+            # Relative to whatever directory the service happens to start in: the milter
+            # and the CLI would silently use two different ledgers.
+            raise ValueError(
+                f"{url!r}: {path!r} is a relative path; write the absolute path with four "
+                f"slashes, e.g. sqlite:////var/lib/sendwarden/{path.rpartition('/')[2]}"
             )
         return "sqlite", path
     if url.startswith(("postgresql://", "postgres://")):

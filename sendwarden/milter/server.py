@@ -33,6 +33,7 @@ class MilterServer:
         self.config_path = Path(config_path)
         self.generations: Generations[Runtime] = Generations(build_runtime(settings))
         self._stopping = threading.Event()
+        self._stop_requested = False  # SIGTERM/SIGINT arrived
         set_pipeline_source(self.generations.lease)
 
     @property
@@ -80,6 +81,7 @@ class MilterServer:
         finally:
             os.umask(previous_umask)
         _after_open(spec, socket_mode)
+        identity = _socket_identity(spec)
 
         failure: list[BaseException] = []
 
@@ -87,7 +89,10 @@ class MilterServer:
             try:
                 libmilter.main()
             except BaseException as error:  # reported by the main thread
-                failure.append(error)
+                # A stop signalled before libmilter's main loop began makes it refuse to
+                # run ("cannot run main"): that is a clean stop, not a failure.
+                if not self._stop_requested:
+                    failure.append(error)
             finally:
                 self._stopping.set()
 
@@ -101,7 +106,7 @@ class MilterServer:
             pass
         worker.join(timeout=30)
         self.generations.close()
-        _remove_socket_path(spec)
+        _remove_socket_path(spec, identity)
         if failure:
             log.error("libmilter stopped: %s", failure[0])
             return 1
@@ -112,6 +117,7 @@ class MilterServer:
         log.info(
             "signal %s: stopping (connections in flight finish first)", signal.Signals(signum).name
         )
+        self._stop_requested = True
         libmilter.stop()
         _wake_listener(self.runtime.settings.milter.socket)
         self._stopping.set()
@@ -151,10 +157,46 @@ def _inet_port(spec: str) -> int | None:
     return int(rest.partition("@")[0]) if scheme in ("inet", "inet6") else None
 
 
+class SocketInUse(RuntimeError):
+    """Another process answers on the milter socket; starting would steal it."""
+
+
 def _prepare_socket_path(spec: str) -> None:
+    """Refuse to start on a unix socket a live milter answers on: libmilter would
+    unlink it and bind a new one, silently taking the MTA's connections from the
+    running milter (and stopping would then delete the live one's socket). A stale
+    socket file nobody answers on is left for libmilter to replace."""
     path = _unix_path(spec)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_socket() and _answers(path):
+        raise SocketInUse(
+            f"{path}: another milter is listening on this socket; stop it first "
+            "(or give this one another milter.socket)"
+        )
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:  # ECONNREFUSED: a stale file; ENOENT: gone meanwhile
+            return False
+    return True
+
+
+def _socket_identity(spec: str) -> tuple[int, int] | None:
+    """(device, inode) of our unix socket file, to recognise it at shutdown."""
+    path = _unix_path(spec)
+    if path is None:
+        return None
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _after_open(spec: str, socket_mode: int) -> None:
@@ -199,8 +241,10 @@ def _wake_listener(spec: str) -> None:
             socket.create_connection((host, port), timeout=0.5).close()
 
 
-def _remove_socket_path(spec: str) -> None:
+def _remove_socket_path(spec: str, identity: tuple[int, int] | None) -> None:
+    """Remove our socket file, and only ours: one another process bound since
+    (after removing ours) is its, and stays."""
     path = _unix_path(spec)
-    if path is not None:
+    if path is not None and identity is not None and _socket_identity(spec) == identity:
         with contextlib.suppress(OSError):
             path.unlink()

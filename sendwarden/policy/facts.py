@@ -30,11 +30,21 @@ class Client:
         return self.local_submission or self.uid is not None
 
     def __str__(self) -> str:
+        """``host.example[192.0.2.1]``, or ``[192.0.2.1]`` alone when the MTA found no
+        name (Postfix then passes the bracketed address as the host name)."""
         if self.uid is not None and not self.local_submission:
             return f"local process uid {self.uid}"
         if self.local_submission:
             return "local submission (sendmail)"
-        return f"{self.hostname or 'unknown'}[{self.address or 'unknown'}]"
+        address = f"[{self.address or 'unknown'}]"
+        hostname = self.hostname.strip()
+        if (
+            not hostname
+            or hostname.lower() == "unknown"
+            or hostname.strip("[]") == str(self.address)
+        ):
+            return address
+        return f"{hostname}{address}"
 
 
 @dataclass(slots=True)

@@ -28,6 +28,8 @@ from sendwarden.policy.verdict import Verdict, account_label, reject
 
 RULE = "forged-header"
 OWN_HEADER_PREFIX = "x-sendwarden"
+#: What sendwarden's own alert mail carries; accepted only with the alert service's login.
+ALERT_HEADER = "X-Sendwarden-Alert"
 
 _HOST_KEYWORDS = frozenset({"from", "by"})  # RFC 5321 4.4: the clauses naming a host
 _VALUES = (Kind.ATOM, Kind.QUOTED)

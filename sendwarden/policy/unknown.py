@@ -18,10 +18,16 @@ from sendwarden.policy.verdict import Verdict, reject
 RULE = "unknown-sender"
 
 
-def unknown_sender_verdict(txn: Transaction, mode: UnknownSenders) -> Verdict | None:
-    """550 5.7.1 for an unlisted proven sender when the provider refuses them."""
+def unknown_sender_verdict(
+    txn: Transaction, mode: UnknownSenders, own_login: str = ""
+) -> Verdict | None:
+    """550 5.7.1 for an unlisted proven sender when the provider refuses them.
+    ``own_login`` (``alerts.smtp_login``) is sendwarden's own alert service, which no
+    account may list: its mail is the provider's, not a stranger's."""
     account = txn.account
     if mode != "refuse" or account is None or is_listed(account):
+        return None
+    if own_login and txn.login is not None and txn.login.casefold() == own_login.casefold():
         return None
     return reject(
         RULE,

@@ -23,6 +23,7 @@ from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
 from sendwarden.config import Settings
+from sendwarden.policy.suspension import RATE_LIMIT_SUSPENDER
 from sendwarden.ratelimit.window import (
     BUCKET_SECONDS,
     MICROSECONDS,
@@ -144,7 +145,8 @@ class Usage:
 
 
 #: Who an automatic suspension is recorded as having been made by.
-AUTOMATIC_BY = "sendwarden rate limit"
+# Who automatic suspensions name as their author; the reply quotes only their reason.
+AUTOMATIC_BY = RATE_LIMIT_SUSPENDER
 
 
 @dataclass(frozen=True, slots=True)

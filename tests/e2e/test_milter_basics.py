@@ -75,6 +75,8 @@ def test_unauthenticated_relay_is_refused_with_554(rig: Rig) -> None:
     code, text = refused.value.recipients["bob@remote.example"]
     assert code == 554
     assert text.startswith(b"5.7.1 Relaying denied: bob@remote.example is not a domain hosted here")
+    # Postfix names a client without reverse DNS "[127.0.0.1]": said once, not twice.
+    assert text.count(b"127.0.0.1") == 1 and b"][" not in text, text
     record = wait_for_decision(rig, stage="rcpt")
     assert record["rule"] == "relay"
     assert record["client_address"] == "127.0.0.1"
@@ -116,8 +118,12 @@ def test_suspended_account_is_refused_at_mail(rig: Rig) -> None:
     ):
         client.sendmail("alice@acme.example", ["bob@remote.example"], MESSAGE)
     assert refused.value.smtp_code == 550
-    assert refused.value.smtp_error.startswith(b"5.7.1 Account acme is suspended since")
-    assert b"spam complaints" in refused.value.smtp_error
+    assert refused.value.smtp_error.startswith(b"5.7.1 Account acme is suspended by the provider")
+    assert b"Contact the provider's support" in refused.value.smtp_error
+    # Staff's reason is an internal note: in the log for staff, not in the customer's reply.
+    assert b"spam complaints" not in refused.value.smtp_error
+    record = wait_for_decision(rig, stage="mail")
+    assert any("spam complaints" in note for note in record["notes"])
 
     shown = sendwarden_cli(rig, "account", "show", "acme")
     assert "suspended since" in shown.stdout and "spam complaints" in shown.stdout

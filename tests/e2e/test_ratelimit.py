@@ -133,6 +133,9 @@ def test_redis_outage_tempfails_and_recovers(make_rig: Callable[..., Rig]) -> No
             ):
                 client.sendmail("alice@acme.example", [f"down{attempt}@remote.example"], MESSAGE)
             assert "451" in str(caught.value) and "4.3.0" in str(caught.value)
+            # What happened and what to do, no internals: the store is the log's business.
+            assert "try again later" in str(caught.value)
+            assert "redis" not in str(caught.value).lower()
     finally:
         rig.redis.start()  # same port, empty: the milter reconnects by itself
     with rig.smtp("alice@acme.example") as client:

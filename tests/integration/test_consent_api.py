@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from fastapi import Request
 from fastapi.testclient import TestClient
 
 from sendwarden.config import ApiToken
-from sendwarden.consent.api import create_app, hash_token, mint_token
+from sendwarden.consent.api import ANONYMOUS_BODY_BYTES, create_app, hash_token, mint_token
 from sendwarden.consent.model import ConsentStore, EventKind
+from sendwarden.consent.store import open_consent_store
 from sendwarden.store import StoreError
 
 ACME_TOKEN = mint_token()
@@ -225,3 +228,22 @@ def test_store_failure_is_503() -> None:
         assert response.headers["retry-after"] == "30"
         read = client.get("/v1/consent/carol@example.org", headers=auth(STAFF_TOKEN))
         assert read.status_code == 503
+
+
+def test_routes_added_later_get_the_limits_too(tmp_path: Path) -> None:
+    """The limits are app-level middleware: a route another module adds (a sign-in
+    form under /ui, say) lets a stranger send no more than a form's worth."""
+    store = open_consent_store(f"sqlite:///{tmp_path / 'consent.db'}")
+    app = create_app([], store)
+
+    async def sign_in(request: Request) -> dict[str, int]:
+        return {"read": len(await request.body())}
+
+    app.add_api_route("/ui/sign-in", sign_in, methods=["POST"])
+    try:
+        with TestClient(app) as client:
+            assert client.post("/ui/sign-in", content=b"x" * 100).json() == {"read": 100}
+            over = client.post("/ui/sign-in", content=b"x" * (ANONYMOUS_BODY_BYTES + 1))
+            assert over.status_code == 413
+    finally:
+        store.close()

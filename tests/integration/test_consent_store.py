@@ -465,7 +465,15 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["sqlite://consent.db", "sqlite:///", "sqlite:///dir/", "mysql://x/y", "consent.db"],
+    [
+        "sqlite://consent.db",
+        "sqlite:///",
+        "sqlite:///dir/",
+        "mysql://x/y",
+        "consent.db",
+        "sqlite:///consent.db",
+        "sqlite:///.run/consent.db",
+    ],
 )
 def test_bad_urls_say_what_a_good_one_looks_like(url: str) -> None:
     with pytest.raises(ValueError, match="sqlite:///"):
@@ -477,5 +485,5 @@ def test_url_forms() -> None:
         "sqlite",
         "/var/lib/sw/consent.db",
     )
-    assert parse_database_url("sqlite:///consent.db") == ("sqlite", "consent.db")
+    assert parse_database_url("sqlite:///:memory:") == ("sqlite", ":memory:")
     assert parse_database_url("postgresql://u@h/db")[0] == "postgresql"

@@ -49,8 +49,9 @@ PENDING_QUEUES = ("maildrop", "incoming", "active", "deferred")
 DEFAULT_MESSAGE_SIZE_LIMIT = 64 * 1024 * 1024
 PORT_ATTEMPTS = 3  # a free port another process takes before Postfix binds it: try anew
 
-# name, type, private, unpriv, chroot, wakeup, maxproc, command. chroot is always "n": the
-# milter socket and the sasldb live in the temp dir, outside any chroot.
+# name, type, private, unpriv, chroot, wakeup, maxproc, command. chroot is "n" here: the
+# milter socket and the sasldb live in the temp dir, outside any chroot. An instance made
+# with ``chroot=True`` takes the chroot column from Debian's default master.cf instead.
 _MASTER_SERVICES = (
     ("pickup", "unix", "n", "-", "n", "60", "1", "pickup"),
     ("cleanup", "unix", "n", "-", "n", "-", "0", "cleanup"),
@@ -76,6 +77,24 @@ _MASTER_SERVICES = (
 )
 
 
+#: Debian's stock master.cf; its chroot column is what a default Debian Postfix runs with.
+DEBIAN_MASTER_CF = Path("/usr/share/postfix/master.cf.dist")
+#: Files Debian's Postfix start-up copies into the chroot (configure-instance.sh).
+CHROOT_FILES = ("localtime", "services", "resolv.conf", "hosts", "host.conf", "nsswitch.conf")
+
+
+def debian_chroot_flags(master_cf: Path = DEBIAN_MASTER_CF) -> dict[str, str]:
+    """``{service name: chroot flag}`` of Debian's default master.cf (smtpd under its
+    listener name ``smtp inet``)."""
+    flags: dict[str, str] = {}
+    for line in master_cf.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 8 and not line[0].isspace() and not line.startswith("#"):
+            name = "smtpd" if (fields[0], fields[1]) == ("smtp", "inet") else fields[0]
+            flags.setdefault(name, fields[4])
+    return flags
+
+
 class PostfixError(RuntimeError):
     """Postfix failed to start or a command failed; the message carries its log."""
 
@@ -93,6 +112,10 @@ class PrivatePostfix(LoggingService):
             A login ``user@realm`` is stored as user ``user`` in realm ``realm``; a bare
             login in the default realm (``myhostname``).
         main_cf: extra or overriding main.cf parameters.
+        chroot: run the services chrooted as Debian's default master.cf does (smtpd,
+            pickup, cleanup, ... in the queue directory); the milter socket must then be
+            inside the queue directory. SASL logins need a sasldb inside the chroot,
+            which this instance does not set up: use it without ``sasl_users``.
         sasldb: a sasldb another instance already wrote (its ``sasldb_path``), used
             instead of writing one from ``sasl_users`` (one saslpasswd2 run per user:
             slow for the benchmark's thousand accounts and several instances).
@@ -115,8 +138,10 @@ class PrivatePostfix(LoggingService):
         proxy_filter: str | None = None,
         base_dir: str | os.PathLike[str] | None = None,
         start_timeout: float = 30.0,
+        chroot: bool = False,
         sasldb: Path | None = None,
     ) -> None:
+        self.chroot = chroot
         self.sink_port = sink_port
         self.milter = milter
         self.local_domains = tuple(local_domains)
@@ -236,6 +261,10 @@ class PrivatePostfix(LoggingService):
                          reinject))  # fmt: skip
         rows.insert(0, (f"127.0.0.1:{self.smtp_port}", "inet", "n", "-", "n", "-", "-", smtpd))
         rows.extend(_MASTER_SERVICES)
+        if self.chroot:
+            flags = debian_chroot_flags()
+            rows = [(*row[:4], flags.get(row[7] if row[1] == "inet" else row[0], row[4]), *row[5:])
+                    for row in rows]  # fmt: skip
         return "".join("{:<24} {:<10} {} {} {} {:<5} {:<3} {}\n".format(*row) for row in rows)
 
     def configure(self) -> None:
@@ -262,6 +291,14 @@ class PrivatePostfix(LoggingService):
             "".join(f"{key} = {value}\n" for key, value in self.main_cf().items()),
         )
         _write_public(self.config_dir / "master.cf", self.master_cf())
+        if self.chroot:
+            chroot_etc = self.queue_dir / "etc"
+            chroot_etc.mkdir(exist_ok=True)
+            chroot_etc.chmod(0o755)
+            for name in CHROOT_FILES:
+                if (Path("/etc") / name).is_file():
+                    shutil.copyfile(Path("/etc") / name, chroot_etc / name)
+                    (chroot_etc / name).chmod(0o644)
         self._write_sasl()
         self._configured = True
 

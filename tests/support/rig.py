@@ -175,6 +175,8 @@ def start_rig(
     milter_env: Mapping[str, str] | None = None,
     milter_socket: Literal["unix", "inet"] = "unix",
     mta: MtaKind = "postfix",
+    chroot: bool = False,
+    socket_in_queue: bool | None = None,
 ) -> Rig:
     """Start Redis, sink, milter and Postfix; every stop is registered on ``stack``.
 
@@ -182,7 +184,13 @@ def start_rig(
     written from ``accounts``/``policy``/``consent``/``config_extra``; "noop" runs the
     recording no-op milter (with ``verdicts``); "none" configures Postfix without one.
     Redis is started for sendwarden only, unless ``with_redis`` says otherwise.
+    ``chroot``: Postfix runs with Debian's default chroot flags, and the milter socket is
+    set up as deploy/postfix-main.cf says: inside the queue directory, named
+    ``unix:sendwarden/milter.sock`` (no SASL users: the sasldb would be outside the chroot).
+    ``socket_in_queue`` (default: as ``chroot``): that socket set-up, chrooted or not.
     """
+    if socket_in_queue is None:
+        socket_in_queue = chroot
     users = dict(DEFAULT_SASL_USERS if sasl_users is None else sasl_users)
     rig_dir = Path(tempfile.mkdtemp(prefix="sw-e2e-"))
     # Postfix (user postfix) must reach the milter socket in here; the milter runs as root.
@@ -243,11 +251,15 @@ def start_rig(
             sink_port=sink.port,
             milter=socket_spec if milter not in ("none", "proxy") else None,
             local_domains=local_domains,
-            sasl_users=users,
+            sasl_users={} if chroot else users,
             main_cf=postfix_main_cf,
+            chroot=chroot,
             proxy_filter=f"unix:{proxy_socket}" if milter == "proxy" else None,
         )
         mta_settings = {"postfix_queue_directory": str(mta_instance.queue_dir)}
+        if socket_in_queue:  # as deploy/postfix-main.cf says: inside the queue directory
+            socket_spec = f"unix:{mta_instance.queue_dir / 'sendwarden' / 'milter.sock'}"
+            mta_instance.milter = "unix:sendwarden/milter.sock" if milter != "none" else None
         if milter == "proxy":  # sendwarden proxy as Postfix's smtpd_proxy_filter
             proxy_settings = {
                 "proxy": {

@@ -10,8 +10,7 @@ import pytest
 
 from sendwarden.checks.identity import IdentityCheck
 from sendwarden.config import Settings, settings_from_mapping
-from sendwarden.decisionlog import RuleTrace
-from sendwarden.pipeline import TRACE
+from sendwarden.decisionlog import TRACE, RuleTrace
 from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.forged_headers import (

@@ -22,7 +22,7 @@ from sendwarden.milter.adapter import (
 from sendwarden.milter.replies import milter_reply_text
 from sendwarden.pipeline import Pipeline
 from sendwarden.policy.facts import Transaction
-from sendwarden.policy.suspension import Suspension
+from sendwarden.policy.suspension import RATE_LIMIT_SUSPENDER, Suspension
 from sendwarden.policy.verdict import Verdict
 from tests.unit.fakes import MemorySuspensions
 
@@ -152,13 +152,32 @@ def test_authenticated_sender_relays() -> None:
 
 def test_suspended_account_refused_at_mail() -> None:
     ctx, suspensions = make_ctx()
-    suspensions.suspend("acme", Suspension(reason="100% spam", since="2026-11-20T10:00:00Z"))
+    reason = "its limit was reached at 100% 5 times"
+    suspensions.suspend(
+        "acme", Suspension(reason=reason, since="2026-11-20T10:00:00Z", by=RATE_LIMIT_SUSPENDER)
+    )
     ctx._setsymval("{auth_authen}", "alice@acme.example")
     ctx._connect(ip="198.51.100.7")
     assert ctx._envfrom("<a@acme.example>") == Milter.REJECT
     code, enhanced, text = ctx._reply
     assert (code, enhanced) == ("550", "5.7.1")
-    assert "100%% spam" in text  # libmilter wants '%' doubled
+    assert "at 100%% 5 times" in text  # libmilter wants '%' doubled
+
+
+def test_staff_reason_stays_out_of_the_reply() -> None:
+    """A staff reason is an internal note (a complaint, a ticket): the customer reads
+    that the provider suspended the account and whom to ask."""
+    ctx, suspensions = make_ctx()
+    suspensions.suspend(
+        "acme",
+        Suspension(reason="ticket 4711: spamtrap hits", since="2026-11-20T10:00:00Z", by="carol"),
+    )
+    ctx._setsymval("{auth_authen}", "alice@acme.example")
+    ctx._connect(ip="198.51.100.7")
+    assert ctx._envfrom("<a@acme.example>") == Milter.REJECT
+    text = ctx._reply[2]
+    assert "ticket" not in text and "carol" not in text
+    assert "suspended by the provider" in text and "Contact the provider's support" in text
 
 
 def test_store_down_gives_451_4_3_0() -> None:

@@ -15,6 +15,7 @@ from sendwarden.checks.ratelimit import RecipientRateCheck, Reservations
 from sendwarden.checks.relay import RelayCheck
 from sendwarden.checks.suspension import SuspensionCheck
 from sendwarden.config import ConfigError, Settings, settings_from_mapping
+from sendwarden.decisionlog import TRACE
 from sendwarden.pipeline import Pipeline
 from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.ratelimit import (
@@ -316,7 +317,10 @@ def test_the_refusal_that_suspends_also_refuses_the_message() -> None:
     replies = smtp_send(pipeline, "alice@acme.example", ["a@x.net", "b@x.net"])
     assert replies[0] == ""
     assert replies[1].startswith("451 4.7.1") and "now suspended" in replies[1]
-    assert replies[2].startswith("550 5.7.1 Account acme is suspended since 2023-11-14T22:13:20Z")
+    assert replies[2].startswith(
+        "550 5.7.1 Account acme is suspended because its limit of 1 recipients per hour"
+    )
+    assert "(since 2023-11-14T22:13:20Z)" in replies[2]
 
 
 def test_store_down_tempfails_or_accepts_as_configured() -> None:
@@ -364,7 +368,10 @@ def test_the_mail_reservation_refuses_a_suspended_account() -> None:
     counter.suspended["acme"] = b'{"reason": "abuse report", "since": "2026-01-01T00:00:00Z"}'
     txn = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="alice@acme.example")
     verdict = pipeline.mail(txn)
-    assert verdict.reply().startswith("550 5.7.1 Account acme is suspended since 2026-01-01")
+    assert verdict.reply().startswith("550 5.7.1 Account acme is suspended by the provider")
+    assert "(since 2026-01-01T00:00:00Z)" in verdict.text
+    assert "abuse report" not in verdict.text  # staff's reason: in the decision's notes
+    assert any("abuse report" in note for note in txn.scratch[TRACE].notes)
     assert counter.used("acme") == 0
 
 
