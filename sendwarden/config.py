@@ -126,6 +126,17 @@ class RedisSettings:
     key_prefix: str = "sw"
 
 
+def _monitor_names(value: Any, key: str) -> tuple[str, ...]:
+    from sendwarden.policy.monitor import MONITORABLE  # local: keeps config import-light
+
+    names = typing.cast(tuple[str, ...], _convert(tuple[str, ...], value, key))
+    for index, name in enumerate(names):
+        if name not in MONITORABLE:
+            known = ", ".join(sorted(MONITORABLE))
+            raise ConfigError(f"{key}[{index}]", f"{name!r} is not a rule or check ({known})")
+    return names
+
+
 @dataclass(frozen=True)
 class PolicySettings:
     local_domains: tuple[str, ...] = parsed(_parse_domains, default=())
@@ -143,6 +154,10 @@ class PolicySettings:
     provider_hostnames: tuple[str, ...] = parsed(_parse_domains, default=())
     authserv_id: str = ""
     forged_header_action: Literal["refuse", "strip"] = "refuse"
+    # Rules (or checks) that only watch: the rule runs, its would-be refusal is logged
+    # and counted as "monitor", and the mail passes. For rolling sendwarden out onto
+    # existing customers (``sendwarden report`` shows what would have been refused).
+    monitor_only: tuple[str, ...] = parsed(_monitor_names, default=())
 
 
 def _consent_database(value: Any, key: str) -> str:
@@ -398,6 +413,36 @@ class AlertSettings:
     webhook_url: str = parsed(_webhook_url, default="")  # POSTed one JSON object per alert
 
 
+def _optional_listen(value: Any, key: str) -> str:
+    """``HOST:PORT``, or ``""`` for off."""
+    if value == "":
+        return ""
+    return _listen(value, key)
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus metrics and ``/healthz``, served over plain HTTP (loopback by default:
+    scrape through an SSH tunnel or a reverse proxy from elsewhere). ``""`` turns a
+    process's metrics off, recording included."""
+
+    listen: str = parsed(_optional_listen, default="127.0.0.1:9464")  # the milter
+    api_listen: str = parsed(_optional_listen, default="127.0.0.1:9465")  # sendwarden api
+    proxy_listen: str = parsed(_optional_listen, default="127.0.0.1:9466")  # the SMTP proxy
+    alerts_listen: str = parsed(_optional_listen, default="127.0.0.1:9467")  # sendwarden alerts
+
+
+@dataclass(frozen=True)
+class UiSettings:
+    """The support page under ``/ui`` of ``sendwarden api``. Staff sign in with a staff
+    token, or a reverse proxy that authenticated them passes their name in
+    ``trusted_header``; the header is believed only from ``trusted_proxies``."""
+
+    trusted_header: str = ""  # e.g. "X-Remote-User"; empty: token sign-in only
+    trusted_proxies: tuple[IPNetwork, ...] = parsed(_parse_networks, default=())
+    session_minutes: int = parsed(_positive, default=480)
+
+
 @dataclass(frozen=True)
 class Account:
     id: str
@@ -407,6 +452,7 @@ class Account:
     networks: tuple[IPNetwork, ...] = parsed(_parse_networks, default=())
     recipients_per_hour: int | None = parsed(_positive, default=None)
     allow_subdomains: bool = False  # From/Sender may also use subdomains of its domains
+    monitor_only: bool = False  # every rule only watches this account's mail (roll-out)
 
 
 @dataclass(frozen=True)
@@ -420,6 +466,8 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     dkim: tuple[DkimKey, ...] = parsed(_parse_dkim_keys, default=())
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    ui: UiSettings = field(default_factory=UiSettings)
     accounts: tuple[Account, ...] = ()
 
     def account(self, account_id: str) -> Account:

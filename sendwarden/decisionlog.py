@@ -22,6 +22,7 @@ class RuleTrace:
     hits: list[str] = field(default_factory=list)
     passed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    monitored: list[str] = field(default_factory=list)  # rules monitor-only mode let pass
 
     def ran(self, check: str, fired: bool) -> None:
         if fired:
@@ -31,9 +32,16 @@ class RuleTrace:
 
 
 def decision_record(
-    txn: Transaction, stage: str, verdict: Verdict, trace: RuleTrace, recipient: str | None = None
+    txn: Transaction,
+    stage: str,
+    verdict: Verdict,
+    trace: RuleTrace,
+    recipient: str | None = None,
+    verdict_label: str | None = None,
 ) -> dict[str, Any]:
-    """The fields of one decision line; a plain dict so tests can assert on it."""
+    """The fields of one decision line; a plain dict so tests can assert on it.
+    ``verdict_label`` overrides the verdict's action (``monitor``: a watched rule's
+    refusal that was let pass; ``reply`` is then the reply it would have had)."""
     record: dict[str, Any] = {
         "ts": round(time.time(), 3),
         "event": "decision",
@@ -46,7 +54,7 @@ def decision_record(
         "login": txn.login,
         "mail_from": txn.mail_from,
         "recipients": len(txn.recipients),
-        "verdict": verdict.action.value,
+        "verdict": verdict_label or verdict.action.value,
         "rule": verdict.rule or None,
         "reply": verdict.reply() or None,
         "hits": trace.hits,
@@ -56,6 +64,8 @@ def decision_record(
         record["recipient"] = recipient
     if trace.notes:
         record["notes"] = trace.notes
+    if trace.monitored:
+        record["monitored"] = trace.monitored
     return record
 
 

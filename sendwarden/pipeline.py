@@ -5,14 +5,17 @@ protocol work of its own."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from sendwarden import metrics
 from sendwarden.checks.base import Check
 from sendwarden.config import Settings
 from sendwarden.decisionlog import RuleTrace, decision_record, log_decision
 from sendwarden.policy.accounts import AccountDirectory, is_trusted
 from sendwarden.policy.facts import Client, Transaction
+from sendwarden.policy.monitor import MONITOR, is_monitored
 from sendwarden.policy.verdict import CONTINUE, Action, Verdict, tempfail
 from sendwarden.store import StoreError, StoreHealth
 
@@ -30,6 +33,14 @@ class DecisionObserver(Protocol):
     def observe(self, txn: Transaction, stage: str, verdict: Verdict) -> None: ...
 
 
+@runtime_checkable
+class MonitorObserver(Protocol):
+    """Also told of refusals that monitor-only mode let pass (``observe`` is not: the
+    mail was not refused, so refusal counts and alerts must not see them)."""
+
+    def observe_monitored(self, txn: Transaction, stage: str, verdict: Verdict) -> None: ...
+
+
 class Pipeline:
     """The checks of one configuration, in order. Safe to share between threads."""
 
@@ -43,6 +54,8 @@ class Pipeline:
         self.settings = settings
         self.checks = tuple(checks)
         self.observers = tuple(observers)
+        self.monitor_observers = tuple(o for o in observers if isinstance(o, MonitorObserver))
+        self.watched = frozenset(settings.policy.monitor_only)
         self.directory = directory or AccountDirectory(settings.accounts)
         self.needs_body = any(check.needs_body for check in self.checks)
         self.health = StoreHealth(log, "on_store_error decides until it is back")
@@ -70,15 +83,25 @@ class Pipeline:
         """MAIL FROM. Local submissions are judged whole at end of message."""
         if txn.client.local_submission:
             return CONTINUE
-        return self._finish_if_final(txn, "mail", self._run(txn, lambda check: check.at_mail(txn)))
+        started = time.perf_counter()
+        verdict = self._finish_if_final(
+            txn, "mail", self._run(txn, "mail", lambda check: check.at_mail(txn))
+        )
+        _timed("mail", started)
+        return verdict
 
     def rcpt(self, txn: Transaction, recipient: str) -> Verdict:
         """RCPT TO: an accepted recipient is added to the transaction."""
         if not txn.client.local_submission:
-            verdict = self._run(txn, lambda check: check.at_rcpt(txn, recipient))
+            started = time.perf_counter()
+            verdict = self._run(
+                txn, "rcpt", lambda check: check.at_rcpt(txn, recipient), recipient
+            )
             if verdict.is_final:
                 self._decided(txn, "rcpt", verdict, recipient)
+                _timed("rcpt", started)
                 return verdict
+            _timed("rcpt", started)
         txn.recipients.append(recipient)
         return CONTINUE
 
@@ -95,14 +118,17 @@ class Pipeline:
     def eom(self, txn: Transaction) -> Verdict:
         """End of message: the final verdict, after which checks commit or give back.
         For a local submission the adapter has set ``txn.uid`` by now."""
+        started = time.perf_counter()
         verdict = CONTINUE
         if txn.client.local_submission:
             verdict = self._local_submission_envelope(txn)
         if not verdict.is_final:
-            verdict = self._run(txn, lambda check: check.at_eom(txn))
+            verdict = self._run(txn, "eom", lambda check: check.at_eom(txn))
         if txn.account is None and txn.trusted:
             self._trace(txn).notes.append("unknown account on a trusted network")
-        return self._finish(txn, "eom", verdict)
+        verdict = self._finish(txn, "eom", verdict)
+        _timed("eom", started)
+        return verdict
 
     def abort(self, txn: Transaction) -> None:
         """The client gave up (RSET, QUIT, lost connection) before end of message."""
@@ -121,16 +147,24 @@ class Pipeline:
         """sendmail(1): Postfix forbids per-recipient replies here, so the MAIL and RCPT
         checks run now and any refusal refuses the whole message."""
         self._resolve_account(txn)
-        verdict = self._run(txn, lambda check: check.at_mail(txn))
+        verdict = self._run(txn, "eom", lambda check: check.at_mail(txn))
         if verdict.is_final:
             return verdict
         for recipient in txn.recipients:
-            verdict = self._run(txn, lambda check: check.at_rcpt(txn, recipient))  # noqa: B023
+            verdict = self._run(
+                txn, "eom", lambda check: check.at_rcpt(txn, recipient), recipient  # noqa: B023
+            )
             if verdict.is_final:
                 return verdict
         return CONTINUE
 
-    def _run(self, txn: Transaction, hook: Callable[[Check], Verdict | None]) -> Verdict:
+    def _run(
+        self,
+        txn: Transaction,
+        stage: str,
+        hook: Callable[[Check], Verdict | None],
+        recipient: str | None = None,
+    ) -> Verdict:
         trace = self._trace(txn)
         for check in self.checks:
             try:
@@ -139,6 +173,12 @@ class Pipeline:
                 txn.scratch[STORE_FAILED] = True
                 self.health.failed(error)
                 verdict = self._store_failed(txn, check, error)
+            else:
+                if verdict is not None and is_monitored(
+                    verdict, check.name, self.watched, txn.account
+                ):
+                    self._monitored(txn, stage, verdict, recipient)
+                    verdict = None
             trace.ran(check.name, verdict is not None and verdict.is_final)
             if verdict is not None and verdict.is_final:
                 return verdict
@@ -156,6 +196,25 @@ class Pipeline:
             f"unavailable) for {txn.account_id or 'this sender'}; the message was not accepted, "
             "please try again later.",
         )
+
+    def _monitored(
+        self, txn: Transaction, stage: str, verdict: Verdict, recipient: str | None
+    ) -> None:
+        """A watched rule would have refused: log and count it as ``monitor``; the mail
+        goes on as if the rule had passed."""
+        trace = self._trace(txn)
+        trace.monitored.append(verdict.rule)
+        log_decision(
+            decision_record(txn, stage, verdict, trace, recipient, verdict_label=MONITOR)
+        )
+        recorder = metrics.current()
+        if recorder is not None:
+            recorder.decided(stage, verdict.rule, MONITOR)
+        for observer in self.monitor_observers:
+            try:
+                observer.observe_monitored(txn, stage, verdict)
+            except Exception:  # an observer never changes what happens to the mail
+                log.exception("monitor observer %s failed", type(observer).__name__)
 
     def _finish_if_final(self, txn: Transaction, stage: str, verdict: Verdict) -> Verdict:
         return self._finish(txn, stage, verdict) if verdict.is_final else verdict
@@ -184,6 +243,9 @@ class Pipeline:
         self, txn: Transaction, stage: str, verdict: Verdict, recipient: str | None = None
     ) -> None:
         log_decision(decision_record(txn, stage, verdict, self._trace(txn), recipient))
+        recorder = metrics.current()
+        if recorder is not None:
+            recorder.decided(stage, verdict.rule, verdict.action.value)
         for observer in self.observers:
             try:
                 observer.observe(txn, stage, verdict)
@@ -200,3 +262,10 @@ class Pipeline:
     def close(self) -> None:
         for check in self.checks:
             check.close()
+
+
+def _timed(stage: str, started: float) -> None:
+    """The stage's decision latency, when metrics are on."""
+    recorder = metrics.current()
+    if recorder is not None:
+        recorder.stage_done(stage, time.perf_counter() - started)

@@ -17,6 +17,7 @@ from sendwarden.checks.suspension import SuspensionCheck
 from sendwarden.config import Settings
 from sendwarden.consent.check import consent_check_from_settings
 from sendwarden.dkim.signer import signers_from_settings
+from sendwarden.monitoring import MonitorRecorder, MonitorStore
 from sendwarden.pipeline import Pipeline
 from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.ratelimit import counter_from_settings
@@ -70,4 +71,7 @@ def build_runtime(settings: Settings) -> Runtime:
     checks = build_checks(settings, client, directory)
     # Counts refusals that put the provider's addresses at risk, for the alert sweep.
     risk = RiskRecorder(RiskStore(client, settings.redis.key_prefix))
-    return Runtime(settings, client, Pipeline(settings, checks, directory, observers=[risk]))
+    # Counts what monitor-only mode let pass, for `sendwarden report`.
+    monitor = MonitorRecorder(MonitorStore(client, settings.redis.key_prefix))
+    pipeline = Pipeline(settings, checks, directory, observers=[risk, monitor])
+    return Runtime(settings, client, pipeline)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from sendwarden import metrics
 from sendwarden.alerts.dnsbl import (
     DnsblAnswer,
     DnsblChecker,
@@ -65,6 +66,7 @@ class AlertService:
     ) -> None:
         self.settings = settings
         self.alerts = settings.alerts
+        self.client = client
         prefix = settings.redis.key_prefix
         self._checker = checker or checker_from_settings(self.alerts)
         self._notifiers = (
@@ -90,8 +92,12 @@ class AlertService:
                 report.findings, reported, now, self.alerts.remind_after, undetermined
             )
             delivered = []
+            recorder = metrics.current()
             for alert in alerts:
                 failures = deliver(alert, self._notifiers)
+                if recorder is not None:
+                    result = "failed" if failures else "sent"
+                    recorder.alerts.labels(alert.finding.kind, result).inc()
                 if failures:
                     report.failed.append(f"{alert.subject}: {'; '.join(failures)}")
                 else:
@@ -128,6 +134,12 @@ class AlertService:
         addresses = monitored_addresses(self.alerts.monitored_networks)
         if addresses and self.alerts.dnsbl_zones:
             answers = self._checker.check(addresses)
+            recorder = metrics.current()
+            if recorder is not None:
+                for answer in answers:
+                    if answer.status in ("listed", "clear"):
+                        listed = 1 if answer.status == "listed" else 0
+                        recorder.dnsbl_listed.labels(answer.address, answer.zone).set(listed)
             report.findings += listing_findings(answers)
             report.findings += zone_failure_findings(answers)
             undetermined |= undetermined_keys(answers)

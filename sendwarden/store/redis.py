@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 import redis
 
+from sendwarden import metrics
 from sendwarden.config import RedisSettings
 from sendwarden.store import StoreError
 
@@ -32,8 +34,15 @@ def account_key(prefix: str, account_id: str, name: str) -> str:
 
 @contextlib.contextmanager
 def redis_errors(what: str) -> Iterator[None]:
-    """Turn any redis-py failure into a StoreError naming what was being done."""
+    """Turn any redis-py failure into a StoreError naming what was being done (and count
+    and time the call for the metrics)."""
+    recorder = metrics.current()  # inline, not a second context manager: the hot path
+    started = time.perf_counter() if recorder is not None else 0.0
     try:
         yield
     except redis.RedisError as error:
+        if recorder is not None:
+            recorder.store_done("redis", time.perf_counter() - started, True)
         raise StoreError("redis", f"{what}: {error}") from error
+    if recorder is not None:
+        recorder.store_done("redis", time.perf_counter() - started, False)
