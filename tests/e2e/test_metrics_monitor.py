@@ -101,9 +101,7 @@ def test_metrics_count_mixed_mail_through_postfix(make_rig: Callable[..., Rig]) 
 
     assert rig.milter is not None and rig.milter.pid is not None
     os.kill(rig.milter.pid, signal.SIGHUP)
-    wait_until(
-        lambda: value(scrape(port), "sendwarden_config_generation") == 2, 10, "the reload"
-    )
+    wait_until(lambda: value(scrape(port), "sendwarden_config_generation") == 2, 10, "the reload")
     assert value(scrape(port), "sendwarden_reloads_total", result="ok") == 1
 
     assert rig.redis is not None
@@ -142,7 +140,8 @@ def test_monitor_only_lets_refusal_worthy_mail_pass_and_records_it(
         assert client.sendmail("bob@beta.example", recipients, beta) == {}
     delivered = rig.sink.wait_for(2)
     assert {tuple(sorted(mail.rcpt_tos)) for mail in delivered} == {
-        ("c@remote.example",), tuple(recipients)
+        ("c@remote.example",),
+        tuple(recipients),
     }
 
     assert rig.milter is not None

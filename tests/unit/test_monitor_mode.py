@@ -38,13 +38,28 @@ PLAIN_ACCOUNT = Account(id="acme")
         (FORGED, "identity", ["impersonation"], PLAIN_ACCOUNT, False),  # another rule
         (FORGED, "identity", [], WATCHED_ACCOUNT, True),  # a watched account
         (FORGED, "identity", [], None, False),
-        (tempfail("recipient-rate", "451", "4.7.1", "x"), "recipient-rate", [], WATCHED_ACCOUNT,
-         True),  # fmt: skip
+        (
+            tempfail("recipient-rate", "451", "4.7.1", "x"),
+            "recipient-rate",
+            [],
+            WATCHED_ACCOUNT,
+            True,
+        ),
         # Not judgements of the mail: never watched, whatever the settings.
-        (tempfail("store-unavailable", "451", "4.3.0", "x"), "consent", ["consent"],
-         WATCHED_ACCOUNT, False),  # fmt: skip
-        (tempfail("internal-error", "451", "4.3.0", "x"), "identity", ["identity"],
-         WATCHED_ACCOUNT, False),  # fmt: skip
+        (
+            tempfail("store-unavailable", "451", "4.3.0", "x"),
+            "consent",
+            ["consent"],
+            WATCHED_ACCOUNT,
+            False,
+        ),
+        (
+            tempfail("internal-error", "451", "4.3.0", "x"),
+            "identity",
+            ["identity"],
+            WATCHED_ACCOUNT,
+            False,
+        ),
         (CONTINUE, "identity", ["identity"], WATCHED_ACCOUNT, False),
         (Verdict(Action.ACCEPT, "x"), "identity", ["identity"], WATCHED_ACCOUNT, False),
     ],
@@ -88,11 +103,20 @@ class Observer:
 def pipeline(monitor_only: list[str], account_monitor: bool = False) -> tuple[Pipeline, Observer]:
     settings = settings_from_mapping(
         {
-            "policy": {"local_domains": ["hosting.example"], "trusted_networks": [],
-                       "monitor_only": monitor_only},  # fmt: skip
-            "accounts": [{"id": "acme", "logins": ["alice@acme.example"],
-                          "domains": ["acme.example"], "monitor_only": account_monitor}],
-        }  # fmt: skip
+            "policy": {
+                "local_domains": ["hosting.example"],
+                "trusted_networks": [],
+                "monitor_only": monitor_only,
+            },
+            "accounts": [
+                {
+                    "id": "acme",
+                    "logins": ["alice@acme.example"],
+                    "domains": ["acme.example"],
+                    "monitor_only": account_monitor,
+                }
+            ],
+        }
     )
     suspensions = MemorySuspensions()
     suspensions.suspend("acme", Suspension(reason="abuse", since="2026-01-01T00:00:00Z"))
