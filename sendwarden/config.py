@@ -389,6 +389,30 @@ def _webhook_url(value: Any, key: str) -> str:
     return text
 
 
+def _non_negative_number(value: Any, key: str) -> float:
+    number = typing.cast(float, _convert(float, value, key))
+    if number < 0:
+        raise ConfigError(key, f"must be 0 or more, got {number}")
+    return number
+
+
+def _share(value: Any, key: str) -> float:
+    number = _non_negative_number(value, key)
+    if number > 1:
+        raise ConfigError(key, f"a share from 0 to 1 (0.8 = 80%), got {number}")
+    return number
+
+
+def _ip_address_or_empty(value: Any, key: str) -> str:
+    text = typing.cast(str, _convert(str, value, key))
+    if text:
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            raise ConfigError(key, f"{text!r} is not an IP address") from None
+    return text
+
+
 @dataclass(frozen=True)
 class AlertSettings:
     """``sendwarden alerts``: DNSBL listings of the provider's addresses and accounts
@@ -411,6 +435,15 @@ class AlertSettings:
     mail_from: str = "sendwarden@localhost"
     smtp_server: str = parsed(_listen, default="127.0.0.1:25")  # where alert mail is sent
     webhook_url: str = parsed(_webhook_url, default="")  # POSTed one JSON object per alert
+    # Early warnings: an account past this share of its hourly limit (0: never) ...
+    near_limit_share: float = parsed(_share, default=0.8)
+    # ... or sending this many times its usual hourly volume (the median of its busy
+    # hours last week; 0: never), once it sends to at least surge_min_recipients.
+    surge_factor: float = parsed(_non_negative_number, default=5.0)
+    surge_min_recipients: int = parsed(_positive, default=50)
+    # This MTA host's outbound address, so a listing of it names the accounts that sent
+    # most through it; empty: recorded as "address unknown".
+    sending_address: str = parsed(_ip_address_or_empty, default="")
 
 
 def _optional_listen(value: Any, key: str) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import redis
 
+from sendwarden.alerts.early import VolumeRecorder, VolumeStore
 from sendwarden.alerts.risk import RiskRecorder, RiskStore
 from sendwarden.checks.attachments import AttachmentCheck
 from sendwarden.checks.base import Check
@@ -30,9 +31,12 @@ class Runtime:
     settings: Settings
     redis: redis.Redis
     pipeline: Pipeline
+    volume: VolumeRecorder | None = None
 
     def close(self) -> None:
         self.pipeline.close()
+        if self.volume is not None:
+            self.volume.close()  # its last counts, before the client goes
         self.redis.close()
 
 
@@ -73,5 +77,9 @@ def build_runtime(settings: Settings) -> Runtime:
     risk = RiskRecorder(RiskStore(client, settings.redis.key_prefix))
     # Counts what monitor-only mode let pass, for `sendwarden report`.
     monitor = MonitorRecorder(MonitorStore(client, settings.redis.key_prefix))
-    pipeline = Pipeline(settings, checks, directory, observers=[risk, monitor])
-    return Runtime(settings, client, pipeline)
+    # Sent volume per account and sending address, for the early warnings.
+    volume = VolumeRecorder(
+        VolumeStore(client, settings.redis.key_prefix), settings.alerts.sending_address
+    )
+    pipeline = Pipeline(settings, checks, directory, observers=[risk, monitor, volume])
+    return Runtime(settings, client, pipeline, volume)

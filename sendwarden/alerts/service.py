@@ -20,19 +20,21 @@ from sendwarden.alerts.dnsbl import (
     monitored_addresses,
     undetermined_keys,
 )
+from sendwarden.alerts.early import EarlyWarnings, VolumeStore
 from sendwarden.alerts.findings import MONITORING_FAILED, Finding
 from sendwarden.alerts.notify import Notifier, deliver, notifiers_from_settings
 from sendwarden.alerts.risk import RiskStore, account_risks, risk_findings
 from sendwarden.alerts.rules import after_delivery, due_alerts
 from sendwarden.alerts.state import ReportedStore
 from sendwarden.config import Settings
+from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store import StoreError
 from sendwarden.store.suspensions import RedisSuspensionStore
 
 log = logging.getLogger(__name__)
 
 #: Keys of the conditions the account sweep reports (undetermined when Redis fails).
-ACCOUNT_KEY_PREFIXES = ("risk:", "suspended:")
+ACCOUNT_KEY_PREFIXES = ("risk:", "suspended:", "near-limit:", "surge:")
 
 
 @dataclass
@@ -75,6 +77,9 @@ class AlertService:
         self._risks = RiskStore(client, prefix)
         self._suspensions = RedisSuspensionStore(client, prefix)
         self._reported = ReportedStore(client, prefix)
+        self._early = EarlyWarnings(
+            settings, counter_from_settings(settings, client), VolumeStore(client, prefix, clock)
+        )
         self._clock = clock
 
     def sweep(self) -> SweepReport:
@@ -140,7 +145,7 @@ class AlertService:
                     if answer.status in ("listed", "clear"):
                         listed = 1 if answer.status == "listed" else 0
                         recorder.dnsbl_listed.labels(answer.address, answer.zone).set(listed)
-            report.findings += listing_findings(answers)
+            report.findings += self._early.with_top_senders(listing_findings(answers))
             report.findings += zone_failure_findings(answers)
             undetermined |= undetermined_keys(answers)
         account_ids = [account.id for account in self.settings.accounts]
@@ -150,6 +155,11 @@ class AlertService:
             report.problems.append(f"account refusals: {error}")
             return undetermined, ACCOUNT_KEY_PREFIXES
         report.findings += risk_findings(risks, self.alerts.risk_refusals_per_hour)
+        try:
+            report.findings += self._early.account_findings()
+        except StoreError as error:
+            report.problems.append(f"account volumes: {error}")
+            return undetermined, ACCOUNT_KEY_PREFIXES
         return undetermined, ()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import string
+import time
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import redis
 from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
+from sendwarden import metrics
 from sendwarden.config import Settings
 from sendwarden.ratelimit.window import (
     BUCKET_SECONDS,
@@ -164,12 +166,18 @@ class RecipientCounter:
         atomically; otherwise count nothing (and maybe suspend the account)."""
         keys = self._keys.get(account_id) or self.keys(account_id)
         now = self._clock() if self._clock else ""
+        recorder = metrics.current()
+        started = time.perf_counter() if recorder is not None else 0.0
         try:  # not redis_errors(): a context manager costs more than the rest of this method
             reply = self._reserve(keys, cost, limit, suspension_reason, now)
         except redis.RedisError as error:
+            if recorder is not None:
+                recorder.store_done("redis", time.perf_counter() - started, True)
             raise StoreError(
                 "redis", f"counting recipients of account {account_id}: {error}"
             ) from error
+        if recorder is not None:
+            recorder.store_done("redis", time.perf_counter() - started, False)
         admitted, used, bucket, free, script_now, suspended = reply
         return Decision(
             admitted == 1,

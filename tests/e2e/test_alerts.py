@@ -49,6 +49,7 @@ def test_refusals_of_a_customer_reach_the_abuse_desk(
                 "dnsbl_zones": ["zen.spamhaus.org"],
                 "dns_servers": [dns.address],
                 "risk_refusals_per_hour": 3,
+                "near_limit_share": 0,  # the early warnings have tests of their own
                 "mail_to": ["abuse@hosting.example"],
                 "smtp_server": f"127.0.0.1:{smtp_sink.port}",
             }
