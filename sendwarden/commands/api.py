@@ -14,10 +14,22 @@ import signal
 from types import FrameType
 from typing import Any
 
+import redis
+
+from sendwarden import metrics
+from sendwarden.alerts.risk import RiskStore
 from sendwarden.cli import add_actions, add_command
 from sendwarden.commands import token
-from sendwarden.config import ConfigError, load_settings
+from sendwarden.config import ConfigError, Settings, load_settings
+from sendwarden.consent.model import ConsentStore
 from sendwarden.decisionlog import configure_logging
+from sendwarden.health import ConsentProbe, standard_checks
+from sendwarden.monitoring import MonitorStore
+from sendwarden.ratelimit import counter_from_settings
+from sendwarden.store.redis import connect
+from sendwarden.store.suspensions import RedisSuspensionStore
+from sendwarden.ui.history import SuspensionDesk
+from sendwarden.ui.routes import Sessions, UiContext
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +79,18 @@ def run(args: argparse.Namespace) -> int:
     if not is_loopback(host):
         log.warning("the consent API listens on %s, beyond this host: put TLS in front of it", host)
     store = open_from_settings(settings.consent)
+    client = connect(settings.redis)
+    probe = ConsentProbe(lambda: settings.consent)
+    metrics_server = metrics.serve(
+        settings.metrics.api_listen,
+        lambda recorder: standard_checks(lambda: client, probe, recorder),
+    )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that
     # was there before: make that one a clean exit, so the store is closed and the
     # status is 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
-        app = create_app(settings.api.tokens, store)
+        app = create_app(settings.api.tokens, store, ui=ui_context(settings, store, client))
         uvicorn.run(
             app,
             host=host,
@@ -82,5 +100,26 @@ def run(args: argparse.Namespace) -> int:
             server_header=False,
         )
     finally:
+        if metrics_server is not None:
+            metrics_server.close()
+        probe.close()
+        client.close()
         store.close()
     return 0
+
+
+def ui_context(settings: Settings, store: ConsentStore, client: redis.Redis) -> UiContext:
+    """What the support page at /ui reads and changes."""
+    from sendwarden.consent.api import TokenRing
+
+    prefix = settings.redis.key_prefix
+    return UiContext(
+        settings=settings,
+        consent=store,
+        counter=counter_from_settings(settings, client),
+        risks=RiskStore(client, prefix),
+        monitor=MonitorStore(client, prefix),
+        desk=SuspensionDesk(RedisSuspensionStore(client, prefix), client, prefix),
+        identify=TokenRing(settings.api.tokens).identify,
+        sessions=Sessions(lifetime=settings.ui.session_minutes * 60.0),
+    )
