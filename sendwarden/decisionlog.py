@@ -13,6 +13,7 @@ from sendwarden.policy.facts import Transaction
 from sendwarden.policy.verdict import Verdict
 
 DECISIONS = logging.getLogger("sendwarden.decisions")
+TRACE = "_trace"  # txn.scratch key of the transaction's RuleTrace
 
 
 @dataclass(slots=True)
@@ -29,6 +30,13 @@ class RuleTrace:
             self.hits.append(check)
         elif check not in self.passed:
             self.passed.append(check)
+
+
+def add_note(txn: Transaction, note: str) -> None:
+    """Add a line to the decision record of this transaction (when it has one)."""
+    trace = txn.scratch.get(TRACE)
+    if isinstance(trace, RuleTrace):
+        trace.notes.append(note)
 
 
 def decision_record(

@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 from sendwarden import metrics
 from sendwarden.checks.base import Check
 from sendwarden.config import Settings
+from sendwarden.decisionlog import TRACE as TRACE  # re-exported: checks import it from here
 from sendwarden.decisionlog import RuleTrace, decision_record, log_decision
 from sendwarden.policy.accounts import AccountDirectory, is_trusted
 from sendwarden.policy.facts import Client, Transaction
@@ -22,7 +23,6 @@ from sendwarden.store import StoreError, StoreHealth
 log = logging.getLogger(__name__)
 
 STORE_RULE = "store-unavailable"
-TRACE = "_trace"
 STORE_FAILED = "_store_failed"  # txn.scratch: a store failed during this transaction
 
 

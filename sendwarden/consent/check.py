@@ -20,6 +20,7 @@ from sendwarden.checks.base import Check
 from sendwarden.config import ConsentSettings, Settings
 from sendwarden.consent.bulk import RecentRecipients, RecipientCounter
 from sendwarden.consent.model import ConsentStore
+from sendwarden.decisionlog import add_note
 from sendwarden.policy.consent import (
     campaign_reason,
     consent_outcome,
@@ -30,6 +31,8 @@ from sendwarden.policy.consent import (
     message_bulk_reasons,
     missing_unsubscribe_verdict,
     no_account_verdict,
+    offered_unsubscribe_uris,
+    one_click_uri,
 )
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.verdict import Action, Verdict
@@ -69,7 +72,16 @@ class ConsentCheck(Check):
             )
             return no_account_verdict(txn, reasons)
         if not has_list_unsubscribe(txn):
-            return missing_unsubscribe_verdict(txn.account.id, reasons)
+            return missing_unsubscribe_verdict(
+                txn.account.id, reasons, offered_unsubscribe_uris(txn)
+            )
+        one_click = one_click_uri(txn)
+        add_note(
+            txn,
+            f"consent: RFC 8058 one-click unsubscribe <{one_click}>"
+            if one_click
+            else "consent: List-Unsubscribe without RFC 8058 one-click",
+        )
         consenting = self._store_now().consenting(txn.account.id, list(distinct), list_id_of(txn))
         outcome = consent_outcome(
             txn.account.id,

@@ -5,11 +5,18 @@ their recipients have no active consent. The consent check gathers the facts
 (the ledger's answer, the account's distinct recipients this hour) and asks here.
 
 A message is bulk when any one signal says so: many recipients, mailing-list
-headers (``List-Id``, ``List-Unsubscribe``, ``Precedence: bulk|list``), or an
+headers (``List-Id``, ``List-Unsubscribe``, ``Precedence: bulk|list|junk``), or an
 account that has already written to many different recipients this hour (a
-campaign split into small messages). Consent only applies to outbound mail:
-inbound mail (an unidentified client outside the trusted networks, which the
-relay rule confines to local domains) is other people's mailing lists.
+campaign split into small messages). ``Feedback-ID`` is deliberately not a signal:
+it is the sender's own label, which a hostile sender simply leaves out, and honest
+senders put it on transactional mail too (docs/content-rules.md).
+
+A ``List-Unsubscribe`` header only offers a way out when it holds a URI a mail
+client can act on: ``mailto:`` with an address, or ``http(s)://`` with a host.
+
+Consent only applies to outbound mail: inbound mail (an unidentified client
+outside the trusted networks, which the relay rule confines to local domains) is
+other people's mailing lists.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from sendwarden.addresses import normalise_address
 from sendwarden.policy.facts import Transaction
@@ -28,12 +36,14 @@ RULE_UNSUBSCRIBE = "bulk-unsubscribe"
 RULE_NO_ACCOUNT = "bulk-no-account"
 REMOVED_HEADER = "X-Sendwarden-Removed-Recipients"
 NAMED_IN_REPLY = 3  # recipients named in a refusal; the rest are counted
-BULK_PRECEDENCE = frozenset({"bulk", "list"})
+BULK_PRECEDENCE = frozenset({"bulk", "list", "junk"})
+ONE_CLICK_POST = "list-unsubscribe=one-click"  # RFC 8058 List-Unsubscribe-Post value
 
 MissingConsentAction = Literal["reject", "remove"]
 
 _ANGLE_BRACKETED = re.compile(r"<([^<>]*)>")
-_UNSUBSCRIBE_SCHEMES = ("mailto:", "https:", "http:")
+#: An address of a mailto: URI: something, "@", a domain with no blanks or brackets.
+_MAILTO_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\\\"]+@[^\s@<>()\[\],;:\\\"]+")
 
 
 def is_outbound(txn: Transaction) -> bool:
@@ -52,15 +62,56 @@ def normalise_list_id(value: str) -> str:
     return identifier.strip().lower()
 
 
+def usable_unsubscribe_uri(uri: str) -> bool:
+    """Whether a mail client can act on the URI: a ``mailto:`` naming at least one
+    address (``local@domain``), or an ``http(s)://`` URL with a host. ``<https:>``,
+    ``<mailto:>``, ``<mailto:?subject=x>`` and ``<https:///path>`` are not."""
+    scheme, colon, rest = uri.strip().partition(":")
+    scheme = scheme.lower()
+    if not colon:
+        return False
+    if scheme == "mailto":
+        addresses = unquote(rest.partition("?")[0])
+        return any(_MAILTO_ADDRESS.fullmatch(address.strip()) for address in addresses.split(","))
+    if scheme in ("http", "https"):
+        try:
+            return bool(urlsplit(uri.strip()).hostname)
+        except ValueError:  # a bad port or IPv6 literal: no client opens it
+            return False
+    return False
+
+
 def unsubscribe_uris(value: str) -> list[str]:
-    """The usable ``<mailto:...>`` / ``<https:...>`` URIs of a List-Unsubscribe value."""
+    """The usable ``<mailto:...>`` / ``<http(s)://...>`` URIs of a List-Unsubscribe value."""
     uris = (uri.strip() for uri in _ANGLE_BRACKETED.findall(value))
-    return [uri for uri in uris if uri.lower().startswith(_UNSUBSCRIBE_SCHEMES)]
+    return [uri for uri in uris if usable_unsubscribe_uri(uri)]
+
+
+def offered_unsubscribe_uris(txn: Transaction) -> list[str]:
+    """Every URI the List-Unsubscribe headers name, usable or not (for the reply)."""
+    return [
+        uri.strip()
+        for value in txn.header_values("List-Unsubscribe")
+        for uri in _ANGLE_BRACKETED.findall(value)
+    ]
 
 
 def has_list_unsubscribe(txn: Transaction) -> bool:
     """Whether the message offers a way out that mail clients can show (RFC 2369)."""
     return any(unsubscribe_uris(value) for value in txn.header_values("List-Unsubscribe"))
+
+
+def one_click_uri(txn: Transaction) -> str | None:
+    """The https URI of an RFC 8058 one-click unsubscribe, or None: it needs
+    ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` and a usable https URI."""
+    posts = {"".join(value.split()).lower() for value in txn.header_values("List-Unsubscribe-Post")}
+    if ONE_CLICK_POST not in posts:
+        return None
+    for value in txn.header_values("List-Unsubscribe"):
+        for uri in unsubscribe_uris(value):
+            if uri.lower().startswith("https:"):
+                return uri
+    return None
 
 
 def list_id_of(txn: Transaction) -> str:
@@ -135,16 +186,31 @@ def no_account_verdict(txn: Transaction, reasons: Sequence[str]) -> Verdict:
     )
 
 
-def missing_unsubscribe_verdict(account_id: str | None, reasons: Sequence[str]) -> Verdict:
-    """550 5.7.1: bulk mail must offer recipients a way to unsubscribe."""
+def missing_unsubscribe_verdict(
+    account_id: str | None, reasons: Sequence[str], offered: Sequence[str] = ()
+) -> Verdict:
+    """550 5.7.1: bulk mail must offer recipients a way to unsubscribe. ``offered``
+    are the unusable URIs it did name, quoted so the sender sees what is wrong."""
+    unusable = ""
+    if offered:
+        shown = ", ".join(f"<{_printable(uri)}>" for uri in offered[:NAMED_IN_REPLY])
+        unusable = (
+            f" (its List-Unsubscribe names no usable one: {shown}; a mailto: needs an "
+            "address, an http(s) URL a host)"
+        )
     return reject(
         RULE_UNSUBSCRIBE,
         "550",
         "5.7.1",
         f"Bulk mail from {account_label(account_id)} must carry a List-Unsubscribe header "
-        "(RFC 8058 one-click recommended) with a mailto: or https: address; it counts as "
-        f"bulk mail because of {_because(reasons)}. Nothing was sent.",
+        "(RFC 8058 one-click recommended) with a mailto: or https: address"
+        f"{unusable}; it counts as bulk mail because of {_because(reasons)}. Nothing was sent.",
     )
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """Sender text made safe for a reply line: no control characters, bounded."""
+    return "".join(char if char.isprintable() else "?" for char in text[:limit])
 
 
 def _named(recipients: Sequence[str]) -> str:

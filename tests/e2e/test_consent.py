@@ -83,13 +83,13 @@ def record(ledger: ConsentStore, kind: EventKind, recipients: Sequence[str], day
     )
 
 
-def newsletter(unsubscribe: bool = True) -> bytes:
+def newsletter(unsubscribe: bool = True, list_unsubscribe: str = ONE_CLICK) -> bytes:
     message = EmailMessage()
     message["From"] = f"Acme News <{SENDER}>"
     message["To"] = "Acme readers <readers@acme.example>"
     message["Subject"] = "Acme news, March"
     if unsubscribe:
-        message["List-Unsubscribe"] = ONE_CLICK
+        message["List-Unsubscribe"] = list_unsubscribe
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     message.set_content("This month at Acme...\n")
     return bytes(message)
@@ -166,6 +166,17 @@ def test_bulk_mail_without_list_unsubscribe_is_refused(
     assert text.startswith(
         "5.7.1 Bulk mail from account acme must carry a List-Unsubscribe header (RFC 8058"
     )
+    assert rig.sink.messages == []
+
+
+def test_bulk_mail_whose_list_unsubscribe_has_no_usable_uri_is_refused(
+    rig: Rig, ledger: ConsentStore, readers: list[str]
+) -> None:
+    """Schemes with nothing behind them are no way out, even with every consent on record."""
+    record(ledger, EventKind.GRANTED, readers)
+    text = refusal(rig, readers, newsletter(list_unsubscribe="<https:>, <mailto:>"))
+    assert text.startswith("5.7.1 Bulk mail from account acme must carry a List-Unsubscribe")
+    assert "names no usable one: <https:>, <mailto:>" in " ".join(text.split())
     assert rig.sink.messages == []
 
 

@@ -19,6 +19,8 @@ from sendwarden.policy.consent import (
     message_bulk_reasons,
     missing_unsubscribe_verdict,
     normalise_list_id,
+    offered_unsubscribe_uris,
+    one_click_uri,
     unsubscribe_uris,
 )
 from sendwarden.policy.facts import Client, Transaction
@@ -51,7 +53,11 @@ def message(
         (1, [("list-unsubscribe", "<mailto:u@acme.example>")], True),
         (1, [("Precedence", "bulk")], True),
         (1, [("Precedence", " List ")], True),
-        (1, [("Precedence", "junk")], False),
+        (1, [("Precedence", "junk")], True),
+        (1, [("Precedence", " JUNK ")], True),
+        (1, [("Precedence", "first-class")], False),
+        # Feedback-ID is the sender's own label, not a bulk signal (docs/content-rules.md).
+        (1, [("Feedback-ID", "campaign:acme:esp")], False),
         # A vacation notice says Precedence: bulk to silence other robots; not a mailing.
         (1, [("Precedence", "bulk"), ("Auto-Submitted", "auto-replied (vacation)")], False),
     ],
@@ -100,11 +106,80 @@ def test_list_id_of_message() -> None:
         ("https://acme.example/u/1", False),  # RFC 2369 wants angle brackets
         ("<ftp://acme.example/x>", False),
         ("", False),
+        # Schemes with nothing behind them: no client can unsubscribe with these.
+        ("<https:>, <mailto:>", False),
+        ("<http:>", False),
+        ("<https://>", False),
+        ("<https:///unsubscribe>", False),
+        ("<https://user@/x>", False),
+        ("<https://[::1/x>", False),  # unparsable host
+        ("<https://acme.example:99999/u>", True),  # a host is there; the port is the site's
+        ("<mailto:?subject=unsubscribe>", False),
+        ("<mailto:leave>", False),
+        ("<mailto:@acme.example>", False),
+        ("<mailto:leave@>", False),
+        ("<mailto:%20@acme.example>", False),
+        ("<mailto:leave%40acme.example>", True),  # percent-encoded "@" is still an address
+        ("<mailto:,leave@acme.example>", True),
+        ("<MAILTO:Leave@Acme.Example>", True),
+        ("<http://acme.example>", True),
+        ("<https:>, <mailto:>, <https://acme.example/u>", True),
     ],
 )
 def test_list_unsubscribe_needs_a_usable_uri(value: str, usable: bool) -> None:
     assert bool(unsubscribe_uris(value)) is usable
     assert has_list_unsubscribe(message(1, [("List-Unsubscribe", value)])) is usable
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (
+            [
+                ("List-Unsubscribe", "<mailto:u@acme.example>, <https://acme.example/u/1>"),
+                ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+            ],
+            "https://acme.example/u/1",
+        ),
+        (
+            [
+                ("List-Unsubscribe", "<https://acme.example/u/1>"),
+                ("list-unsubscribe-post", " list-unsubscribe = one-click "),
+            ],
+            "https://acme.example/u/1",
+        ),
+        # RFC 8058 needs an https URI: http, or https without a host, is no one-click.
+        (
+            [
+                ("List-Unsubscribe", "<http://acme.example/u/1>, <https:>"),
+                ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+            ],
+            None,
+        ),
+        ([("List-Unsubscribe", "<https://acme.example/u/1>")], None),
+        (
+            [
+                ("List-Unsubscribe", "<https://acme.example/u/1>"),
+                ("List-Unsubscribe-Post", "List-Unsubscribe=Yes"),
+            ],
+            None,
+        ),
+    ],
+)
+def test_rfc_8058_one_click_is_recognised(
+    headers: list[tuple[str, str]], expected: str | None
+) -> None:
+    assert one_click_uri(message(1, headers)) == expected
+
+
+def test_unusable_list_unsubscribe_reply_says_what_is_wrong() -> None:
+    txn = message(1, [("List-Unsubscribe", "<https:>, <mailto:>")])
+    assert not has_list_unsubscribe(txn)
+    offered = offered_unsubscribe_uris(txn)
+    assert offered == ["https:", "mailto:"]
+    reply = missing_unsubscribe_verdict("acme", ["a List-Unsubscribe header"], offered).reply()
+    assert "its List-Unsubscribe names no usable one: <https:>, <mailto:>" in reply
+    assert "a mailto: needs an address, an http(s) URL a host" in reply
 
 
 def test_inbound_mail_is_not_judged() -> None:

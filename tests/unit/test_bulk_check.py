@@ -11,7 +11,7 @@ from sendwarden.checks.relay import RelayCheck
 from sendwarden.config import settings_from_mapping
 from sendwarden.consent.check import ConsentCheck
 from sendwarden.consent.model import ChainReport, NewEvent, StoredEvent
-from sendwarden.pipeline import Pipeline
+from sendwarden.pipeline import TRACE, Pipeline
 from sendwarden.policy.consent import REMOVED_HEADER
 from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.verdict import Action, Verdict
@@ -163,6 +163,25 @@ def test_bulk_without_list_unsubscribe_is_refused_before_asking_the_ledger() -> 
         "550 5.7.1 Bulk mail from account acme must carry a List-Unsubscribe"
     )
     assert store.queries == []
+
+
+def test_unusable_list_unsubscribe_is_refused_and_named() -> None:
+    pipeline, store, _ = build(grants(people(60)))
+    _, verdict = send(pipeline, people(60), [("List-Unsubscribe", "<https:>, <mailto:>")])
+    assert verdict.action is Action.REJECT
+    assert "names no usable one: <https:>, <mailto:>" in verdict.reply()
+    assert store.queries == []
+
+
+def test_one_click_unsubscribe_is_shown_in_the_decision_log() -> None:
+    pipeline, _, _ = build(grants(people(6)))
+    one_click = [UNSUBSCRIBE, ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
+    txn, verdict = send(pipeline, people(6), one_click)
+    assert verdict.action is Action.CONTINUE
+    trace = txn.scratch[TRACE]
+    assert "consent: RFC 8058 one-click unsubscribe <https://acme.example/u/1>" in trace.notes
+    txn, _ = send(pipeline, people(6), [UNSUBSCRIBE])
+    assert "consent: List-Unsubscribe without RFC 8058 one-click" in txn.scratch[TRACE].notes
 
 
 def test_list_headers_make_small_mail_bulk_and_scope_the_list() -> None:
