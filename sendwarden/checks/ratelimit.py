@@ -19,6 +19,7 @@ from typing import Protocol
 from sendwarden.checks.base import Check
 from sendwarden.config import Settings
 from sendwarden.policy.facts import Transaction
+from sendwarden.policy.monitor import watches
 from sendwarden.policy.ratelimit import (
     RULE,
     over_limit_verdict,
@@ -38,7 +39,12 @@ class Counter(Protocol):
     """What the check needs of :class:`sendwarden.ratelimit.RecipientCounter`."""
 
     def reserve(
-        self, account_id: str, cost: int, limit: int, suspension_reason: str = ""
+        self,
+        account_id: str,
+        cost: int,
+        limit: int,
+        suspension_reason: str = "",
+        watch_only: bool = False,
     ) -> Decision: ...
 
     def refund(self, account_id: str, reservations: Mapping[int, int]) -> int: ...
@@ -83,7 +89,9 @@ class RecipientRateCheck(Check):
             cost = 1
         if self._owed:
             self._owed.pay(self._counter.refund)
-        decision = self._counter.reserve(account.id, cost, limit, self._reason(limit))
+        # A watched rule suspends nobody: monitor-only mode must not stop a customer's mail.
+        watched = watches(RULE, RULE, self._settings.policy.monitor_only, account)
+        decision = self._counter.reserve(account.id, cost, limit, self._reason(limit), watched)
         if decision.admitted:
             reservations.add(decision.bucket, cost)
             reservations.whole_message = txn.client.local_submission

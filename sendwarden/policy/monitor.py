@@ -53,7 +53,12 @@ def is_monitored(
     """Whether this refusal is only to be recorded: the mail passes."""
     if verdict.action not in (Action.REJECT, Action.TEMPFAIL):
         return False
-    rule = verdict.rule or check
+    return watches(verdict.rule or check, check, watched, account)
+
+
+def watches(rule: str, check: str, watched: Collection[str], account: Account | None) -> bool:
+    """Whether ``rule`` (raised by ``check``) only watches this account's mail. Also asked
+    by a check whose refusal has a side effect (the rate limit's automatic suspension)."""
     if rule not in MONITORABLE:
         return False  # store-unavailable, internal errors: not a judgement of the mail
     if account is not None and account.monitor_only:

@@ -160,16 +160,24 @@ class RecipientCounter:
         return keys
 
     def reserve(
-        self, account_id: str, cost: int, limit: int, suspension_reason: str = ""
+        self,
+        account_id: str,
+        cost: int,
+        limit: int,
+        suspension_reason: str = "",
+        watch_only: bool = False,
     ) -> Decision:
         """Count ``cost`` recipients if they fit under ``limit`` in the rolling window,
-        atomically; otherwise count nothing (and maybe suspend the account)."""
+        atomically; otherwise count nothing (and maybe suspend the account, unless
+        ``watch_only``: monitor-only mode strikes and suspends nobody)."""
         keys = self._keys.get(account_id) or self.keys(account_id)
         now = self._clock() if self._clock else ""
         recorder = metrics.current()
         started = time.perf_counter() if recorder is not None else 0.0
         try:  # not redis_errors(): a context manager costs more than the rest of this method
-            reply = self._reserve(keys, cost, limit, suspension_reason, now)
+            reply = self._reserve(
+                keys, cost, limit, suspension_reason, now, "1" if watch_only else ""
+            )
         except redis.RedisError as error:
             if recorder is not None:
                 recorder.store_done("redis", time.perf_counter() - started, True)

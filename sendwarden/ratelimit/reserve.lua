@@ -12,6 +12,7 @@
 -- ARGV[2] limit           recipients allowed per window
 -- ARGV[3] reason          suspension reason shown to the customer
 -- ARGV[4] now             microseconds since the epoch; '' = take the time here (TIME)
+-- ARGV[5] watch           '1': monitor-only mode, a refusal strikes and suspends nobody
 --
 -- The settings that never change while a configuration runs are written into the
 -- script when it is loaded (RecipientCounter), not sent with every decision:
@@ -116,8 +117,9 @@ local function iso8601(seconds)
 end
 
 local suspended = 0
-if cost <= limit and not over then
-  -- The first refusal of an episode (since the last admission) is one strike.
+if cost <= limit and not over and ARGV[5] ~= '1' then
+  -- The first refusal of an episode (since the last admission) is one strike. A watched
+  -- refusal (monitor-only mode) starts no episode and strikes nothing.
   redis.call('HSET', rate_key, 'o', 1)
   if suspend_after > 0 then
     local period_us = suspend_period * 1000000

@@ -22,12 +22,15 @@ import pytest
 import redis
 import uvicorn
 
+from sendwarden.alerts.risk import RiskStore
 from sendwarden.commands.api import ui_context
 from sendwarden.config import Settings, settings_from_mapping
 from sendwarden.consent.api import create_app, hash_token
 from sendwarden.consent.model import ConsentStore
 from sendwarden.consent.records import build_event
 from sendwarden.consent.store import open_consent_store
+from sendwarden.monitoring import MonitorStore
+from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store.suspensions import RedisSuspensionStore
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
@@ -118,6 +121,12 @@ def test_support_staff_find_a_recipient_and_suspend_and_lift_an_account(
     db, store = ledger
     settings = settings_for(redis_server, db)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    # The account's hour as the milters left it: 42 recipients, refusals by two rules.
+    client = redis.Redis.from_url(settings.redis.url)
+    assert counter_from_settings(settings, client).reserve("acme", 42, 100).admitted
+    RiskStore(client).record("acme", "forged-sender", 3)
+    RiskStore(client).record("acme", "recipient-rate", 1)
+    MonitorStore(client).record("acme", "bulk-unsubscribe", 2)
     problems: list[str] = []
     with running_api(settings, store) as base, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
@@ -158,7 +167,13 @@ def test_support_staff_find_a_recipient_and_suspend_and_lift_an_account(
 
         page.click("text=acme")  # the account link of the timeline
         page.wait_for_selector("#suspension")
-        assert "0 of 100 recipients" in page.inner_text("#usage")
+        assert "42 of 100 recipients (42%)" in page.inner_text("#usage")
+        refusals = page.inner_text("#refusals")
+        assert (
+            "forged-sender: 3 messages with a sender address the account does not own" in refusals
+        )
+        assert "recipient-rate: 1 recipient over the hourly limit" in refusals
+        assert "bulk-unsubscribe: 2" in page.inner_text("#monitored")
         assert "Active" in page.inner_text("#suspension")
         page.focus("#suspend-reason")
         page.keyboard.type("Spam complaint #4711: bulk mail to unsubscribed addresses")
@@ -166,7 +181,7 @@ def test_support_staff_find_a_recipient_and_suspend_and_lift_an_account(
         page.wait_for_selector("#notice")
         suspended = page.inner_text("#suspension")
         assert "by support-alice: Spam complaint #4711" in suspended
-        suspensions = RedisSuspensionStore(redis.Redis.from_url(settings.redis.url))
+        suspensions = RedisSuspensionStore(client)
         current = suspensions.get("acme")
         assert current is not None and current.by == "support-alice"
         page.screenshot(path=str(SCREENSHOTS / "support-account-suspended.png"), full_page=True)
@@ -192,6 +207,7 @@ def test_support_staff_find_a_recipient_and_suspend_and_lift_an_account(
             pytest.fail(f"Swagger UI did not render; problems: {problems}")
         assert "sendwarden consent API" in page.inner_text(".swagger-ui .info")
         browser.close()
+    client.close()
     assert problems == []
 
 

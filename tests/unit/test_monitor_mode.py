@@ -5,8 +5,6 @@ monitor observers."""
 from __future__ import annotations
 
 import ipaddress
-import json
-import logging
 from typing import Any
 
 import pytest
@@ -125,21 +123,15 @@ def pipeline(monitor_only: list[str], account_monitor: bool = False) -> tuple[Pi
     return Pipeline(settings, checks, observers=[observer]), observer
 
 
-def records(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "sendwarden.decisions"]
-
-
 def test_a_watched_refusal_passes_is_logged_as_monitor_and_the_rest_still_refuses(
-    caplog: pytest.LogCaptureFixture,
+    decisions: list[dict[str, Any]],
 ) -> None:
-    caplog.set_level(logging.INFO, logger="sendwarden.decisions")
-    logging.getLogger("sendwarden.decisions").propagate = True
     pipe, observer = pipeline(["suspended"])
     txn = pipe.begin(REMOTE, login="alice@acme.example", mail_from="alice@acme.example")
     assert pipe.mail(txn) is CONTINUE  # suspended, but watched: MAIL passes
     assert pipe.rcpt(txn, "bob@remote.example") is CONTINUE
     assert pipe.eom(txn).action is Action.CONTINUE
-    lines = records(caplog)
+    lines = decisions
     assert [(line["stage"], line["verdict"], line["rule"]) for line in lines] == [
         ("mail", "monitor", "suspended"),
         ("eom", "continue", None),

@@ -142,7 +142,12 @@ class MemoryCounter:
         self.calls = 0
 
     def reserve(
-        self, account_id: str, cost: int, limit: int, suspension_reason: str = ""
+        self,
+        account_id: str,
+        cost: int,
+        limit: int,
+        suspension_reason: str = "",
+        watch_only: bool = False,
     ) -> Decision:
         self.calls += 1
         if self.down:
@@ -150,7 +155,7 @@ class MemoryCounter:
         window = self.windows.setdefault(account_id, BucketWindow(limit, lambda: self.now_us))
         admission = window.reserve(cost)
         suspended = False
-        if not admission.admitted:
+        if not admission.admitted and not watch_only:
             self.strikes += 1
             suspended = self.suspend_after > 0 and self.strikes >= self.suspend_after
         return Decision(
