@@ -1,10 +1,26 @@
-"""How much the milter costs Postfix: smtp-source into a private Postfix relaying to a
-sink, with no milter (the baseline), a no-op pymilter (the floor for any Python milter),
-and sendwarden with every check on (unix and inet sockets). One run, printed as ratios.
+"""What a milter costs Postfix, measured honestly.
 
-    .venv/bin/python -m loadtest.milter [--messages 1000] [--sessions 10]
+    .venv/bin/python -m loadtest.milter [--quick] [--rounds 5] [--messages 300]
 
-Needs root (a private Postfix) and Debian's postfix package (smtp-source).
+One private Postfix per set-up, all relaying to Postfix's smtp-sink (its own process):
+no milter (bare Postfix), a C libmilter no-op (the limit for any milter: the price of
+the protocol itself), a pymilter no-op, and sendwarden with every rule on (suspension,
+relay, recipient rate limit, identity, attachment cap, consent, DKIM signing), the
+no-ops negotiating exactly sendwarden's steps and macros. 1,000 accounts, each message
+sent by one of them after a SASL login, one message per connection; 1 and 10
+recipients, 1 and 10 sessions, unix and inet milter sockets. Set-ups are interleaved
+(rotated each round) over several rounds; msg/s is the median with the range.
+
+Printed per cell: msg/s, ratio to the C no-op on the same socket and to bare Postfix,
+end-of-data latency p50/p99 (the client's "." to Postfix's 250: the milter's
+end-of-message work), milter CPU ms per message (utime+stime of the milter process
+from /proc) and Redis round trips per message (read events Redis processed, from
+INFO stats total_reads_processed: one per request or pipeline).
+
+``--metrics`` instead compares sendwarden with its Prometheus metrics off and on (the
+same configuration otherwise), beside bare Postfix and the C no-op.
+
+Needs root (private Postfix instances) and Debian's postfix and libmilter-dev.
 """
 
 from __future__ import annotations
@@ -12,84 +28,437 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
+import statistics
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from tests.support.rig import Rig, start_rig
+from loadtest.smtp_client import Message, send_many
+from sendwarden.dkim.keys import generate_key
+from sendwarden.milter.adapter import _STEP_BITS, MACROS, protocol_steps
+from tests.support.milter_process import MilterProcess
+from tests.support.ports import free_port
+from tests.support.postfix import PrivatePostfix
+from tests.support.redis_server import RedisServer
+from tests.support.sendwarden_config import write_config
+from tests.support.sink import SinkProcess
 
-SENDER = "alice@acme.example"
-RECIPIENT = "bob@remote.example"
-SCENARIOS: list[tuple[str, dict[str, Any]]] = [
-    ("postfix, no milter (baseline)", {"milter": "none"}),
-    ("no-op pymilter, unix socket", {"milter": "noop"}),
-    ("sendwarden, unix socket", {"milter": "sendwarden"}),
-    ("sendwarden, inet socket", {"milter": "sendwarden", "milter_socket": "inet"}),
-]
-POLICY = {
-    # 127.0.0.0/8 is trusted and the sender's domain is acme's: every message is
-    # attributed, counted and checked, as a customer's web server's mail would be.
-    "trusted_networks": ["127.0.0.0/8"],
-    "recipients_per_hour": 100_000_000,
-}
-
-
-def run_scenario(
-    kwargs: dict[str, Any],
-    messages: int,
-    sessions: int,
-    config_extra: dict[str, dict[str, Any]] | None = None,
-    cpu: list[float] | None = None,
-) -> float:
-    """Messages per second accepted by Postfix (smtp-source's wall time). ``cpu``, when
-    given, gets the milter process's CPU seconds (user + system) spent on the run."""
-    with contextlib.ExitStack() as stack:
-        extra = {"log": {"decisions": False}, **(config_extra or {})}
-        rig: Rig = start_rig(stack, policy=POLICY, config_extra=extra, **kwargs)
-        command = [
-            shutil.which("smtp-source") or "/usr/sbin/smtp-source",
-            "-s", str(sessions), "-m", str(messages), "-l", "2000",
-            "-f", SENDER, "-t", RECIPIENT, "-M", "client.example",
-            f"127.0.0.1:{rig.postfix.smtp_port}",
-        ]  # fmt: skip
-        cpu_before = process_cpu(rig.milter.pid if rig.milter else None)
-        started = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True, timeout=600)
-        elapsed = time.perf_counter() - started
-        rig.sink.wait_for(messages, timeout=300)  # all delivered: nothing was refused
-        if cpu is not None:
-            cpu.append(process_cpu(rig.milter.pid if rig.milter else None) - cpu_before)
-        return messages / elapsed
+ACCOUNTS = 1000
+PASSWORD = "benchmark-secret"
+HERE = Path(__file__).resolve().parent
+BODY_LINE = b"The quick brown fox jumps over the lazy dog, again and again and again.\r\n"
 
 
-def process_cpu(pid: int | None) -> float:
-    """CPU seconds (user + system, all threads) a process has used; 0 without one."""
-    if pid is None:
-        return 0.0
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rpartition(")")[2].split()
+def login(number: int) -> str:
+    return f"user{number}@d{number}.example"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One milter (or none) on one socket kind, behind its own Postfix."""
+
+    label: str
+    milter: str  # "none", "c", "pymilter", "sendwarden"
+    socket: str = "unix"  # "unix" or "inet"
+    metrics: bool = False  # sendwarden with its Prometheus metrics on (off: listen = "")
+
+
+SETUPS = (
+    Setup("postfix alone", "none"),
+    Setup("C no-op, unix", "c"),
+    Setup("C no-op, inet", "c", "inet"),
+    Setup("pymilter no-op, unix", "pymilter"),
+    Setup("sendwarden, unix", "sendwarden"),
+    Setup("sendwarden, inet", "sendwarden", "inet"),
+)
+#: --metrics: what Prometheus metrics cost, the same sendwarden with them off and on.
+METRICS_SETUPS = (
+    Setup("postfix alone", "none"),
+    Setup("C no-op, unix", "c"),
+    Setup("sendwarden, unix", "sendwarden"),
+    Setup("sendwarden+metrics, unix", "sendwarden", metrics=True),
+)
+CELLS = ((10, 1), (10, 10), (1, 1), (1, 10))  # (sessions, recipients)
+
+
+@dataclass
+class Running:
+    """A started set-up: where to send, which process is the milter."""
+
+    setup: Setup
+    postfix: PrivatePostfix
+    milter: MilterProcess | None
+
+
+@dataclass
+class Samples:
+    """Every round's figures for one set-up in one cell."""
+
+    rates: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+    redis_trips: list[float] = field(default_factory=list)
+
+
+# -- building the set-ups -------------------------------------------------------------
+
+
+def build_c_noop(directory: Path) -> Path:
+    """Compile the C no-op milter (libmilter-dev, from install-system-deps.sh)."""
+    binary = directory / "noop_milter"
+    subprocess.run(
+        ["cc", "-O2", "-o", str(binary), str(HERE / "noop_milter.c"), "-lmilter", "-pthread"],
+        check=True,
+    )
+    return binary
+
+
+def sendwarden_config(
+    directory: Path, socket: str, redis_url: str, key_file: Path, metrics: bool = False
+) -> Path:
+    accounts = [
+        {"id": f"acct{n}", "logins": [login(n)], "domains": [f"d{n}.example"], "networks": []}
+        for n in range(ACCOUNTS)
+    ]
+    return write_config(
+        directory / f"sendwarden-{socket.split(':')[0]}{'-metrics' if metrics else ''}.toml",
+        socket=socket,
+        redis_url=redis_url,
+        accounts=accounts,
+        policy={"recipients_per_hour": 100_000_000, "check_attachments": True},
+        consent={"bulk_distinct_recipients_per_hour": 100_000_000},
+        extra={
+            "log": {"decisions": False},
+            "metrics": {"listen": f"127.0.0.1:{free_port()}" if metrics else ""},
+            "dkim": [
+                {"domain": f"d{n}.example", "selector": "bench", "key_file": str(key_file)}
+                for n in range(ACCOUNTS)
+            ],
+        },
+    )
+
+
+def start_setup(
+    stack: contextlib.ExitStack,
+    setup: Setup,
+    *,
+    directory: Path,
+    sink_port: int,
+    sasl_users: dict[str, str],
+    sasldb: Path | None,
+    c_binary: Path,
+    redis_url: str,
+    key_file: Path,
+) -> Running:
+    socket = (
+        f"unix:{directory / (setup.label.replace(' ', '-').replace(',', '') + '.sock')}"
+        if setup.socket == "unix"
+        else f"inet:{free_port()}@127.0.0.1"
+    )
+    steps = protocol_steps(needs_body=True, data_reply=setup.socket == "inet")
+    process: MilterProcess | None = None
+    suffix = "-metrics" if setup.metrics else ""
+    log_path = directory / f"{setup.milter}-{setup.socket}{suffix}.log"
+    if setup.milter == "c":
+        symlists = [f"{stage}={macros}" for stage, macros in MACROS.items()]
+        argv = [str(c_binary), socket, hex(steps), hex(_STEP_BITS), *symlists]
+        process = MilterProcess(argv=argv, socket=socket, log_path=log_path)
+    elif setup.milter == "pymilter":
+        argv = [sys.executable, "-m", "loadtest.noop_pymilter", socket, hex(steps)]
+        process = MilterProcess(argv=argv, socket=socket, log_path=log_path)
+    elif setup.milter == "sendwarden":
+        config = sendwarden_config(directory, socket, redis_url, key_file, setup.metrics)
+        process = MilterProcess(config, log_path=log_path, start_timeout=120)
+    if process is not None:
+        stack.callback(process.stop)
+        process.start()
+    postfix = PrivatePostfix(
+        sink_port=sink_port,
+        milter=socket if process is not None else None,
+        local_domains=["hosting.example"],
+        sasl_users=sasl_users,
+        sasldb=sasldb,
+    )
+    stack.callback(postfix.close)
+    postfix.start()
+    return Running(setup, postfix, process)
+
+
+# -- measuring ------------------------------------------------------------------------
+
+
+def message_maker(recipients: int, offset: int) -> Callable[[int], Message]:
+    """Message ``i`` comes from account ``(offset + i) % 1000`` to ``recipients``
+    addresses, each message to different ones (the consent check counts them)."""
+    body = BODY_LINE * 27  # with the headers, about 2 KB
+
+    def make(number: int) -> Message:
+        account = (offset + number) % ACCOUNTS
+        sender = login(account)
+        to = tuple(f"r{number % 5000}-{k}@remote.example" for k in range(recipients))
+        head = (
+            f"From: User {account} <{sender}>\r\n"
+            f"To: {to[0]}\r\n"
+            f"Subject: benchmark message {number}\r\n"
+            f"Message-ID: <{offset}.{number}@d{account}.example>\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+        ).encode()
+        return Message(sender, PASSWORD, sender, to, head + body)
+
+    return make
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all its threads included."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rfind(b")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def redis_reads(redis: RedisServer) -> int:
+    """Read events Redis has processed (this query's own included)."""
+    info = (redis.command("INFO", "stats") or b"").decode()
+    for line in info.splitlines():
+        if line.startswith("total_reads_processed:"):
+            return int(line.split(":")[1])
+    raise RuntimeError("redis INFO stats has no total_reads_processed")
+
+
+def measure(
+    running: Running, redis: RedisServer, messages: int, sessions: int, recipients: int, offset: int
+) -> tuple[float, list[float], float, float]:
+    """msg/s, end-of-data latencies, milter CPU ms/message, Redis round trips/message."""
+    pid = running.milter.pid if running.milter is not None else None
+    cpu_before = cpu_seconds(pid) if pid else 0.0
+    reads_before = redis_reads(redis)
+    run = send_many(
+        running.postfix.smtp_port, messages, sessions, message_maker(recipients, offset)
+    )
+    cpu = (cpu_seconds(pid) - cpu_before) if pid else 0.0
+    reads = redis_reads(redis) - reads_before - 1  # less the second INFO's own read
+    running.postfix.wait_queue_empty(timeout=120)  # deliveries done before the next one
+    return messages / run.elapsed, run.end_of_data, cpu * 1000 / messages, reads / messages
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def spread(values: Sequence[float]) -> str:
+    return f"{statistics.median(values):6.0f} ({min(values):.0f}-{max(values):.0f})"
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+# -- the report -----------------------------------------------------------------------
+
+
+def print_cell(
+    sessions: int, recipients: int, results: dict[str, Samples], rounds: int
+) -> dict[str, float]:
+    """One table; returns the median msg/s and p99 per set-up for the goals."""
+    print(
+        f"\n{sessions} session(s), {recipients} recipient(s) per message "
+        f"(median of {rounds} rounds, range)"
+    )
+    print(
+        f"{'set-up':22} {'msg/s (range)':>17} {'/C no-op':>8} {'/postfix':>8} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'CPU ms':>7} {'Redis':>6}"
+    )
+    medians = {label: statistics.median(s.rates) for label, s in results.items()}
+    figures: dict[str, float] = {}
+    for label, samples in results.items():
+        socket = "inet" if label.endswith("inet") else "unix"
+        c_noop = medians[f"C no-op, {socket}"]
+        p99 = percentile(samples.latencies, 0.99) * 1000
+        figures[label] = medians[label]
+        figures[label + " p99"] = p99
+        figures[label + " cpu"] = statistics.median(samples.cpu_ms) if samples.cpu_ms else 0.0
+        cpu = f"{statistics.median(samples.cpu_ms):7.2f}" if samples.cpu_ms else f"{'-':>7}"
+        trips = statistics.median(samples.redis_trips) if samples.redis_trips else None
+        print(
+            f"{label:22} {spread(samples.rates):>17} {medians[label] / c_noop:8.2f} "
+            f"{medians[label] / medians['postfix alone']:8.2f} "
+            f"{percentile(samples.latencies, 0.5) * 1000:7.1f} {p99:7.1f} {cpu} "
+            + (f"{trips:6.1f}" if trips is not None else f"{'-':>6}")
+        )
+    print(f"load average: {load_average()}")
+    return figures
+
+
+def print_goals(figures: dict[tuple[int, int], dict[str, float]]) -> None:
+    print("\nGoals (ratios from this run):")
+    for sessions, recipients in ((10, 1), (10, 10)):
+        cell = figures.get((sessions, recipients))
+        if cell:
+            ratio = cell["sendwarden, unix"] / cell["C no-op, unix"]
+            verdict = "met" if ratio >= 0.85 else "NOT met"
+            print(
+                f"  sendwarden / C no-op, unix, {sessions} sessions, {recipients} rcpt: "
+                f"{ratio:.2f} (goal >= 0.85: {verdict})"
+            )
+    for sessions in (1, 10):
+        for recipients in (1, 10):
+            cell = figures.get((sessions, recipients))
+            if cell:
+                ratio = cell["sendwarden, inet"] / cell["sendwarden, unix"]
+                verdict = "met" if ratio >= 0.9 else "NOT met"
+                print(
+                    f"  sendwarden inet / unix, {sessions} session(s), {recipients} rcpt: "
+                    f"{ratio:.2f} (goal >= 0.9: {verdict})"
+                )
+    for (sessions, recipients), cell in figures.items():
+        ratio = cell["sendwarden, unix p99"] / cell["C no-op, unix p99"]
+        verdict = "met" if ratio <= 1.5 else "NOT met"
+        print(
+            f"  end-of-data p99 sendwarden / C no-op, unix, {sessions} session(s), "
+            f"{recipients} rcpt: {ratio:.2f} (goal <= 1.5: {verdict})"
+        )
+
+
+def print_metrics_cost(figures: dict[tuple[int, int], dict[str, float]]) -> None:
+    print("\nWhat the metrics cost (ratios from this run; CPU: milter CPU ms per message):")
+    for (sessions, recipients), cell in figures.items():
+        ratio = cell["sendwarden+metrics, unix"] / cell["sendwarden, unix"]
+        cpu = cell["sendwarden+metrics, unix cpu"] / cell["sendwarden, unix cpu"]
+        print(
+            f"  metrics on / off, {sessions} session(s), {recipients} rcpt: throughput "
+            f"{ratio:.2f}, milter CPU per message {cpu:.2f}"
+        )
+
+
+def profile(running: Running, messages: int, directory: Path) -> None:
+    """Where sendwarden's milter spends its CPU (py-spy samples, GIL-holding, idle
+    threads left out) while it takes 10 sessions of 1-recipient mail."""
+    assert running.milter is not None and running.milter.pid
+    output = directory / "profile.txt"
+    spy = subprocess.Popen(
+        [str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+         str(running.milter.pid), "--format", "raw", "--nolineno", "--gil", "--rate", "250",
+         "--output", str(output)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1.0)  # attached
+    send_many(running.postfix.smtp_port, messages, 10, message_maker(1, 10**6))
+    spy.send_signal(2)
+    spy.wait(30)
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in output.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        frames = [frame.split(" (")[0] + " (" + frame.split(" (")[-1].split("/")[-1]
+                  for frame in stack.split(";") if frame]  # fmt: skip
+        count = int(count_text)
+        if not frames:
+            continue
+        total += count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+    print(
+        f"\nprofile of {running.setup.label} (py-spy, {total} samples holding the GIL, "
+        "10 sessions, 1 rcpt):"
+    )
+    print("  inclusive (share of samples, top 25):")
+    for frame, count in sorted(inclusive.items(), key=lambda item: -item[1])[:25]:
+        print(f"    {count / total:6.1%}  {frame}")
+    print("  self (top 15):")
+    for frame, count in sorted(own.items(), key=lambda item: -item[1])[:15]:
+        print(f"    {count / total:6.1%}  {frame}")
+
+
 def main(argv: Sequence[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--messages", type=int, default=1000)
-    parser.add_argument("--sessions", type=int, default=10)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--messages", type=int, default=300, help="per set-up, cell and round")
+    parser.add_argument(
+        "--quick", action="store_true", help="for development: 1 round of 60 messages, 10 sessions"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="then profile sendwarden (unix) with py-spy"
+    )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="what Prometheus metrics cost: sendwarden with them off and on (unix socket)",
+    )
     args = parser.parse_args(list(argv))
-    print(f"{args.messages} messages of 2 KB, {args.sessions} parallel SMTP sessions, "
-          "one message per connection")  # fmt: skip
-    rates: list[tuple[str, float]] = []
-    for label, kwargs in SCENARIOS:
-        rates.append((label, run_scenario(kwargs, args.messages, args.sessions)))
-    baseline = rates[0][1]
-    print(f"{'scenario':34} {'msg/s':>8} {'vs no milter':>13}")
-    for label, rate in rates:
-        print(f"{label:34} {rate:8.0f} {rate / baseline:13.2f}")
+    setups = METRICS_SETUPS if args.metrics else SETUPS
+    rounds, messages, cells = args.rounds, args.messages, CELLS
+    if args.quick:
+        rounds, messages, cells = 1, 60, ((10, 1), (10, 10))
+    print(
+        f"loadtest.milter: {messages} messages of ~2 KB per set-up, cell and round, "
+        f"{rounds} round(s), {ACCOUNTS} accounts logging in with SASL PLAIN, "
+        f"one message per connection; load average at start {load_average()}",
+        flush=True,
+    )
+    with contextlib.ExitStack() as stack:
+        directory = Path(tempfile.mkdtemp(prefix="sw-bench-"))
+        directory.chmod(0o755)  # Postfix (user postfix) reaches the milter sockets here
+        stack.callback(subprocess.run, ["rm", "-rf", str(directory)], check=False)
+        c_binary = build_c_noop(directory)
+        key_file = directory / "dkim.key"
+        generate_key(key_file)
+        redis = RedisServer()
+        stack.callback(redis.close)
+        redis.start()
+        sink = SinkProcess(backlog=512)
+        stack.callback(sink.close)
+        sink.start()
+        sasl_users = {login(n): PASSWORD for n in range(ACCOUNTS)}
+        started: list[Running] = []
+        sasldb: Path | None = None
+        for setup in setups:
+            running = start_setup(
+                stack,
+                setup,
+                directory=directory,
+                sink_port=sink.port,
+                sasl_users=sasl_users,
+                sasldb=sasldb,
+                c_binary=c_binary,
+                redis_url=redis.url,
+                key_file=key_file,
+            )
+            sasldb = sasldb or running.postfix.sasldb_path  # written once, shared
+            started.append(running)
+        for running in started:  # warm-up: imports, lazy connections, caches
+            measure(running, redis, 20, 10, 1, offset=0)
+        results = {cell: {r.setup.label: Samples() for r in started} for cell in cells}
+        offset = 20
+        for round_number in range(rounds):
+            for sessions, recipients in cells:
+                # Rotated each round: no set-up always runs first or after the same one.
+                shift = round_number % len(started)
+                for running in started[shift:] + started[:shift]:
+                    rate, latencies, cpu_ms, trips = measure(
+                        running, redis, messages, sessions, recipients, offset
+                    )
+                    offset += messages
+                    samples = results[(sessions, recipients)][running.setup.label]
+                    samples.rates.append(rate)
+                    samples.latencies.extend(latencies)
+                    if running.milter is not None:
+                        samples.cpu_ms.append(cpu_ms)
+                    if running.setup.milter == "sendwarden":
+                        samples.redis_trips.append(trips)
+            print(f"round {round_number + 1}/{rounds} done, load {load_average()}", flush=True)
+        if rounds:
+            figures = {cell: print_cell(*cell, results[cell], rounds) for cell in cells}
+            (print_metrics_cost if args.metrics else print_goals)(figures)
+        if args.profile:
+            profile(started[setups.index(Setup("sendwarden, unix", "sendwarden"))], 400, directory)
 
 
 if __name__ == "__main__":
-    import sys
-
     main(sys.argv[1:])

@@ -23,7 +23,7 @@ import milter as libmilter
 from sendwarden import metrics
 from sendwarden.config import ConfigError, Settings, load_settings
 from sendwarden.health import ConsentProbe, standard_checks
-from sendwarden.milter.adapter import milter_class, set_pipeline_source
+from sendwarden.milter.adapter import SendwardenMilter, set_pipeline_source
 from sendwarden.milter.generations import Generations
 from sendwarden.runtime import Runtime, build_runtime
 
@@ -57,7 +57,6 @@ class MilterServer:
         if settings.milter.socket != self.runtime.settings.milter.socket:
             log.warning("milter.socket changed; the new socket takes effect only after a restart")
         runtime = build_runtime(settings)
-        Milter.factory = milter_class(runtime.pipeline)
         self.generations.replace(runtime)
         recorder = metrics.current()
         if recorder is not None:
@@ -91,7 +90,7 @@ class MilterServer:
     def _serve(self, settings: Settings) -> int:
         spec = settings.milter.socket
         _prepare_socket_path(spec)
-        Milter.factory = milter_class(self.runtime.pipeline)
+        Milter.factory = SendwardenMilter  # steps negotiated per connection
         _register(settings.milter.name)
         libmilter.setconn(spec)
         libmilter.settimeout(settings.milter.timeout)

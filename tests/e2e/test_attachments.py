@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import smtplib
+from collections.abc import Callable
 from email.message import EmailMessage
 from email.policy import SMTP
 
@@ -85,3 +88,23 @@ def test_inbound_mail_to_a_local_domain_is_capped_too(rig: Rig) -> None:
         send(rig, message_with(("big.zip", 25 * MIB)), recipient="info@hosting.example", login=None)
     assert refused.value.smtp_code == 552
     assert b"no known account" in refused.value.smtp_error
+
+
+def test_cap_switched_on_by_a_reload_sees_the_body(make_rig: Callable[..., Rig]) -> None:
+    """Started without any body check, the milter negotiates no body step; after a
+    SIGHUP that turns the cap on, new connections must negotiate it again (pymilter
+    caches the protocol mask on the class, and a subclass would inherit its parent's)."""
+    rig = make_rig(policy={"check_attachments": False, "max_attachment_bytes": 1000})
+    assert rig.milter is not None and rig.config_path is not None and rig.milter.pid
+    send(rig, message_with(("small.bin", 5000)))  # no cap yet: delivered
+    rig.sink.wait_for(1)
+    config = rig.config_path.read_text()
+    assert "check_attachments = false" in config
+    on = config.replace("check_attachments = false", "check_attachments = true")
+    rig.config_path.write_text(on)
+    os.kill(rig.milter.pid, signal.SIGHUP)
+    rig.milter.wait_for_log("configuration reloaded")
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(rig, message_with(("small.bin", 5000)))
+    assert refused.value.smtp_code == 552
+    assert len(rig.sink.messages) == 1

@@ -63,8 +63,10 @@ def build_config(
     for table, values in (extra or {}).items():
         if isinstance(config.get(table), dict):
             config[table].update(values)
-        else:
+        elif isinstance(values, Mapping):
             config[table] = dict(values)
+        else:  # a list of tables, e.g. [[dkim]]
+            config[table] = [dict(value) for value in values]
     return config
 
 

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import email
 import email.policy
+import shutil
+import signal
+import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from tests.support.ports import free_port
-from tests.support.service import Service
+from tests.support.ports import free_port, wait_for_tcp
+from tests.support.service import ProcessService, Service
 
 #: Large enough for the 20 MiB attachment cap tests (base64 grows a file by 4/3) and more.
 DEFAULT_DATA_SIZE_LIMIT = 80 * 1024 * 1024
@@ -158,3 +163,41 @@ class SmtpSink(Service):
 
     def __repr__(self) -> str:
         return f"<SmtpSink 127.0.0.1:{self.port} messages={len(self._messages)}>"
+
+
+class SinkProcess(ProcessService):
+    """Postfix's own ``smtp-sink``: accepts and discards everything, in its own process.
+
+    For benchmarks, where the in-process :class:`SmtpSink` would share the measuring
+    process's CPU and GIL; it records nothing (tests that check what was delivered use
+    :class:`SmtpSink`).
+    """
+
+    log_name = "smtp-sink output"
+
+    def __init__(self, port: int | None = None, *, backlog: int = 256) -> None:
+        self.port: int = port if port is not None else free_port()
+        self.backlog = backlog
+        self.start_timeout = 10.0
+        self.root = Path(tempfile.mkdtemp(prefix="sw-sink-"))
+        self.log_path = self.root / "smtp-sink.log"
+
+    def start(self) -> SinkProcess:
+        if self.running:
+            return self
+        binary = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+        # -u: smtp-sink refuses to keep running as root.
+        argv = [binary, "-u", "nobody", f"127.0.0.1:{self.port}", str(self.backlog)]
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        self._wait_ready(
+            lambda: wait_for_tcp("127.0.0.1", self.port, 0.2),
+            lambda: RuntimeError(f"smtp-sink did not listen on {self.port}:\n{self.log()}"),
+            interval=0.02,
+        )
+        return self
+
+    def stop(self) -> None:
+        self._terminate(signal.SIGTERM, 5.0)

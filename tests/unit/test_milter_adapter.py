@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import Milter
 import pytest
@@ -12,12 +13,10 @@ from Milter import testctx
 from sendwarden.checks.base import Check
 from sendwarden.checks.relay import RelayCheck
 from sendwarden.checks.suspension import SuspensionCheck
-from sendwarden.config import settings_from_mapping
+from sendwarden.config import Settings, settings_from_mapping
 from sendwarden.milter.adapter import (
-    SendwardenBodyMilter,
     SendwardenMilter,
     client_from_connect,
-    milter_class,
     set_pipeline_source,
 )
 from sendwarden.milter.replies import reply_text
@@ -27,12 +26,11 @@ from sendwarden.policy.suspension import Suspension
 from sendwarden.policy.verdict import Verdict
 from tests.unit.fakes import MemorySuspensions
 
-SETTINGS = settings_from_mapping(
-    {
-        "policy": {"local_domains": ["hosting.example"], "trusted_networks": ["127.0.0.1/32"]},
-        "accounts": [{"id": "acme", "logins": ["alice@acme.example"], "domains": ["acme.example"]}],
-    }
-)
+RAW_SETTINGS: dict[str, Any] = {
+    "policy": {"local_domains": ["hosting.example"], "trusted_networks": ["127.0.0.1/32"]},
+    "accounts": [{"id": "acme", "logins": ["alice@acme.example"], "domains": ["acme.example"]}],
+}
+SETTINGS = settings_from_mapping(RAW_SETTINGS)
 
 
 class Exploding(Check):
@@ -56,6 +54,13 @@ class MtaCtx(testctx.TestCtx):  # type: ignore[misc]
 
     __test__ = False
 
+    def _negotiate(self) -> int:
+        # TestCtx hands negotiate() its class-level default_opts list, which negotiate
+        # edits in place: every later connection would be offered only what the first
+        # one was granted. An MTA offers the same every time.
+        testctx.TestCtx.default_opts = [Milter.CURR_ACTS, 0x1FFFFF, 0, 0]
+        return int(super()._negotiate())
+
     def _connect(
         self, host: str = "client.example", helo: str = "", ip: str = "198.51.100.7"
     ) -> int:
@@ -66,12 +71,12 @@ class MtaCtx(testctx.TestCtx):  # type: ignore[misc]
         return int(Milter.CONTINUE if rc == Milter.NOREPLY else rc)
 
 
-def make_ctx(*extra: Check) -> tuple[MtaCtx, MemorySuspensions]:
+def make_ctx(*extra: Check, settings: Settings = SETTINGS) -> tuple[MtaCtx, MemorySuspensions]:
     suspensions = MemorySuspensions()
-    checks = [SuspensionCheck(suspensions), RelayCheck(SETTINGS.policy.local_domains), *extra]
-    pipeline = Pipeline(SETTINGS, checks)
+    checks = [SuspensionCheck(suspensions), RelayCheck(settings.policy.local_domains), *extra]
+    pipeline = Pipeline(settings, checks)
     set_pipeline_source(lambda: (pipeline, lambda: None))
-    Milter.factory = milter_class(pipeline)
+    Milter.factory = SendwardenMilter
     return MtaCtx(), suspensions
 
 
@@ -99,19 +104,30 @@ def test_negotiates_only_needed_steps() -> None:
     assert not protocol & Milter.P_NR_RCPT  # RCPT can refuse
 
 
-def test_body_step_only_for_body_checks() -> None:
-    class NeedsBody(Check):
-        name = "needs-body"
-        needs_body = True
+class NeedsBody(Check):
+    name = "needs-body"
+    needs_body = True
 
-    pipeline = Pipeline(SETTINGS, [NeedsBody()])
-    assert milter_class(pipeline) is SendwardenBodyMilter
-    assert milter_class(Pipeline(SETTINGS, [])) is SendwardenMilter
-    assert (
-        not SendwardenBodyMilter.protocol_mask()
-        & Milter.P_NOBODY
-        & ~SendwardenMilter.protocol_mask()
-    )
+
+def test_body_step_only_for_body_checks_whatever_was_negotiated_before() -> None:
+    # Without body checks first, then with them (a reload), then without again: each
+    # connection negotiates from its own configuration, nothing sticks to a class.
+    for needs_body in (False, True, False, True):
+        ctx, _ = make_ctx(*([NeedsBody()] if needs_body else []))
+        ctx._connect()
+        assert bool(ctx._protocol & Milter.P_NOBODY) is not needs_body
+        assert bool(ctx._protocol & Milter.P_NR_BODY) is needs_body
+
+
+def test_data_step_answered_on_inet_sockets_only() -> None:
+    inet = settings_from_mapping({**RAW_SETTINGS, "milter": {"socket": "inet:8891@127.0.0.1"}})
+    ctx, _ = make_ctx(settings=inet)
+    ctx._connect()
+    protocol = ctx._protocol
+    assert not protocol & Milter.P_NODATA and not protocol & Milter.P_NR_DATA
+    ctx, _ = make_ctx()  # the default socket is a unix one
+    ctx._connect()
+    assert ctx._protocol & Milter.P_NODATA
 
 
 def test_unauthenticated_relay_is_refused_with_554() -> None:
