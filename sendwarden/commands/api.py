@@ -11,6 +11,8 @@ import argparse
 import ipaddress
 import logging
 import signal
+from collections.abc import Callable
+from datetime import datetime
 from types import FrameType
 from typing import Any
 
@@ -28,7 +30,7 @@ from sendwarden.monitoring import MonitorStore
 from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store.redis import connect
 from sendwarden.store.suspensions import RedisSuspensionStore
-from sendwarden.ui.history import SuspensionDesk
+from sendwarden.ui.history import SuspensionDesk, utc_now
 from sendwarden.ui.routes import Sessions, UiContext
 
 log = logging.getLogger(__name__)
@@ -108,8 +110,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def ui_context(settings: Settings, store: ConsentStore, client: redis.Redis) -> UiContext:
-    """What the support page at /ui reads and changes."""
+def ui_context(
+    settings: Settings,
+    store: ConsentStore,
+    client: redis.Redis,
+    clock: Callable[[], datetime] = utc_now,
+) -> UiContext:
+    """What the support page at /ui reads and changes (``clock``: when changes happen)."""
     from sendwarden.consent.api import TokenRing
 
     prefix = settings.redis.key_prefix
@@ -119,7 +126,7 @@ def ui_context(settings: Settings, store: ConsentStore, client: redis.Redis) -> 
         counter=counter_from_settings(settings, client),
         risks=RiskStore(client, prefix),
         monitor=MonitorStore(client, prefix),
-        desk=SuspensionDesk(RedisSuspensionStore(client, prefix), client, prefix),
+        desk=SuspensionDesk(RedisSuspensionStore(client, prefix), client, prefix, clock),
         identify=TokenRing(settings.api.tokens).identify,
         sessions=Sessions(lifetime=settings.ui.session_minutes * 60.0),
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -27,30 +28,40 @@ class Change:
     reason: str
 
 
-def now_text() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class SuspensionDesk:
     """Suspend and lift with a reason and the staff member's name, and read the history."""
 
-    def __init__(self, store: SuspensionStore, client: redis.Redis, prefix: str = "sw") -> None:
+    def __init__(
+        self,
+        store: SuspensionStore,
+        client: redis.Redis,
+        prefix: str = "sw",
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
         self.store = store
         self._client = client
         self._prefix = prefix
+        self._clock = clock
+
+    def _now(self) -> str:
+        return self._clock().strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def _key(self, account_id: str) -> str:
         return account_key(self._prefix, account_id, "suspension-log")
 
     def suspend(self, account_id: str, reason: str, by: str) -> None:
-        at = now_text()
+        at = self._now()
         self.store.suspend(account_id, Suspension(reason=reason, since=at, by=by))
         self._log(account_id, Change("suspended", at, by, reason))
 
     def lift(self, account_id: str, reason: str, by: str) -> bool:
         lifted = self.store.lift(account_id)
         if lifted:
-            self._log(account_id, Change("lifted", now_text(), by, reason))
+            self._log(account_id, Change("lifted", self._now(), by, reason))
         return lifted
 
     def history(self, account_id: str) -> list[Change]:

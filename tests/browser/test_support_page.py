@@ -38,6 +38,9 @@ from tests.support.redis_server import RedisServer
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 STAFF_TOKEN = "swt_staff-token-for-the-browser-test"
+# A fixed clock for everything the page shows, so the screenshots in docs/ come out the
+# same on every run (no churn in the repository).
+NOW = datetime(2026, 6, 1, 9, 30, tzinfo=UTC)
 FLAGS = [
     "--no-sandbox", "--disable-background-networking", "--disable-component-update",
     "--no-first-run", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
@@ -66,7 +69,7 @@ def record(store: ConsentStore, kind: str, occurred_at: str, **fields: str) -> N
         {"recipient": "carol@example.org", "occurred_at": occurred_at, "kind": kind, **fields},
         account="acme",
         recorded_by="import:signup.csv",
-        now=datetime.now(UTC),
+        now=NOW,
     )
     store.append([event])
 
@@ -74,7 +77,8 @@ def record(store: ConsentStore, kind: str, occurred_at: str, **fields: str) -> N
 @contextlib.contextmanager
 def running_api(settings: Settings, store: ConsentStore) -> Iterator[str]:
     client = redis.Redis.from_url(settings.redis.url)
-    app = create_app(settings.api.tokens, store, ui=ui_context(settings, store, client))
+    ui = ui_context(settings, store, client, clock=lambda: NOW)
+    app = create_app(settings.api.tokens, store, ui=ui)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, log_level="warning")
@@ -96,7 +100,7 @@ def running_api(settings: Settings, store: ConsentStore) -> Iterator[str]:
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[tuple[Path, ConsentStore]]:
     db = tmp_path / "consent.db"
-    store = open_consent_store(f"sqlite:///{db}", timeout_ms=2000)
+    store = open_consent_store(f"sqlite:///{db}", timeout_ms=2000, clock=lambda: NOW)
     record(
         store,
         "granted",
