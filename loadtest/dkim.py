@@ -32,7 +32,7 @@ from dkim.canonicalization import Relaxed
 from sendwarden.checks.identity import IdentityCheck
 from sendwarden.config import settings_from_mapping
 from sendwarden.dkim.canon import RelaxedBodyHash
-from sendwarden.dkim.keys import generate_key, parse_private_key
+from sendwarden.dkim.keys import generate_key
 from sendwarden.dkim.signer import DkimSigner, SigningKey
 from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.identity import parse_mailboxes
@@ -152,7 +152,7 @@ def main(argv: list[str]) -> int:
 
     with tempfile.TemporaryDirectory() as directory:
         pem = generate_key(Path(directory) / "bench.key")
-    key = SigningKey("acme.example", "bench", parse_private_key(pem))
+    key = SigningKey.from_pem("acme.example", "bench", pem, "the benchmark key")
     signer = DkimSigner([key])
 
     for size in (10_000, 1_000_000, 20_000_000):

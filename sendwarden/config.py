@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 StoreErrorAction = Literal["tempfail", "accept"]
+UnknownSenders = Literal["limit", "refuse"]
 Section = TypeVar("Section")
 
 
@@ -154,6 +155,10 @@ class PolicySettings:
     provider_hostnames: tuple[str, ...] = parsed(_parse_domains, default=())
     authserv_id: str = ""
     forged_header_action: Literal["refuse", "strip"] = "refuse"
+    # A proven sender (login, local uid, trusted-network host) that no account lists:
+    # "limit" makes it an account of its own under the default limits; "refuse" (for
+    # providers that list every sender) refuses its mail with 550 5.7.1.
+    unknown_senders: UnknownSenders = "limit"
     # Rules (or checks) that only watch: the rule runs, its would-be refusal is logged
     # and counted as "monitor", and the mail passes. For rolling sendwarden out onto
     # existing customers (``sendwarden report`` shows what would have been refused).
@@ -613,6 +618,9 @@ def _build_accounts(raw: Any) -> tuple[Account, ...]:
     ):
         if not account.id.strip():
             raise ConfigError(f"{name}.id", "must not be empty")
+        if ":" in account.id:
+            # Unlisted senders are named "login:...", "uid:...", "host:...": never a customer.
+            raise ConfigError(f"{name}.id", f"{account.id!r}: an account id may not contain ':'")
         accounts.append(account)
     _check_unique(accounts)
     return tuple(accounts)

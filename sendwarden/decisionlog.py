@@ -77,6 +77,11 @@ def decision_record(
     return record
 
 
+def decisions_logged() -> bool:
+    """False when ``log.decisions`` is off: then nobody reads a record, so none is built."""
+    return DECISIONS.isEnabledFor(logging.INFO)
+
+
 def log_decision(record: dict[str, Any]) -> None:
     DECISIONS.info("%s", json.dumps(record, ensure_ascii=False, sort_keys=False))
 

@@ -13,8 +13,8 @@ from sendwarden import metrics
 from sendwarden.checks.base import Check
 from sendwarden.config import Settings
 from sendwarden.decisionlog import TRACE as TRACE  # re-exported: checks import it from here
-from sendwarden.decisionlog import RuleTrace, decision_record, log_decision
-from sendwarden.policy.accounts import AccountDirectory, is_trusted
+from sendwarden.decisionlog import RuleTrace, decision_record, decisions_logged, log_decision
+from sendwarden.policy.accounts import AccountDirectory, is_listed, is_trusted
 from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.monitor import MONITOR, is_monitored
 from sendwarden.policy.verdict import CONTINUE, Action, Verdict, tempfail
@@ -117,15 +117,18 @@ class Pipeline:
 
     def eom(self, txn: Transaction) -> Verdict:
         """End of message: the final verdict, after which checks commit or give back.
-        For a local submission the adapter has set ``txn.uid`` by now."""
+        For a local submission the adapter has set ``txn.uid`` by now (None when it
+        could not be read: then the unknown local sender sends)."""
         started = time.perf_counter()
         verdict = CONTINUE
         if txn.client.local_submission:
             verdict = self._local_submission_envelope(txn)
         if not verdict.is_final:
             verdict = self._run(txn, "eom", lambda check: check.at_eom(txn))
-        if txn.account is None and txn.trusted:
-            self._trace(txn).notes.append("unknown account on a trusted network")
+        if txn.account is not None and not is_listed(txn.account):
+            self._trace(txn).notes.append(
+                f"unlisted sender {txn.account.id} ({txn.account_source}): default limits"
+            )
         verdict = self._finish(txn, "eom", verdict)
         _timed("eom", started)
         return verdict
@@ -139,9 +142,15 @@ class Pipeline:
     # -- internals --------------------------------------------------------------
 
     def _resolve_account(self, txn: Transaction) -> None:
-        txn.account, txn.account_source = self.directory.resolve(
-            login=txn.login, uid=txn.uid, client_address=txn.client.address, mail_from=txn.mail_from
+        """Only what the MTA proves picks the account (never the envelope sender)."""
+        attribution = self.directory.resolve(
+            login=txn.login,
+            uid=txn.uid,
+            client_address=txn.client.address,
+            local_submission=txn.client.local_submission,
+            trusted=txn.trusted,
         )
+        txn.account, txn.account_source = attribution.account, attribution.source
 
     def _local_submission_envelope(self, txn: Transaction) -> Verdict:
         """sendmail(1): Postfix forbids per-recipient replies here, so the MAIL and RCPT
@@ -204,9 +213,10 @@ class Pipeline:
         goes on as if the rule had passed."""
         trace = self._trace(txn)
         trace.monitored.append(verdict.rule)
-        log_decision(
-            decision_record(txn, stage, verdict, trace, recipient, verdict_label=MONITOR)
-        )
+        if decisions_logged():
+            log_decision(
+                decision_record(txn, stage, verdict, trace, recipient, verdict_label=MONITOR)
+            )
         recorder = metrics.current()
         if recorder is not None:
             recorder.decided(stage, verdict.rule, MONITOR)
@@ -242,7 +252,8 @@ class Pipeline:
     def _decided(
         self, txn: Transaction, stage: str, verdict: Verdict, recipient: str | None = None
     ) -> None:
-        log_decision(decision_record(txn, stage, verdict, self._trace(txn), recipient))
+        if decisions_logged():
+            log_decision(decision_record(txn, stage, verdict, self._trace(txn), recipient))
         recorder = metrics.current()
         if recorder is not None:
             recorder.decided(stage, verdict.rule, verdict.action.value)

@@ -15,6 +15,7 @@ from sendwarden.checks.identity import IdentityCheck
 from sendwarden.checks.ratelimit import RecipientRateCheck
 from sendwarden.checks.relay import RelayCheck
 from sendwarden.checks.suspension import SuspensionCheck
+from sendwarden.checks.unknown import unknown_sender_checks
 from sendwarden.config import Settings
 from sendwarden.consent.check import consent_check_from_settings
 from sendwarden.dkim.signer import signers_from_settings
@@ -54,6 +55,8 @@ def build_checks(
     good come before ones that count, so a refused recipient consumes no quota."""
     prefix = settings.redis.key_prefix
     return [
+        # MAIL: unlisted senders, when the provider refuses them (pure).
+        *unknown_sender_checks(settings.policy.unknown_senders),
         SuspensionCheck(RedisSuspensionStore(client, prefix)),
         RelayCheck(settings.policy.local_domains),
         # Last among the RCPT checks: only recipients nothing else refused are counted.

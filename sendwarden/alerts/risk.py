@@ -181,8 +181,7 @@ class RiskRecorder:
     never breaks it; accepted mail costs nothing.
 
     Only outbound mail counts (a logged-in sender, a known local user or network, or a
-    trusted network): mail from an outside client is attributed by the envelope
-    domain it claims, which proves nothing about the customer.
+    trusted network): mail from an outside client belongs to no account.
     """
 
     def __init__(self, store: RefusalStore) -> None:

@@ -15,7 +15,7 @@ from sendwarden.checks.base import Check
 from sendwarden.config import Settings
 from sendwarden.decisionlog import RuleTrace
 from sendwarden.pipeline import TRACE
-from sendwarden.policy.accounts import AccountDirectory
+from sendwarden.policy.accounts import AccountDirectory, is_listed
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.forged_headers import (
     ForgedHeader,
@@ -46,8 +46,8 @@ class IdentityCheck(Check):
         )
         if verdict is not None:
             return verdict
-        if txn.account is None and (txn.identified or txn.trusted):
-            _note(txn, f"identity: no known account; From {_from_text(txn)} accepted")
+        if txn.account is not None and not is_listed(txn.account):
+            _note(txn, f"identity: unlisted sender {txn.account.id}; From {_from_text(txn)}")
         return self._forged_headers(txn)
 
     def _forged_headers(self, txn: Transaction) -> Verdict | None:

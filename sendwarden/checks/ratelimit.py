@@ -75,7 +75,7 @@ class RecipientRateCheck(Check):
 
     def at_rcpt(self, txn: Transaction, recipient: str) -> Verdict | None:
         account = txn.account
-        if account is None:  # unknown senders are not counted (relay rules cover them)
+        if account is None:  # a stranger's inbound mail spends no account's quota
             return None
         reservations = self._reservations(txn)
         limit = self._settings.recipients_per_hour(account)

@@ -9,6 +9,7 @@ from typing import Any
 
 from sendwarden.cli import add_actions, add_command, add_config_argument
 from sendwarden.config import load_settings
+from sendwarden.policy.accounts import account_named
 from sendwarden.policy.suspension import Suspension
 from sendwarden.store.redis import connect
 from sendwarden.store.suspensions import RedisSuspensionStore
@@ -34,7 +35,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    account = settings.account(args.account)  # an unknown id is a clear error
+    account = account_named(settings, args.account)  # an unknown id is a clear error
     store = RedisSuspensionStore(connect(settings.redis), settings.redis.key_prefix)
     if args.action == "suspend":
         since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

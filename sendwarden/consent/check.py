@@ -21,6 +21,7 @@ from sendwarden.config import ConsentSettings, Settings
 from sendwarden.consent.bulk import RecentRecipients, RecipientCounter
 from sendwarden.consent.model import ConsentStore
 from sendwarden.decisionlog import add_note
+from sendwarden.policy.accounts import is_listed
 from sendwarden.policy.consent import (
     campaign_reason,
     consent_outcome,
@@ -64,7 +65,8 @@ class ConsentCheck(Check):
         reasons = self._bulk_reasons(txn, len(distinct))
         if not reasons:
             return None
-        if txn.account is None:
+        account = txn.account
+        if account is None or not is_listed(account):  # unlisted: no consent on record
             log.warning(
                 "bulk mail from %s (queue id %s) belongs to no account: refused",
                 txn.client,
@@ -72,9 +74,7 @@ class ConsentCheck(Check):
             )
             return no_account_verdict(txn, reasons)
         if not has_list_unsubscribe(txn):
-            return missing_unsubscribe_verdict(
-                txn.account.id, reasons, offered_unsubscribe_uris(txn)
-            )
+            return missing_unsubscribe_verdict(account.id, reasons, offered_unsubscribe_uris(txn))
         one_click = one_click_uri(txn)
         add_note(
             txn,
@@ -82,9 +82,9 @@ class ConsentCheck(Check):
             if one_click
             else "consent: List-Unsubscribe without RFC 8058 one-click",
         )
-        consenting = self._store_now().consenting(txn.account.id, list(distinct), list_id_of(txn))
+        consenting = self._store_now().consenting(account.id, list(distinct), list_id_of(txn))
         outcome = consent_outcome(
-            txn.account.id,
+            account.id,
             distinct,
             consenting,
             reasons,

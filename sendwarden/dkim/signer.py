@@ -4,33 +4,41 @@ The signer is the last check: the pipeline stops at the first refusal, so it onl
 runs for mail every other rule accepted, and it signs the headers as they will be
 after the other checks' changes (a stripped header is not signed, an added one is).
 The body hash is computed while the body streams past (:mod:`sendwarden.dkim.canon`);
-dkimpy does the RSA signature and formats the header. relaxed/relaxed
+dkimpy canonicalizes and formats the header; the RSA signature is OpenSSL's
+(through ``cryptography``), ~20 times faster than dkimpy's pure-Python one. relaxed/relaxed
 canonicalization survives the MTA refolding or re-spacing headers.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import dkim
+from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from dkim.canonicalization import CanonicalizationPolicy
-from dkim.crypto import HASH_ALGORITHMS
 
 from sendwarden.checks.base import Check
 from sendwarden.config import Account, DkimKey
 from sendwarden.dkim.canon import RelaxedBodyHash
-from sendwarden.dkim.keys import parse_private_key
+from sendwarden.dkim.keys import KeyFileError, parse_private_key
+from sendwarden.policy.accounts import is_listed
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.forged_headers import headers_after_removal
 from sendwarden.policy.identity import MalformedHeader, account_owns, read_identity
 from sendwarden.policy.verdict import Verdict
 
 NAME = "dkim-sign"
+HEADER_NAME = b"DKIM-Signature"
+_NAME_LEN = len(HEADER_NAME)
 ALGORITHM = b"rsa-sha256"
 CANONICALIZATION = (b"relaxed", b"relaxed")
 # Signed when present, bottom-most instance first; From is signed once more than it
@@ -51,12 +59,24 @@ class SigningKey:
 
     domain: str
     selector: str
-    private_key: Mapping[str, Any] = field(repr=False)
+    signing_key: RSAPrivateKey = field(repr=False)
+
+    @classmethod
+    def from_pem(cls, domain: str, selector: str, pem: bytes, source: str) -> SigningKey:
+        parse_private_key(pem, source)  # the checks and clear errors of keys.py
+        # dkimpy's parse checked it as before this used OpenSSL; OpenSSL's own RSA
+        # validation costs ~0.25 s a key, minutes at start for a provider's domains.
+        key = load_pem_private_key(
+            pem.replace(b"\r\n", b"\n"), password=None, unsafe_skip_rsa_key_validation=True
+        )
+        if not isinstance(key, RSAPrivateKey):
+            raise KeyFileError(f"{source} is not an RSA private key")
+        return cls(domain, selector, key)
 
     @classmethod
     def from_config(cls, entry: DkimKey) -> SigningKey:
-        key = parse_private_key(entry.key_file.pem, f"key file {entry.key_file.path}")
-        return cls(entry.domain, entry.selector, key)
+        source = f"key file {entry.key_file.path}"
+        return cls.from_pem(entry.domain, entry.selector, entry.key_file.pem, source)
 
 
 def key_for_domain(domain: str, keys: Mapping[str, SigningKey]) -> SigningKey | None:
@@ -106,11 +126,18 @@ def dkim_signature(
         (b"bh", base64.b64encode(body_hash)),
         (b"b", b"0" * 60),  # placeholder: dkimpy puts b= on its own line, then fills it
     ]
-    signer = dkim.DKIM(signature_algorithm=ALGORITHM)
-    signer.headers = raw_headers
-    signer.hasher = HASH_ALGORITHMS[ALGORITHM]
+    # dkimpy's DKIM.gen_header, with the RSA step done by OpenSSL (through
+    # cryptography): dkimpy's pure-Python RSA took ~2/3 of the milter's CPU per message.
+    value = dkim.fold(b"; ".join(b"=".join(x) for x in fields), namelen=_NAME_LEN)
+    signature_header = (HEADER_NAME, b" " + dkim.RE_BTAG.sub(b"\\1", value))
     policy = CanonicalizationPolicy.from_c_value(b"/".join(CANONICALIZATION))
-    value: bytes = signer.gen_header(fields, signed, policy, b"DKIM-Signature", key.private_key)
+    digest = hashlib.sha256()
+    dkim.hash_headers(
+        digest, policy, policy.canonicalize_headers(raw_headers), signed, signature_header, {}
+    )
+    rsa = key.signing_key.sign(digest.digest(), PKCS1v15(), Prehashed(SHA256()))
+    fields[-1] = (b"b", base64.b64encode(rsa))
+    value = bytes(dkim.fold(b"; ".join(b"=".join(x) for x in fields), namelen=_NAME_LEN))
     return value.strip().replace(b"\r\n", b"\n").decode("ascii")
 
 
@@ -140,9 +167,10 @@ class DkimSigner(Check):
             state.update(chunk)
 
     def at_eom(self, txn: Transaction) -> Verdict | None:
-        if txn.account is None or not (txn.identified or txn.trusted):
-            return None  # only outbound mail of a known account is signed
-        key = choose_key(_from_domains(txn), txn.account, self._keys)
+        account = txn.account
+        if account is None or not is_listed(account) or not (txn.identified or txn.trusted):
+            return None  # only a proven, listed account's outbound mail is signed
+        key = choose_key(_from_domains(txn), account, self._keys)
         state = txn.scratch.get(self.name)
         if key is None or state == _SKIP:
             return None

@@ -1,16 +1,78 @@
-"""Which account sends a message: pure lookups over the configured accounts."""
+"""Which account sends a message: pure lookups over the configured accounts.
+
+**A proven identity authorises; a claim only labels.** The sender is found only
+from what the MTA proves: the SASL login, the uid of a local submission (read
+from data only Postfix writes), a client address in an account's ``networks``,
+or a client address on ``trusted_networks``. The envelope sender, the headers
+and the message text are claims: they never pick the account whose quota is
+spent, whose strikes suspend, whose domains From may use or whose key signs.
+
+A proven identity that no account lists is an account of its own
+(:class:`UnlistedAccount`), named after the identity (``login:bob@mail.example``,
+``uid:1005``, ``host:192.0.2.7``, ``local:unknown``), with the default limit,
+strikes and suspension. Unauthenticated mail from an untrusted client (inbound
+mail from strangers) belongs to no account: it spends and strikes nothing.
+"""
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 
 from sendwarden.addresses import domain_of
-from sendwarden.config import Account, IPNetwork
+from sendwarden.config import Account, IPNetwork, Settings
 from sendwarden.policy.facts import IPAddress
+
+#: Prefixes of unlisted accounts' ids; configured ids may not contain ``:``, so the
+#: two never collide.
+LOGIN_PREFIX = "login:"
+UID_PREFIX = "uid:"
+HOST_PREFIX = "host:"
+UNKNOWN_LOCAL_ID = "local:unknown"  # a local submission whose uid could not be read
+
+
+class Proof(StrEnum):
+    """How the sender proved who it is (``Transaction.account_source``)."""
+
+    LOGIN = "login"  # SASL {auth_authen}
+    UID = "uid"  # the uid Postfix recorded for a sendmail(1) submission
+    NETWORK = "network"  # the client address is in an account's networks
+    TRUSTED = "trusted-network"  # the client address is on policy.trusted_networks
+    LOCAL = "local"  # a sendmail(1) submission whose uid could not be read
+
+
+@dataclass(frozen=True)
+class UnlistedAccount(Account):
+    """A proven sender no configured account lists: counted, limited and suspended
+    like any account under the defaults, and never the owner of a customer's domain.
+
+    ``domains`` holds the login's own domain when no customer owns it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """The sending account (None: an unproven stranger) and how it was proven."""
+
+    account: Account | None
+    proof: Proof | None
+
+    @property
+    def source(self) -> str:
+        return self.proof.value if self.proof else ""
+
+
+NOBODY = Attribution(None, None)
 
 
 class AccountDirectory:
-    """Index of accounts by each identity they own, built once per config load."""
+    """Index of accounts by each identity they own, built once per config load.
+
+    The lookups (:meth:`by_login`, :meth:`by_uid`, :meth:`by_address`,
+    :meth:`owner_of_domain`) are the whole interface :meth:`resolve` needs: a
+    directory fed from other sources answers the same four questions."""
 
     def __init__(self, accounts: Iterable[Account]) -> None:
         self.accounts: tuple[Account, ...] = tuple(accounts)
@@ -30,7 +92,9 @@ class AccountDirectory:
         )
 
     def get(self, account_id: str) -> Account | None:
-        return self._by_id.get(account_id)
+        """A configured account, or the unlisted account an id like ``uid:1005`` names
+        (so staff can suspend and lift unlisted senders by the id the log shows)."""
+        return self._by_id.get(account_id) or self.unlisted(account_id)
 
     def by_login(self, login: str) -> Account | None:
         return self._by_login.get(login.casefold())
@@ -59,24 +123,69 @@ class AccountDirectory:
         login: str | None,
         uid: int | None,
         client_address: IPAddress | None,
-        mail_from: str,
-    ) -> tuple[Account | None, str]:
-        """The sending account and how it was found, in the documented order.
+        local_submission: bool = False,
+        trusted: bool = False,
+    ) -> Attribution:
+        """The sending account from proven identities only, strongest first.
 
-        SASL login first (proved by a password), then the local uid of a
-        sendmail(1) submission, then the client address, and last the envelope
-        sender domain (claimed, not proved: it attributes, it never authorises).
+        The SASL login decides alone (a password proves more than an address).
+        A local submission is its uid's, or the unknown local sender's when the uid
+        could not be read: never anyone's by what the submitter wrote. Then the
+        client address: an account's ``networks``, else a trusted-network host of
+        its own. Anything else is a stranger: no account.
         """
         if login:
-            account = self.by_login(login)
-            return account, "login" if account else ""
-        if uid is not None and (account := self.by_uid(uid)) is not None:
-            return account, "uid"
-        if client_address is not None and (account := self.by_address(client_address)):
-            return account, "network"
-        if account := self.owner_of_domain(domain_of(mail_from), subdomains=False):
-            return account, "sender-domain"
-        return None, ""
+            return Attribution(self.by_login(login) or self.unlisted_login(login), Proof.LOGIN)
+        if local_submission:
+            if uid is None:
+                return Attribution(self._unlisted(UNKNOWN_LOCAL_ID), Proof.LOCAL)
+            return Attribution(self.by_uid(uid) or self._unlisted(f"{UID_PREFIX}{uid}"), Proof.UID)
+        if client_address is not None:
+            if (account := self.by_address(client_address)) is not None:
+                return Attribution(account, Proof.NETWORK)
+            if trusted:
+                return Attribution(self._unlisted(f"{HOST_PREFIX}{client_address}"), Proof.TRUSTED)
+        return NOBODY
+
+    def unlisted_login(self, login: str) -> UnlistedAccount:
+        """The account of its own of a login no account lists: it may send from its
+        login's domain, unless that domain (or a parent) is a customer's."""
+        return self._unlisted(f"{LOGIN_PREFIX}{login.casefold()}")
+
+    def unlisted(self, account_id: str) -> UnlistedAccount | None:
+        """The unlisted account an id names, or None for an id of no such shape."""
+        if account_id == UNKNOWN_LOCAL_ID or account_id.startswith(LOGIN_PREFIX):
+            return self._unlisted(account_id)
+        if account_id.startswith(UID_PREFIX) and account_id.removeprefix(UID_PREFIX).isdigit():
+            return self._unlisted(account_id)
+        if account_id.startswith(HOST_PREFIX):
+            try:
+                address = ipaddress.ip_address(account_id.removeprefix(HOST_PREFIX))
+            except ValueError:
+                return None
+            return self._unlisted(f"{HOST_PREFIX}{address}")
+        return None
+
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 (one directory per config, kept for its life)
+    def _unlisted(self, account_id: str) -> UnlistedAccount:
+        domains: tuple[str, ...] = ()
+        if account_id.startswith(LOGIN_PREFIX):
+            domain = domain_of(account_id.removeprefix(LOGIN_PREFIX))
+            if domain and self.owner_of_domain(domain) is None:
+                domains = (domain,)
+        return UnlistedAccount(id=account_id, domains=domains)
+
+
+def account_named(settings: Settings, account_id: str) -> Account:
+    """For staff commands: a configured account, or an unlisted sender by the id the
+    decision log shows (``login:...``, ``uid:...``, ``host:...``, ``local:unknown``);
+    ConfigError for any other id."""
+    return AccountDirectory(settings.accounts).get(account_id) or settings.account(account_id)
+
+
+def is_listed(account: Account | None) -> bool:
+    """Whether a configured account (not an unlisted proven sender) sends."""
+    return account is not None and not isinstance(account, UnlistedAccount)
 
 
 def is_trusted(address: IPAddress | None, networks: Iterable[IPNetwork]) -> bool:

@@ -53,7 +53,9 @@ class Transaction:
     recipients: list[str] = field(default_factory=list)
     headers: list[tuple[str, str]] = field(default_factory=list)
     account: Account | None = None
-    account_source: str = ""  # login, uid, network, sender-domain, or '' when unknown
+    # How the sender proved who it is (policy.accounts.Proof): login, uid, network,
+    # trusted-network, local; '' for a stranger (no account: nothing is spent or struck).
+    account_source: str = ""
     scratch: dict[str, Any] = field(default_factory=dict)
     changes: MessageChanges = field(default_factory=MessageChanges)
 
@@ -63,8 +65,9 @@ class Transaction:
 
     @property
     def identified(self) -> bool:
-        """Whether the sender proved who it is (SASL, local uid, or an account's own network)."""
-        return self.login is not None or self.account_source in ("login", "uid", "network")
+        """Whether the sender proved who it is (SASL, a local submission, or an account's
+        own network); a trusted-network host is ``trusted`` instead."""
+        return self.login is not None or self.account_source in ("login", "uid", "network", "local")
 
     def header_values(self, name: str) -> list[str]:
         """All values of a header field, case-insensitively, in message order."""

@@ -1,10 +1,11 @@
 """No forged sender, no impersonation (AUP: "forging of message header information",
 "impersonating any person, organisation, or entity").
 
-Pure rules over the headers the MTA passed to the milter. For a known account the
+Pure rules over the headers the MTA passed to the milter. For a listed account the
 envelope sender, every From address, the Sender address, and any address a From or
-Sender display name (or comment) shows must be in a domain the account owns. A sender
-with no known account may use any domain except another customer's. Headers that
+Sender display name (or comment) shows must be in a domain the account owns. A proven
+sender no account lists may use its login's own domain when it has one (any domain
+when it has none), and never another customer's. Headers that
 cannot be read are refused rather than guessed at: a check that a lenient parser can
 be talked out of is no check.
 """
@@ -23,7 +24,7 @@ from email.headerregistry import AddressHeader, HeaderRegistry
 
 from sendwarden.addresses import domain_matches, normalise_domain, split_address
 from sendwarden.config import Account
-from sendwarden.policy.accounts import AccountDirectory
+from sendwarden.policy.accounts import AccountDirectory, is_listed
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.verdict import Verdict, account_label, reject
 
@@ -211,18 +212,20 @@ def identity_verdict(
 ) -> Verdict | None:
     """550 5.7.1 at end of message when the sender's identity is not its own.
 
-    Applies to outbound mail only (a logged-in, local or trusted-network sender);
-    mail from the internet to the provider's own domains is SPF/DMARC's business.
+    Applies to outbound mail only (a proven sender: logged in, local, an account's
+    network or a trusted network); mail from the internet to the provider's own
+    domains is SPF/DMARC's business.
     """
-    if not (txn.identified or txn.trusted):
+    account = txn.account
+    if account is None or not (txn.identified or txn.trusted):
         return None
     try:
         identity = read_identity(txn.headers)
     except MalformedHeader as error:
         return malformed_verdict(txn, str(error))
-    if txn.account is not None:
-        return _own_identity_verdict(txn, txn.account, identity, provider_hostnames)
-    return _impersonation_verdict(txn, identity, directory)
+    if is_listed(account):
+        return _own_identity_verdict(txn, account, identity, provider_hostnames)
+    return _unlisted_identity_verdict(txn, account, identity, directory, provider_hostnames)
 
 
 def malformed_verdict(txn: Transaction, problem: str) -> Verdict:
@@ -270,11 +273,19 @@ def _own_identity_verdict(
     return None
 
 
-def _impersonation_verdict(
-    txn: Transaction, identity: IdentityHeaders, directory: AccountDirectory
+def _unlisted_identity_verdict(
+    txn: Transaction,
+    account: Account,
+    identity: IdentityHeaders,
+    directory: AccountDirectory,
+    provider_hostnames: Collection[str],
 ) -> Verdict | None:
-    """Unknown sender: any domain but another customer's."""
-    claims = [("the envelope sender (MAIL FROM)", txn.mail_from, split_address(txn.mail_from)[1])]
+    """A proven sender no account lists: never a customer's domain; a login's own
+    domain (the unlisted account's ``domains``) when it has one, else any other."""
+    sender_domain = split_address(txn.mail_from)[1]
+    claims = []
+    if txn.mail_from and not (txn.client.local_submission and sender_domain in provider_hostnames):
+        claims.append(("the envelope sender (MAIL FROM)", txn.mail_from, sender_domain))
     claims += [
         ("the From header address", mailbox.address, mailbox.domain)
         for mailbox in identity.from_mailboxes
@@ -288,16 +299,24 @@ def _impersonation_verdict(
         for shown in identity.shown
     ]
     for what, address, domain in claims:
-        if address and domain and directory.owner_of_domain(domain) is not None:
+        if domain is None or directory.owner_of_domain(domain) is not None:
             return reject(
                 RULE_IMPERSONATION,
                 "550",
                 "5.7.1",
-                f"Impersonation refused: {what} {address} is in a domain of another customer "
-                f"of this provider, and {account_label(None)} has not logged in as that "
-                "customer. Log in (SMTP AUTH) with the account that owns the domain.",
-            )
+                f"Impersonation refused: {what} {address} is "
+                + ("not a usable address" if domain is None else "in a domain of another "
+                   "customer of this provider")
+                + f", and {_unlisted_label(txn, account)} is not that customer. Log in "
+                "(SMTP AUTH) with the account that owns the domain.",
+            )  # fmt: skip
+        if account.domains and not account_owns(account, domain):
+            return _not_owned(account, f"{what} {address}")
     return None
+
+
+def _unlisted_label(txn: Transaction, account: Account) -> str:
+    return f"the login {txn.login}" if txn.login else f"sender {account.id} (no account)"
 
 
 def _not_owned(account: Account, what: str) -> Verdict:

@@ -20,6 +20,7 @@ from sendwarden.policy import (
     ratelimit,
     relay,
     suspension,
+    unknown,
 )
 from sendwarden.policy.verdict import Action, Verdict
 
@@ -27,6 +28,7 @@ from sendwarden.policy.verdict import Action, Verdict
 CHECK_RULES: dict[str, frozenset[str]] = {
     suspension.RULE: frozenset({suspension.RULE}),
     relay.RULE: frozenset({relay.RULE}),
+    unknown.RULE: frozenset({unknown.RULE}),
     ratelimit.RULE: frozenset({ratelimit.RULE}),
     "identity": frozenset(
         {

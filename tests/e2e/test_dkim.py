@@ -27,7 +27,8 @@ from tests.support.sink import Delivered
 
 SELECTOR = "e2e"
 ACCOUNTS = [
-    {"id": "acme", "logins": ["alice@acme.example"], "domains": ["acme.example"]},
+    # uid 65534 submits with sendmail(1): a proven identity (the envelope domain is not).
+    {"id": "acme", "logins": ["alice@acme.example"], "uids": [65534], "domains": ["acme.example"]},
     {"id": "globex", "logins": ["bob@globex.example"], "domains": ["globex.example"]},
 ]
 SASL_USERS = {"alice@acme.example": "alice-secret", "bob@globex.example": "bob-secret"}

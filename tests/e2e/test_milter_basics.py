@@ -95,8 +95,8 @@ def test_unauthenticated_mail_to_a_local_domain_is_accepted(rig: Rig) -> None:
 
 
 def test_sendmail_submission_is_attributed_by_uid(make_rig: Callable[..., Rig]) -> None:
-    # account_source tells the path: "uid" (pickup's record in the queue file), where
-    # the envelope sender alone would have given "sender-domain".
+    # account_source tells the path: "uid" (pickup's record in the queue file); the
+    # envelope sender is a claim and never picks the account.
     rig = make_rig(accounts=[{"id": "acme", "uids": [65534], "domains": ["acme.example"]}])
     result = rig.sendmail(MESSAGE, "web@acme.example", ["bob@remote.example"])
     assert result.returncode == 0, result.stderr

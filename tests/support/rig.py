@@ -52,14 +52,17 @@ class Rig:
         *,
         helo: str = "client.example",
         timeout: float = 30.0,
+        source: str | None = None,
     ) -> smtplib.SMTP:
         """An smtplib client connected (EHLO done) to Postfix, logged in if ``login``.
 
-        The password defaults to the one the rig gave that SASL user. Use it as a context
-        manager so the connection is closed.
+        The password defaults to the one the rig gave that SASL user. ``source`` is the
+        client's loopback address (e.g. "127.0.0.2", to be a different client than
+        127.0.0.1). Use it as a context manager so the connection is closed.
         """
         client = smtplib.SMTP("127.0.0.1", self.postfix.smtp_port, local_hostname=helo,
-                              timeout=timeout)  # fmt: skip
+                              timeout=timeout,
+                              source_address=(source, 0) if source else None)  # fmt: skip
         try:
             client.ehlo(helo)
             if login is not None:

@@ -1,4 +1,4 @@
-"""Which account sends: table tests of the resolution order."""
+"""Which account sends: table tests of attribution by proof only."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from sendwarden.config import settings_from_mapping
-from sendwarden.policy.accounts import AccountDirectory, is_trusted
+from sendwarden.config import ConfigError, settings_from_mapping
+from sendwarden.policy.accounts import AccountDirectory, UnlistedAccount, is_listed, is_trusted
 
 SETTINGS = settings_from_mapping(
     {
@@ -34,32 +34,82 @@ ip = ipaddress.ip_address
 
 
 @pytest.mark.parametrize(
-    ("login", "uid", "client", "mail_from", "expected", "source"),
+    ("login", "uid", "client", "local", "trusted", "expected", "source"),
     [
-        ("alice@acme.example", None, "203.0.113.5", "x@globex.example", "acme", "login"),
-        ("BOB", None, None, "", "globex", "login"),
-        ("stranger", None, "192.0.2.10", "x@acme.example", None, ""),  # a login decides alone
-        (None, 1002, "127.0.0.1", "x@acme.example", "globex", "uid"),
-        (None, 4242, "192.0.2.99", "", "acme", "network"),  # unknown uid falls through
-        (None, None, "192.0.2.10", "", "globex", "network"),  # longest prefix wins
-        (None, None, "2001:db8::25", "", "globex", "network"),
-        (None, None, "203.0.113.5", "someone@ACME.example", "acme", "sender-domain"),
-        (None, None, "203.0.113.5", "someone@sub.acme.example", None, ""),
-        (None, None, "203.0.113.5", "", None, ""),
+        # A proven identity authorises...
+        ("alice@acme.example", None, "203.0.113.5", False, False, "acme", "login"),
+        ("BOB", None, None, False, False, "globex", "login"),
+        (None, 1002, "127.0.0.1", True, True, "globex", "uid"),
+        (None, None, "192.0.2.99", False, False, "acme", "network"),
+        (None, None, "192.0.2.10", False, False, "globex", "network"),  # longest prefix wins
+        (None, None, "2001:db8::25", False, False, "globex", "network"),
+        (None, None, "192.0.2.99", False, True, "acme", "network"),  # an account's, not trusted
+        # ...a proven identity no account lists is an account of its own...
+        ("Stranger", None, "192.0.2.10", False, False, "login:stranger", "login"),  # login alone
+        ("mallory@acme.example", None, None, False, False, "login:mallory@acme.example", "login"),
+        (None, 4242, "127.0.0.1", True, True, "uid:4242", "uid"),  # never falls through
+        (None, None, "127.0.0.1", True, True, "local:unknown", "local"),  # uid unreadable
+        (None, None, "198.51.100.7", False, True, "host:198.51.100.7", "trusted-network"),
+        (None, None, "2001:db8:1::7", False, True, "host:2001:db8:1::7", "trusted-network"),
+        # ...and an unproven stranger is nobody, whatever it claims.
+        (None, None, "203.0.113.5", False, False, None, ""),
+        (None, None, None, False, False, None, ""),
     ],
 )
-def test_resolution_order(
+def test_resolution_by_proof_only(
     login: str | None,
     uid: int | None,
     client: str | None,
-    mail_from: str,
+    local: bool,
+    trusted: bool,
     expected: str | None,
     source: str,
 ) -> None:
-    account, how = DIRECTORY.resolve(
-        login=login, uid=uid, client_address=ip(client) if client else None, mail_from=mail_from
+    attribution = DIRECTORY.resolve(
+        login=login,
+        uid=uid,
+        client_address=ip(client) if client else None,
+        local_submission=local,
+        trusted=trusted,
     )
-    assert (account.id if account else None, how) == (expected, source)
+    account = attribution.account
+    assert (account.id if account else None, attribution.source) == (expected, source)
+    assert is_listed(account) == (expected is not None and ":" not in expected)
+
+
+@pytest.mark.parametrize(
+    ("login", "domains"),
+    [
+        ("bob@freemail.example", ("freemail.example",)),  # its login's own domain
+        ("Bob@Sub.Freemail.Example", ("sub.freemail.example",)),
+        ("mallory@acme.example", ()),  # a customer's domain is never an unlisted sender's
+        ("mallory@mail.acme.example", ()),  # nor a subdomain of one
+        ("carol", ()),
+    ],
+)
+def test_unlisted_login_owns_its_domain_unless_a_customer_does(
+    login: str, domains: tuple[str, ...]
+) -> None:
+    account = DIRECTORY.resolve(login=login, uid=None, client_address=None).account
+    assert isinstance(account, UnlistedAccount)
+    assert account.domains == domains
+    assert account.recipients_per_hour is None  # the default limit
+    assert (account.logins, account.uids, account.networks) == ((), (), ())
+
+
+def test_unlisted_ids_name_their_account() -> None:
+    for account_id in ("login:bob@x.example", "uid:4242", "host:198.51.100.7", "local:unknown"):
+        account = DIRECTORY.get(account_id)
+        assert isinstance(account, UnlistedAccount) and account.id == account_id
+    assert DIRECTORY.get("host:2001:DB8::7") == DIRECTORY.get("host:2001:db8::7")
+    assert DIRECTORY.get("acme") is SETTINGS.account("acme")
+    for nothing in ("nobody", "uid:x", "host:not-an-address", "uid:"):
+        assert DIRECTORY.get(nothing) is None
+
+
+def test_configured_ids_may_not_look_like_unlisted_ones() -> None:
+    with pytest.raises(ConfigError, match=r"accounts\[uid:1\]\.id"):
+        settings_from_mapping({"accounts": [{"id": "uid:1"}]})
 
 
 def test_domain_owner_with_and_without_subdomains() -> None:

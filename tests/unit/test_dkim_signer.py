@@ -3,6 +3,7 @@ of the message as the MTA will write it (no I/O: a fixed test key, dkimpy's dnsf
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 
@@ -11,7 +12,6 @@ import pytest
 
 from sendwarden.checks.base import Check
 from sendwarden.config import Settings, settings_from_mapping
-from sendwarden.dkim.keys import parse_private_key
 from sendwarden.dkim.signer import (
     DkimSigner,
     SigningKey,
@@ -21,6 +21,7 @@ from sendwarden.dkim.signer import (
     key_for_domain,
 )
 from sendwarden.pipeline import Pipeline
+from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.verdict import Action, Verdict, reject
 
@@ -46,9 +47,8 @@ TEST_PUBLIC = (
     "seCjXpqDTw4MDfA2V8bmZybcEdHXh4COOTwM0ce5i3VQm+llURRlGemyXgJ9USJdpfyPBFqHKdUVKNas8uT"
     "XZuXNZ5v0uQhUqH5IoGrpZH0OHLMcCQs/aNRTyvEHfQIDAQAB"
 )
-PRIVATE = parse_private_key(TEST_KEY)
 KEYS = {
-    domain: SigningKey(domain, "unit", PRIVATE)
+    domain: SigningKey.from_pem(domain, "unit", TEST_KEY, "the test key")
     for domain in ("acme.example", "initech.example", "xn--bcher-kva.example")
 }
 PUBLISHED = {
@@ -107,7 +107,7 @@ def transaction(
     txn.headers = list(HEADERS if headers is None else headers)
     if account is not None:
         txn.account = settings.account(account)
-        txn.account_source = "login" if identified else "sender-domain"
+        txn.account_source = "login" if identified else ""
     return txn
 
 
@@ -227,6 +227,27 @@ def test_trusted_network_sender_of_a_known_account_is_signed(settings: Settings)
     txn.trusted = True
     sign(DkimSigner(KEYS.values()), txn)
     assert dkim.verify(as_written(txn), dnsfunc=dns)
+
+
+@pytest.mark.parametrize(
+    ("account_id", "login", "trusted"),
+    [
+        ("host:127.0.0.1", None, True),  # a trusted host no account lists
+        ("login:mallory@acme.example", "mallory@acme.example", False),  # unlisted login
+    ],
+)
+def test_an_unlisted_sender_is_never_signed_with_a_customers_key(
+    settings: Settings, account_id: str, login: str | None, trusted: bool
+) -> None:
+    """Even handed an account that claims the domain: only a listed account's key signs."""
+    txn = transaction(settings, account=None)
+    txn.login, txn.trusted = login, trusted
+    unlisted = AccountDirectory(settings.accounts).get(account_id)
+    assert unlisted is not None
+    txn.account = dataclasses.replace(unlisted, domains=("acme.example",))
+    txn.account_source = "login" if login else "trusted-network"
+    sign(DkimSigner(KEYS.values()), txn)
+    assert txn.changes.add_headers == []
 
 
 def test_body_is_not_hashed_when_no_key_can_sign(settings: Settings) -> None:

@@ -66,6 +66,12 @@ def txn_for(
     if account is not None:
         txn.account = settings.account(account)
         txn.account_source = "login" if login else ("uid" if local else "network")
+    else:  # attributed by proof, as the pipeline does (an unlisted sender, or nobody)
+        attribution = AccountDirectory(settings.accounts).resolve(
+            login=login, uid=None, client_address=client.address, local_submission=local,
+            trusted=trusted,
+        )  # fmt: skip
+        txn.account, txn.account_source = attribution.account, attribution.source
     return txn
 
 
@@ -247,10 +253,10 @@ def test_malformed_identity_headers_are_refused(
 def test_malformed_headers_are_refused_for_unknown_senders_too(settings: Settings) -> None:
     verdict = judge(settings, [("Subject", "hi")], account=None, login=None, trusted=True)
     assert verdict is not None and verdict.rule == RULE_MALFORMED
-    assert "no known account" in verdict.text
+    assert "account host:203.0.113.5" in verdict.text
 
 
-# -- a sender with no known account (trusted network, no login) ----------------------
+# -- a proven sender no account lists (trusted network, no login) --------------------
 
 UNKNOWN_SENDER = [
     # (case, headers, mail_from, refused?)
@@ -285,21 +291,38 @@ def test_unknown_sender_may_not_impersonate_a_customer(
     assert "globex" not in verdict.text.replace("globex.example", "")  # no account id leaked
 
 
-def test_unknown_login_is_held_to_the_unknown_sender_rule(settings: Settings) -> None:
-    """A SASL login that maps to no account: identified, but with no domains of its own."""
-    verdict = judge(settings, frm("a@acme.example"), account=None, login="mallory@x.example")
-    assert verdict is not None and verdict.rule == RULE_IMPERSONATION
+UNLISTED_LOGIN = [
+    # (login, From, MAIL FROM, rule or None)
+    ("bob@freemail.example", "bob@freemail.example", "bob@freemail.example", None),
+    ("bob@freemail.example", "Bob <other@FreeMail.example>", "bob@freemail.example", None),
+    ("bob@freemail.example", "a@acme.example", "bob@freemail.example", RULE_IMPERSONATION),
+    ("bob@freemail.example", "bob@freemail.example", "x@globex.example", RULE_IMPERSONATION),
+    ("bob@freemail.example", "bob@elsewhere.example", "bob@freemail.example", RULE_FORGED_SENDER),
+    ("bob@freemail.example", "bob@freemail.example", "bob@elsewhere.example", RULE_FORGED_SENDER),
+    ("bob@freemail.example", '"x@elsewhere.example" <bob@freemail.example>',
+     "bob@freemail.example", RULE_FORGED_SENDER),
+    # An unlisted login in a customer's domain gets no domain: any but a customer's.
+    ("mallory@acme.example", "m@acme.example", "m@acme.example", RULE_IMPERSONATION),
+    ("mallory@acme.example", "m@shop.example", "m@shop.example", None),
+    ("mallory", "m@shop.example", "", None),
+    ("mallory", "m@globex.example", "", RULE_IMPERSONATION),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("login", "from_", "mail_from", "rule"), UNLISTED_LOGIN)
+def test_unlisted_login_uses_its_own_domain_and_never_a_customers(
+    settings: Settings, login: str, from_: str, mail_from: str, rule: str | None
+) -> None:
+    verdict = judge(settings, frm(from_), account=None, login=login, mail_from=mail_from)
+    assert (verdict.rule if verdict else None) == rule, verdict
+    if verdict is not None:
+        assert (verdict.code, verdict.enhanced) == ("550", "5.7.1")
 
 
 def test_inbound_mail_from_the_internet_is_not_judged(settings: Settings) -> None:
     """Untrusted, not logged in: mail to the provider's own domains (SPF/DMARC's job)."""
     for headers in (frm("ceo@globex.example"), [("Subject", "no From at all")]):
         assert judge(settings, headers, account=None, login=None) is None
-    # Attributed to acme by its envelope domain only: still not proved, still inbound.
-    attributed = txn_for(settings, frm("x@globex.example"), login=None)
-    attributed.account_source = "sender-domain"
-    directory = AccountDirectory(settings.accounts)
-    assert identity_verdict(attributed, directory) is None
 
 
 # -- the parsing helpers -------------------------------------------------------------

@@ -12,6 +12,7 @@ from sendwarden.checks.identity import IdentityCheck
 from sendwarden.config import Settings, settings_from_mapping
 from sendwarden.decisionlog import RuleTrace
 from sendwarden.pipeline import TRACE
+from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.forged_headers import (
     RULE,
@@ -194,14 +195,17 @@ def test_identity_is_judged_before_forged_headers() -> None:
     assert verdict is not None and verdict.rule == "forged-sender"
 
 
-def test_unknown_trusted_sender_is_accepted_and_noted() -> None:
+def test_unlisted_trusted_sender_is_accepted_and_noted() -> None:
     settings = settings_with()
     txn = transaction(settings, [], outbound=False)
     txn.trusted = True
+    txn.account = AccountDirectory(()).get("host:192.0.2.7")
+    txn.account_source = "trusted-network"
     txn.mail_from = "bounces@shop.example"
     txn.headers = [("From", "News <news@shop.example>")]
     assert IdentityCheck(settings).at_eom(txn) is None
-    assert "identity: no known account; From news@shop.example accepted" in txn.scratch[TRACE].notes
+    notes = txn.scratch[TRACE].notes
+    assert "identity: unlisted sender host:192.0.2.7; From news@shop.example" in notes
 
 
 def test_forged_header_reply_names_the_header_kind() -> None:

@@ -11,9 +11,9 @@ from sendwarden.checks.relay import RelayCheck
 from sendwarden.checks.suspension import SuspensionCheck
 from sendwarden.config import Settings, settings_from_mapping
 from sendwarden.pipeline import Pipeline
-from sendwarden.policy.facts import Client
+from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.suspension import Suspension
-from sendwarden.policy.verdict import Action
+from sendwarden.policy.verdict import Action, Verdict
 from tests.unit.fakes import MemorySuspensions, RecordingCheck
 
 CONFIG = {
@@ -151,7 +151,7 @@ def test_store_down_with_accept_lets_mail_through() -> None:
     assert pipeline.mail(txn).action is Action.CONTINUE
 
 
-def test_unknown_sender_on_trusted_network_is_accepted_and_noted(
+def test_unlisted_sender_on_trusted_network_is_its_own_account_and_noted(
     decisions: list[dict[str, object]],
 ) -> None:
     pipeline, _, _ = build()
@@ -160,8 +160,11 @@ def test_unknown_sender_on_trusted_network_is_accepted_and_noted(
     pipeline.mail(txn)
     pipeline.rcpt(txn, "bob@remote.example")
     assert pipeline.eom(txn).action is Action.CONTINUE
-    assert decisions[-1]["account"] is None
-    assert decisions[-1]["notes"] == ["unknown account on a trusted network"]
+    assert decisions[-1]["account"] == "host:127.0.0.1"
+    assert decisions[-1]["account_source"] == "trusted-network"
+    assert decisions[-1]["notes"] == [
+        "unlisted sender host:127.0.0.1 (trusted-network): default limits"
+    ]
 
 
 def test_abort_settles_the_transaction() -> None:
@@ -171,3 +174,27 @@ def test_abort_settles_the_transaction() -> None:
     pipeline.rcpt(txn, "b@remote.example")
     pipeline.abort(txn)
     assert recorder.calls[-1] == ("after", "discard")
+
+
+def test_no_decision_record_is_built_when_the_decision_log_is_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nobody reads it, so no one pays for it; observers (alerts) are still told."""
+    caplog.set_level(logging.CRITICAL + 1, logger="sendwarden.decisions")  # log.decisions off
+
+    def no_record(*args: object) -> dict[str, object]:
+        raise AssertionError("a decision record was built with the decision log off")
+
+    monkeypatch.setattr("sendwarden.pipeline.decision_record", no_record)
+    seen: list[tuple[str, str]] = []
+
+    class Observer:
+        def observe(self, txn: Transaction, stage: str, verdict: Verdict) -> None:
+            seen.append((stage, verdict.action.value))
+
+    pipeline, _, _ = build()
+    pipeline = Pipeline(pipeline.settings, pipeline.checks, observers=[Observer()])
+    txn = pipeline.begin(REMOTE, login=None, mail_from="x@elsewhere.example")
+    assert pipeline.mail(txn).action is Action.CONTINUE
+    assert pipeline.rcpt(txn, "bob@remote.example").action is Action.REJECT
+    assert seen == [("rcpt", "reject")]

@@ -18,6 +18,7 @@ from sendwarden.alerts.risk import (
     risk_findings,
 )
 from sendwarden.config import Account
+from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.suspension import Suspension
 from sendwarden.policy.verdict import CONTINUE, Action, Verdict
@@ -115,24 +116,22 @@ def test_senders_without_an_account_are_not_counted() -> None:
 
 def test_an_outside_client_claiming_a_customer_domain_does_not_count_against_it() -> None:
     store = MemoryRefusals()
-    forged = Transaction(
-        client=OUTSIDE, mail_from="x@acme.example", account=ACME, account_source="sender-domain"
-    )
+    forged = Transaction(client=OUTSIDE, mail_from="x@acme.example")  # a stranger: no account
     RiskRecorder(store).observe(forged, "rcpt", refused("recipient-rate", Action.TEMPFAIL))
     assert store.recorded == []
 
 
-def test_a_trusted_host_sending_for_a_customer_domain_counts() -> None:
+def test_a_trusted_host_no_account_lists_counts_as_its_own_account() -> None:
     store = MemoryRefusals()
     web_server = Transaction(
         client=TRUSTED,
         trusted=True,
-        mail_from="shop@acme.example",
-        account=ACME,
-        account_source="sender-domain",
+        mail_from="shop@acme.example",  # a claim: it picks no account
+        account=AccountDirectory([ACME]).get("host:127.0.0.1"),
+        account_source="trusted-network",
     )
     RiskRecorder(store).observe(web_server, "eom", refused("bulk-consent"))
-    assert store.recorded == [("acme", "bulk-consent", 1)]
+    assert store.recorded == [("host:127.0.0.1", "bulk-consent", 1)]
 
 
 def test_a_sendmail_message_over_the_limit_counts_each_recipient() -> None:
