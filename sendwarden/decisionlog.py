@@ -26,9 +26,13 @@ class RuleTrace:
     monitored: list[str] = field(default_factory=list)  # rules monitor-only mode let pass
 
     def ran(self, check: str, fired: bool) -> None:
+        """A check ran; a check that fired is never listed as passed (at RCPT it may
+        pass one recipient and refuse the next)."""
         if fired:
             self.hits.append(check)
-        elif check not in self.passed:
+            if check in self.passed:
+                self.passed.remove(check)
+        elif check not in self.passed and check not in self.hits:
             self.passed.append(check)
 
 
@@ -54,6 +58,7 @@ def decision_record(
         "ts": round(time.time(), 3),
         "event": "decision",
         "stage": stage,
+        "session": txn.session or None,
         "queue_id": txn.queue_id or None,
         "account": txn.account_id,
         "account_source": txn.account_source or None,
@@ -62,7 +67,9 @@ def decision_record(
         "login": txn.login,
         "mail_from": txn.mail_from,
         "recipients": len(txn.recipients),
-        "verdict": verdict_label or verdict.action.value,
+        # An abandoned transaction delivered nothing: not a "discard" by a rule.
+        "verdict": verdict_label
+        or ("aborted" if stage == "abort" else verdict.action.value),
         "rule": verdict.rule or None,
         "reply": verdict.reply() or None,
         "hits": trace.hits,
@@ -70,6 +77,9 @@ def decision_record(
     }
     if recipient is not None:
         record["recipient"] = recipient
+    if txn.changes.remove_recipients and stage == "eom":
+        # on_missing_consent = "remove": who did not get the message, and why not
+        record["removed_recipients"] = list(txn.changes.remove_recipients)
     if trace.notes:
         record["notes"] = trace.notes
     if trace.monitored:

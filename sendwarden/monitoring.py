@@ -94,4 +94,4 @@ class MonitorRecorder:
         except StoreError as error:
             self._outage.failed(error)
             return
-        self._outage.succeeded()
+        self._outage.succeeded({"redis"})

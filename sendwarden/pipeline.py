@@ -5,6 +5,7 @@ protocol work of its own."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
@@ -18,12 +19,23 @@ from sendwarden.policy.accounts import AccountDirectory, is_listed, is_trusted
 from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.monitor import MONITOR, is_monitored
 from sendwarden.policy.verdict import CONTINUE, Action, Verdict, tempfail
-from sendwarden.store import StoreError, StoreHealth
+from sendwarden.store import StoreError, StoreHealth, watching
 
 log = logging.getLogger(__name__)
 
+#: What an abandoned transaction ends with: nothing is delivered, so the checks give
+#: back what they counted; the decision log says "aborted", not "discard".
+ABORTED = Verdict(Action.DISCARD, rule="aborted")
+
+
+def new_session_id() -> str:
+    """A short random id for one SMTP session (unique enough to grep a day's log)."""
+    return os.urandom(6).hex()
+
+
 STORE_RULE = "store-unavailable"
-STORE_FAILED = "_store_failed"  # txn.scratch: a store failed during this transaction
+STORE_FAILED = "_store_failed"  # txn.scratch: the backends that failed in this transaction
+ANSWERED = "_store_answered"  # txn.scratch: the backends that answered in this transaction
 
 
 class DecisionObserver(Protocol):
@@ -63,15 +75,23 @@ class Pipeline:
     # -- transaction life cycle -------------------------------------------------
 
     def begin(
-        self, client: Client, *, login: str | None, mail_from: str, queue_id: str = ""
+        self,
+        client: Client,
+        *,
+        login: str | None,
+        mail_from: str,
+        queue_id: str = "",
+        session: str = "",
     ) -> Transaction:
-        """A new transaction at MAIL FROM, with trust and (for SMTP) the account resolved."""
+        """A new transaction at MAIL FROM, with trust and (for SMTP) the account resolved.
+        ``session`` names the SMTP session (a new one when not given)."""
         txn = Transaction(
             client=client,
             trusted=client.local_submission
             or is_trusted(client.address, self.settings.policy.trusted_networks),
             login=login or None,
             queue_id=queue_id,
+            session=session or new_session_id(),
             mail_from=mail_from,
         )
         txn.scratch[TRACE] = RuleTrace()
@@ -90,8 +110,11 @@ class Pipeline:
         _timed("mail", started)
         return verdict
 
-    def rcpt(self, txn: Transaction, recipient: str) -> Verdict:
-        """RCPT TO: an accepted recipient is added to the transaction."""
+    def rcpt(self, txn: Transaction, recipient: str, queue_id: str = "") -> Verdict:
+        """RCPT TO: an accepted recipient is added to the transaction. ``queue_id`` is
+        the MTA's, if it has one by now (logged from then on)."""
+        if queue_id and not txn.queue_id:
+            txn.queue_id = queue_id
         if not txn.client.local_submission:
             started = time.perf_counter()
             verdict = self._run(
@@ -135,9 +158,7 @@ class Pipeline:
 
     def abort(self, txn: Transaction) -> None:
         """The client gave up (RSET, QUIT, lost connection) before end of message."""
-        self._finish(
-            txn, "abort", Verdict(Action.DISCARD, rule="aborted"), log_it=bool(txn.recipients)
-        )
+        self._finish(txn, "abort", ABORTED, log_it=bool(txn.recipients))
 
     # -- internals --------------------------------------------------------------
 
@@ -177,10 +198,10 @@ class Pipeline:
         trace = self._trace(txn)
         for check in self.checks:
             try:
-                verdict = hook(check)
+                with watching() as seen:
+                    verdict = hook(check)
             except StoreError as error:
-                txn.scratch[STORE_FAILED] = True
-                self.health.failed(error)
+                self._failed(txn, error)
                 verdict = self._store_failed(txn, check, error)
             else:
                 if verdict is not None and is_monitored(
@@ -188,10 +209,20 @@ class Pipeline:
                 ):
                     self._monitored(txn, stage, verdict, recipient)
                     verdict = None
+            self._answered(txn, seen)
             trace.ran(check.name, verdict is not None and verdict.is_final)
             if verdict is not None and verdict.is_final:
                 return verdict
         return CONTINUE
+
+    def _failed(self, txn: Transaction, error: StoreError) -> None:
+        txn.scratch.setdefault(STORE_FAILED, set()).add(error.backend)
+        self.health.failed(error)
+
+    @staticmethod
+    def _answered(txn: Transaction, seen: set[str]) -> None:
+        if seen:
+            txn.scratch.setdefault(ANSWERED, set()).update(seen)
 
     def _store_failed(self, txn: Transaction, check: Check, error: StoreError) -> Verdict | None:
         self._trace(txn).notes.append(f"{check.name}: {error}")
@@ -234,17 +265,18 @@ class Pipeline:
     ) -> Verdict:
         for check in self.checks:
             try:
-                check.after_verdict(txn, verdict)
+                with watching() as seen:
+                    check.after_verdict(txn, verdict)
             except StoreError as error:
-                txn.scratch[STORE_FAILED] = True
-                self.health.failed(error)
+                self._failed(txn, error)
             except Exception:
                 log.exception("%s failed to settle a transaction", check.name)
-        if not txn.scratch.get(STORE_FAILED):
-            # A whole transaction without a store failure: an outage is over. (Not one
-            # stage: with on_store_error = "accept" the stages after a failure still
-            # run, and most touch no store.)
-            self.health.succeeded()
+            self._answered(txn, seen)
+        # A backend that answered in this transaction and never failed in it is up:
+        # per backend, so mail that touched only Redis says nothing of the database.
+        answered = txn.scratch.get(ANSWERED)
+        if answered:
+            self.health.succeeded(answered - txn.scratch.get(STORE_FAILED, set()))
         if log_it:
             self._decided(txn, stage, verdict)
         return verdict

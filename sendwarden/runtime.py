@@ -24,7 +24,7 @@ from sendwarden.pipeline import Pipeline
 from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store.redis import connect
-from sendwarden.store.suspensions import RedisSuspensionStore
+from sendwarden.store.suspensions import SharedDatabase, suspension_store_from_settings
 
 
 @dataclass
@@ -53,20 +53,23 @@ def build_checks(
 ) -> list[Check]:
     """The active checks in the order they run. At RCPT, checks that refuse for
     good come before ones that count, so a refused recipient consumes no quota."""
-    prefix = settings.redis.key_prefix
+    # The durable database (consent ledger, suspension history): one pool, opened on
+    # first use, shared by the checks that need it.
+    database = SharedDatabase(settings)
+    suspensions = suspension_store_from_settings(settings, client, database)
     return [
         # MAIL: unlisted senders, when the provider refuses them (pure).
         *unknown_sender_checks(settings.policy.unknown_senders),
-        SuspensionCheck(RedisSuspensionStore(client, prefix)),
+        SuspensionCheck(suspensions),
         RelayCheck(settings.policy.local_domains),
         # Last among the RCPT checks: only recipients nothing else refused are counted.
-        RecipientRateCheck(counter_from_settings(settings, client), settings),
+        RecipientRateCheck(counter_from_settings(settings, client), settings, suspensions),
         # End of message: forged From/Sender and provider headers (pure, no store).
         IdentityCheck(settings, directory),
         # End of message: no file over the cap (fed the body; inbound and outbound).
         *attachment_checks(settings),
         # End of message: bulk mail needs consent (before any signer, which stays last).
-        consent_check_from_settings(settings, client),
+        consent_check_from_settings(settings, client, database),
         # LAST: the DKIM signer signs only what every rule above passed.
         *signers_from_settings(settings.dkim),
     ]

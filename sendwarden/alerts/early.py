@@ -167,7 +167,7 @@ class VolumeRecorder:
                 for key, count in pending.items():
                     self._pending[key] = self._pending.get(key, 0) + count
             return
-        self._outage.succeeded()
+        self._outage.succeeded({"redis"})
 
     def close(self) -> None:
         self._stop.set()

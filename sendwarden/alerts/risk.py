@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis
+from redis.cluster import RedisCluster
 
 from sendwarden.alerts.findings import ACCOUNT_AT_RISK, ACCOUNT_SUSPENDED, Finding
 from sendwarden.policy import consent, forged_headers, identity, ratelimit, suspension
@@ -141,11 +142,16 @@ class RiskStore:
         if not account_ids:
             return {}
         with redis_errors("reading the refusal counts of the accounts"):
+            # A cluster pipeline refuses keyless commands (TIME): ask for it apart there.
+            clustered = isinstance(self._client, RedisCluster)
             pipe = self._client.pipeline(transaction=False)
-            pipe.time()
+            if not clustered:
+                pipe.time()
             for account_id in account_ids:
                 pipe.hgetall(self.key(account_id))
             replies = pipe.execute()
+            if clustered:
+                replies.insert(0, self._client.time())
         seconds, micros = replies[0]
         now_us = self._clock() if self._clock else int(seconds) * MICROSECONDS + int(micros)
         oldest = oldest_live_bucket(now_us, self.window_seconds, self.bucket_seconds)
@@ -199,7 +205,7 @@ class RiskRecorder:
         except StoreError as error:
             self._outage.failed(error)
             return
-        self._outage.succeeded()
+        self._outage.succeeded({"redis"})
 
 
 def refused_count(txn: Transaction, stage: str, verdict: Verdict) -> int:

@@ -4,9 +4,12 @@ Each SMTP recipient is one reservation (one Redis round trip), so the recipients
 before the one that crosses the limit go through and the rest are deferred.
 sendmail(1) mail is judged whole at end of message: all its recipients are
 reserved in one round trip, or none. A transaction that ends without being
-accepted (refused later, aborted, connection lost) returns what it reserved, to
-the very buckets it reserved in; when Redis is down at that moment, the refund is
-owed and paid before the next reservation.
+accepted (refused later, aborted, connection lost) returns what it reserved, by
+reservation id, to the very buckets it reserved in; when Redis is down at that
+moment, the refund is owed and paid before the next reservation. A reservation
+whose answer never came (Redis timed out) may still be counted late: unless its
+recipient was accepted anyway (``on_store_error = "accept"``) it is owed back at
+once, and the refund script's ids make sure nothing is given back twice.
 """
 
 from __future__ import annotations
@@ -28,7 +31,12 @@ from sendwarden.policy.ratelimit import (
 )
 from sendwarden.policy.suspension import Suspension, suspension_verdict
 from sendwarden.policy.verdict import Action, Verdict
-from sendwarden.ratelimit.counter import Decision
+from sendwarden.ratelimit.counter import (
+    AUTOMATIC_BY,
+    UNKNOWN_BUCKET,
+    Decision,
+    new_reservation_id,
+)
 from sendwarden.ratelimit.owed import OwedRefunds
 from sendwarden.store import StoreError
 
@@ -44,29 +52,37 @@ class Counter(Protocol):
         cost: int,
         limit: int,
         suspension_reason: str = "",
+        reservation: str = "",
         watch_only: bool = False,
     ) -> Decision: ...
 
-    def refund(self, account_id: str, reservations: Mapping[int, int]) -> int: ...
+    def refund(self, account_id: str, reservations: Mapping[str, int]) -> int: ...
 
 
 @dataclass(slots=True)
 class Reservations:
-    """What one transaction has counted: ``{bucket: recipients}``."""
+    """What one transaction has counted: ``{reservation id: bucket}``."""
 
-    buckets: dict[int, int] = field(default_factory=dict)
+    ids: dict[str, int] = field(default_factory=dict)
     whole_message: bool = False  # sendmail(1): every recipient reserved at once
     suspension: Suspension | None = None  # set when this transaction suspended the account
 
-    def add(self, bucket: int, cost: int) -> None:
-        self.buckets[bucket] = self.buckets.get(bucket, 0) + cost
+
+class SuspensionRecorder(Protocol):
+    """Where an automatic suspension is recorded durably (the script already put it
+    in effect in Redis): :class:`sendwarden.store.suspensions.DurableSuspensionStore`."""
+
+    def recorded_automatically(self, account_id: str, suspension: Suspension) -> None: ...
 
 
 class RecipientRateCheck(Check):
     name = RULE
 
-    def __init__(self, counter: Counter, settings: Settings) -> None:
+    def __init__(
+        self, counter: Counter, settings: Settings, suspensions: SuspensionRecorder | None = None
+    ) -> None:
         self._counter = counter
+        self._suspensions = suspensions
         self._settings = settings
         self._suspend_after = settings.ratelimit.suspend_after
         self._suspend_period = settings.ratelimit.suspend_period
@@ -91,9 +107,22 @@ class RecipientRateCheck(Check):
             self._owed.pay(self._counter.refund)
         # A watched rule suspends nobody: monitor-only mode must not stop a customer's mail.
         watched = watches(RULE, RULE, self._settings.policy.monitor_only, account)
-        decision = self._counter.reserve(account.id, cost, limit, self._reason(limit), watched)
+        reservation = new_reservation_id()
+        try:
+            decision = self._counter.reserve(
+                account.id, cost, limit, self._reason(limit), reservation, watched
+            )
+        except StoreError:
+            # Redis may still count it. Accepted uncounted (on_store_error = "accept"):
+            # a late count is right, and it is refunded with the message if that fails.
+            # Otherwise the recipient is tempfailed: owe it back now.
+            if self._settings.policy.on_store_error == "accept":
+                reservations.ids[reservation] = UNKNOWN_BUCKET
+            else:
+                self._owed.add(account.id, {reservation: UNKNOWN_BUCKET})
+            raise
         if decision.admitted:
-            reservations.add(decision.bucket, cost)
+            reservations.ids[reservation] = decision.bucket
             reservations.whole_message = txn.client.local_submission
             return None
         suspended_after = None
@@ -102,7 +131,10 @@ class RecipientRateCheck(Check):
             reservations.suspension = Suspension(
                 reason=self._reason(limit),
                 since=datetime.fromtimestamp(decision.now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                by=AUTOMATIC_BY,
             )
+            if self._suspensions is not None:
+                self._suspensions.recorded_automatically(account.id, reservations.suspension)
         return over_limit_verdict(
             account.id, limit, decision.frees_at, decision.now, suspended_after=suspended_after
         )
@@ -120,15 +152,20 @@ class RecipientRateCheck(Check):
         if (
             txn.account is None
             or not isinstance(reservations, Reservations)
-            or not reservations.buckets
+            or not reservations.ids
             or verdict.action in KEEPS_QUOTA
         ):
             return
         try:
-            self._counter.refund(txn.account.id, reservations.buckets)
-        except StoreError:
-            self._owed.add(txn.account.id, reservations.buckets)
+            self._counter.refund(txn.account.id, reservations.ids)
+        except StoreError:  # it may still have run: paying again is safe (ids)
+            self._owed.add(txn.account.id, reservations.ids)
             raise
+
+    def pay_owed(self) -> int:
+        """Give back now what earlier outages left owed (otherwise paid before the
+        next reservation); returns the recipients given back. Raises StoreError."""
+        return self._owed.pay(self._counter.refund) if self._owed else 0
 
     def _reservations(self, txn: Transaction) -> Reservations:
         reservations = txn.scratch.get(self.name)

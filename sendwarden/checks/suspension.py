@@ -1,4 +1,5 @@
-"""Suspended accounts are refused at MAIL (one Redis GET per message)."""
+"""Suspended accounts are refused at MAIL (one Redis GET per message; the durable
+database only when Redis has no entry for the account)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,8 @@ class SuspensionCheck(Check):
         if txn.account is None:
             return None
         return suspension_verdict(txn.account.id, self._store.get(txn.account.id))
+
+    def close(self) -> None:
+        close = getattr(self._store, "close", None)
+        if callable(close):
+            close()

@@ -1,10 +1,15 @@
-"""``sendwarden account suspend|unsuspend|show ACCOUNT``: staff control of suspensions."""
+"""``sendwarden account suspend|unsuspend|show ACCOUNT``: staff control of suspensions.
+
+Suspensions are recorded with their history (who, when, why; lifted by whom and
+why) in the durable database (``[consent] database``) and put in effect on every
+MTA host through Redis (sendwarden.store.suspensions).
+"""
 
 from __future__ import annotations
 
 import argparse
 import getpass
-from datetime import UTC, datetime
+import os
 from typing import Any
 
 from sendwarden.cli import add_actions, add_command, add_config_argument
@@ -12,7 +17,12 @@ from sendwarden.config import load_settings
 from sendwarden.policy.accounts import account_named
 from sendwarden.policy.suspension import Suspension
 from sendwarden.store.redis import connect
-from sendwarden.store.suspensions import RedisSuspensionStore
+from sendwarden.store.suspensions import suspension_store_from_settings, utc_now_text
+
+
+def staff_member() -> str:
+    """Who is running the command: the sudo caller if any, else the login user."""
+    return os.environ.get("SUDO_USER") or getpass.getuser()
 
 
 def register(subparsers: Any) -> None:
@@ -27,7 +37,15 @@ def register(subparsers: Any) -> None:
     )
     unsuspend = actions.add_parser("unsuspend", help="lift a suspension")
     unsuspend.add_argument("account")
-    show = actions.add_parser("show", help="whether the account is suspended, and why")
+    unsuspend.add_argument("--reason", default="", help="why it is lifted (kept in the history)")
+    for sub in (suspend, unsuspend):
+        sub.add_argument(
+            "--by",
+            default=None,
+            help="the staff member recorded in the history (default: the sudo caller or "
+            "the login user)",
+        )
+    show = actions.add_parser("show", help="whether the account is suspended, why, and its history")
     show.add_argument("account")
     for sub in (suspend, unsuspend, show):
         add_config_argument(sub)
@@ -36,21 +54,33 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     account = account_named(settings, args.account)  # an unknown id is a clear error
-    store = RedisSuspensionStore(connect(settings.redis), settings.redis.key_prefix)
-    if args.action == "suspend":
-        since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        store.suspend(account.id, Suspension(reason=args.reason, since=since, by=getpass.getuser()))
-        print(f"account {account.id}: suspended ({args.reason})")
-    elif args.action == "unsuspend":
-        lifted = store.lift(account.id)
-        print(f"account {account.id}: " + ("suspension lifted" if lifted else "was not suspended"))
-    else:
-        suspension = store.get(account.id)
-        if suspension is None:
-            print(f"account {account.id}: active")
-        else:
+    client = connect(settings.redis)
+    store = suspension_store_from_settings(settings, client)
+    try:
+        if args.action == "suspend":
+            by = args.by or staff_member()
+            store.suspend(account.id, Suspension(reason=args.reason, since=utc_now_text(), by=by))
+            print(f"account {account.id}: suspended by {by} ({args.reason})")
+        elif args.action == "unsuspend":
+            by = args.by or staff_member()
+            lifted = store.lift(account.id, by, args.reason)
             print(
-                f"account {account.id}: suspended since {suspension.since} "
-                f"by {suspension.by or '?'}: {suspension.reason}"
+                f"account {account.id}: "
+                + (f"suspension lifted by {by}" if lifted else "was not suspended")
             )
+        else:
+            suspension = store.get(account.id)
+            if suspension is None:
+                print(f"account {account.id}: active")
+            else:
+                print(
+                    f"account {account.id}: suspended since {suspension.since} "
+                    f"by {suspension.by or '?'}: {suspension.reason}"
+                )
+            for event in store.history(account.id):
+                why = f": {event.reason}" if event.reason else ""
+                print(f"  {event.at}  {event.action} by {event.by}{why}")
+    finally:
+        store.close()
+        client.close()
     return 0

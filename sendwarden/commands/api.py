@@ -29,7 +29,7 @@ from sendwarden.health import ConsentProbe, standard_checks
 from sendwarden.monitoring import MonitorStore
 from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store.redis import connect
-from sendwarden.store.suspensions import RedisSuspensionStore
+from sendwarden.store.suspensions import suspension_store_from_settings
 from sendwarden.ui.history import SuspensionDesk, utc_now
 from sendwarden.ui.routes import Sessions, UiContext
 
@@ -91,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
     # was there before: make that one a clean exit, so the store is closed and the
     # status is 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    ui = ui_context(settings, store, client)
     try:
-        app = create_app(settings.api.tokens, store, ui=ui_context(settings, store, client))
+        app = create_app(settings.api.tokens, store, ui=ui)
         uvicorn.run(
             app,
             host=host,
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         if metrics_server is not None:
             metrics_server.close()
         probe.close()
+        ui.desk.store.close()
         client.close()
         store.close()
     return 0
@@ -126,7 +128,8 @@ def ui_context(
         counter=counter_from_settings(settings, client),
         risks=RiskStore(client, prefix),
         monitor=MonitorStore(client, prefix),
-        desk=SuspensionDesk(RedisSuspensionStore(client, prefix), client, prefix, clock),
+        # Suspensions and their history live in the durable database (opened on first use).
+        desk=SuspensionDesk(suspension_store_from_settings(settings, client), clock),
         identify=TokenRing(settings.api.tokens).identify,
         sessions=Sessions(lifetime=settings.ui.session_minutes * 60.0),
     )

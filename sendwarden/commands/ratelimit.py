@@ -12,7 +12,7 @@ from sendwarden.policy.accounts import account_named
 from sendwarden.policy.ratelimit import describe_moment, describe_period
 from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store.redis import connect
-from sendwarden.store.suspensions import RedisSuspensionStore
+from sendwarden.store.suspensions import suspension_store_from_settings
 
 
 def register(subparsers: Any) -> None:
@@ -53,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
             f"  limit reached {usage.strikes} time(s) in the last {period}; "
             f"suspended automatically at {settings.ratelimit.suspend_after}"
         )
-    suspension = RedisSuspensionStore(client, settings.redis.key_prefix).get(account.id)
+    suspensions = suspension_store_from_settings(settings, client)
+    try:
+        suspension = suspensions.get(account.id)
+    finally:
+        suspensions.close()
     if suspension is not None:
         print(f"  SUSPENDED since {suspension.since}: {suspension.reason}")
     return 0

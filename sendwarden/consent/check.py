@@ -37,6 +37,7 @@ from sendwarden.policy.consent import (
 )
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.verdict import Action, Verdict
+from sendwarden.store import open_once
 
 log = logging.getLogger(__name__)
 
@@ -123,17 +124,30 @@ class ConsentCheck(Check):
         return [reason] if reason else []
 
     def _store_now(self) -> ConsentStore:
-        """The ledger, opened on first use (StoreError when it cannot be reached)."""
-        with self._store_lock:
-            if self._store is None:
-                self._store = self._open_store()
-            return self._store
+        """The ledger, opened on first use (StoreError when it cannot be reached); a
+        message waits at most ``timeout_ms`` for another one opening it."""
+        store = self._store
+        if store is not None:
+            return store
+        return open_once(self._store_lock, self._settings.timeout_ms, self._open)
+
+    def _open(self) -> ConsentStore:
+        if self._store is None:
+            self._store = self._open_store()
+        return self._store
 
 
-def consent_check_from_settings(settings: Settings, client: redis.Redis) -> ConsentCheck:
-    """The check of one configuration: its ledger URL, its Redis and key prefix."""
+def consent_check_from_settings(
+    settings: Settings,
+    client: redis.Redis,
+    open_database: Callable[[], ConsentStore] | None = None,
+) -> ConsentCheck:
+    """The check of one configuration: its ledger URL (or ``open_database``, shared
+    with the other users of the durable database), its Redis and key prefix."""
 
     def open_store() -> ConsentStore:
+        if open_database is not None:
+            return open_database()
         from sendwarden.consent.store import open_from_settings  # the driver only when needed
 
         return open_from_settings(settings.consent)

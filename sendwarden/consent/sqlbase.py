@@ -33,7 +33,8 @@ from sendwarden.consent.ledger import (
 )
 from sendwarden.consent.model import ChainReport, EventKind, NewEvent, StoredEvent
 from sendwarden.consent.records import normalise_recipient
-from sendwarden.store import StoreError
+from sendwarden.store import StoreError, answered
+from sendwarden.store.deadline import WATCHDOG
 
 BACKEND = "consent database"  # how replies and logs name this store
 METRICS_BACKEND = "consent"  # the backend label of the store metrics
@@ -211,12 +212,27 @@ class SqlConsentStore(ABC, Generic[Conn]):
     @contextlib.contextmanager
     def _statement(self, conn: Any) -> Iterator[Any]:
         """A cursor for one self-contained statement: no transaction round trips (the
-        milter's consent check is one query, one round trip)."""
+        milter's consent check is one query, one round trip), bounded by
+        ``timeout_ms`` on this side: a database that stops answering (hung, paused)
+        has the call ended by the watchdog (:meth:`_abort`)."""
         cursor = conn.cursor()
         try:
-            yield cursor
+            with WATCHDOG.limit(self.timeout_ms / 1000, lambda: self._abort(conn)) as deadline:
+                try:
+                    yield cursor
+                except self.driver_errors as error:
+                    if deadline.expired:
+                        raise StoreError(
+                            BACKEND, f"no answer within {self.timeout_ms} ms (call ended)"
+                        ) from error
+                    raise
         finally:
-            cursor.close()
+            with contextlib.suppress(*self.driver_errors):
+                cursor.close()
+
+    def _abort(self, conn: Conn) -> None:
+        """End a call that is past its deadline, from the watchdog's thread, so the
+        blocked driver call fails at once (the connection is discarded after)."""
 
     @abstractmethod
     def _insert_rows(self, cursor: Any, rows: Iterable[tuple[Any, ...]]) -> None: ...
@@ -258,6 +274,20 @@ class SqlConsentStore(ABC, Generic[Conn]):
                 str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             )
             raise StoreError(BACKEND, f"{what}: {detail}") from error
+        answered(BACKEND)
+
+    def needs_migration(self) -> bool:
+        """Whether the schema is behind (or ahead of) this code: read without any
+        lock, so opening an up-to-date database never waits for a writer."""
+        known = migrations(self.dialect)
+        newest = known[-1].version if known else 0
+        try:
+            with self._pool.connection() as conn, self._statement(conn) as cursor:
+                rows = self._query(cursor, "SELECT MAX(version) FROM consent_schema", ())
+        except self.driver_errors:
+            return True  # no schema table yet (migrate() reports any other failure)
+        current = int(rows[0][0] or 0) if rows else 0
+        return current != newest
 
     def _apply_migrations(self, cursor: Any) -> int:
         """Bring the schema up to date in the caller's transaction, which must keep
@@ -433,6 +463,15 @@ class SqlConsentStore(ABC, Generic[Conn]):
             rows = self._rows_by_seq(cursor, wanted) if wanted else []
         found = {link.seq: link for link in map(self._link, rows)}
         return verify_links(targets, found, head)
+
+    def execute(self, what: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One self-contained statement on this database (``?`` placeholders, turned
+        into the driver's); the rows it returns. For the small stores that share the
+        durable database (sendwarden.store.suspensions). Raises StoreError."""
+        if self.placeholder != "?":
+            sql = sql.replace("?", self.placeholder)
+        with self._errors(what), self._pool.connection() as conn, self._statement(conn) as cursor:
+            return self._query(cursor, sql, params)
 
     def close(self) -> None:
         self._pool.close()

@@ -54,7 +54,7 @@ class SQLiteConsentStore(SqlConsentStore[sqlite3.Connection]):
             # One in-memory database shared by the pool's connections, alive until close().
             self._memory_uri = f"file:sendwarden-consent-{id(self)}?mode=memory&cache=shared"
             self._memory_keeper = self._connect()
-        if migrate:
+        if migrate and self.needs_migration():
             self.migrate()
 
     def __repr__(self) -> str:
@@ -71,6 +71,9 @@ class SQLiteConsentStore(SqlConsentStore[sqlite3.Connection]):
         conn.execute("PRAGMA synchronous = FULL")  # evidence survives a power cut
         conn.execute(f"PRAGMA cache_size = -{READ_CACHE_KIB}")
         return conn
+
+    def _abort(self, conn: sqlite3.Connection) -> None:
+        conn.interrupt()  # the running statement fails with "interrupted"
 
     def close(self) -> None:
         super().close()

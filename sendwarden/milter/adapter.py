@@ -28,6 +28,7 @@ from sendwarden.addresses import strip_brackets
 from sendwarden.milter.generations import Lease
 from sendwarden.milter.pickup import submitting_uid
 from sendwarden.milter.replies import render
+from sendwarden.pipeline import new_session_id
 from sendwarden.policy.facts import Client, IPAddress, MessageChanges, Transaction
 from sendwarden.policy.verdict import Action, Verdict, tempfail
 
@@ -158,6 +159,7 @@ class SendwardenMilter(Milter.Base):  # type: ignore[misc]
         self.pipeline, self._release_pipeline = _pipeline_source()
         self.client = Client(address=None)
         self.txn: Transaction | None = None
+        self.session = new_session_id()  # on every decision line of this connection
         self._metrics = metrics.current()
         if self._metrics is not None:
             self._metrics.connections.inc()
@@ -185,6 +187,7 @@ class SendwardenMilter(Milter.Base):  # type: ignore[misc]
             login=self.getsymval("{auth_authen}"),
             mail_from=strip_brackets(mail_from),
             queue_id=self.getsymval("i") or "",
+            session=self.session,
         )
         verdict = self.pipeline.mail(self.txn)
         if verdict.is_final:
@@ -195,7 +198,9 @@ class SendwardenMilter(Milter.Base):  # type: ignore[misc]
     def envrcpt(self, recipient: str, *params: str) -> int:
         if self.txn is None:
             return int(Milter.CONTINUE)
-        return self._reply(self.pipeline.rcpt(self.txn, strip_brackets(recipient)))
+        # Postfix opens the queue file (and names it) only after a valid RCPT.
+        queue_id = "" if self.txn.queue_id else (self.getsymval("i") or "")
+        return self._reply(self.pipeline.rcpt(self.txn, strip_brackets(recipient), queue_id))
 
     @Milter.noreply
     @guarded

@@ -48,7 +48,8 @@ class Transaction:
     trusted: bool = False
     login: str | None = None
     uid: int | None = None
-    queue_id: str = ""
+    queue_id: str = ""  # the MTA's, once it has one (Postfix: often only after a RCPT)
+    session: str = ""  # this SMTP session's id: every decision line of it carries it
     mail_from: str = ""
     recipients: list[str] = field(default_factory=list)
     headers: list[tuple[str, str]] = field(default_factory=list)

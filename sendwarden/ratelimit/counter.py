@@ -9,6 +9,8 @@ script runs unchanged on Redis Cluster.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
 import string
 import time
 import typing
@@ -30,10 +32,29 @@ from sendwarden.ratelimit.window import (
     bucket_expiry,
     live_buckets,
 )
-from sendwarden.store import StoreError
+from sendwarden.store import StoreError, answered
 from sendwarden.store.redis import account_key, redis_errors
 
 Clock = Callable[[], int]  # microseconds since the epoch
+
+#: The bucket of a reservation whose answer never came (Redis timed out): it may
+#: have been counted, may be counted later, or never; a refund finds it wherever it is.
+UNKNOWN_BUCKET = -1
+
+
+class ReservationIds:
+    """Unique reservation ids, cheaply: a random per-process prefix and a counter
+    (ids must never repeat across MTA hosts and restarts within an hour)."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._next = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}.{next(self._next)}"
+
+
+new_reservation_id = ReservationIds()
 
 
 def load_script(name: str, package: str | None = __package__) -> str:
@@ -92,6 +113,7 @@ class Decision(NamedTuple):
     frees_at: int | None  # refused: epoch second when the cost fits again; None = never
     now: float  # the counter's time, epoch seconds
     suspended: bool = False  # this refusal suspended the account
+    reservation: str = ""  # the id to refund it by
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +127,10 @@ class Usage:
     strikes: int  # over-limit episodes within the suspension period
 
 
+#: Who an automatic suspension is recorded as having been made by.
+AUTOMATIC_BY = "sendwarden rate limit"
+
+
 @dataclass(frozen=True, slots=True)
 class SuspensionPolicy:
     """Automatic suspension: ``after`` over-limit episodes within ``period`` seconds
@@ -112,7 +138,7 @@ class SuspensionPolicy:
 
     after: int = 0
     period: int = 86400
-    by: str = "sendwarden rate limit"
+    by: str = AUTOMATIC_BY
 
 
 class RecipientCounter:
@@ -143,17 +169,19 @@ class RecipientCounter:
             "by": lua_string(self._suspension.by),
         }
         self._reserve = LuaScript(client, templated_script("reserve.lua", constants))
-        self._refund = LuaScript(client, load_script("refund.lua"))
+        self._refund = LuaScript(client, templated_script("refund.lua", constants))
+        self._reset = LuaScript(client, templated_script("reset.lua", constants))
         self._usage = LuaScript(client, load_script("usage.lua"))
         self._keys: dict[str, list[str]] = {}
 
     def keys(self, account_id: str) -> list[str]:
-        """The account's rate hash, strike set and suspension key (one hash tag)."""
+        """The account's rate hash, strike set, suspension key, void hash and the base
+        name of its per-bucket reservation records (one hash tag)."""
         keys = self._keys.get(account_id)
         if keys is None:
             keys = [
                 account_key(self._prefix, account_id, name)
-                for name in ("rate", "strikes", "suspended")
+                for name in ("rate", "strikes", "suspended", "void", "res")
             ]
             if len(self._keys) < 100_000:  # bounded: account ids come from the config
                 self._keys[account_id] = keys
@@ -165,18 +193,24 @@ class RecipientCounter:
         cost: int,
         limit: int,
         suspension_reason: str = "",
+        reservation: str = "",
         watch_only: bool = False,
     ) -> Decision:
         """Count ``cost`` recipients if they fit under ``limit`` in the rolling window,
         atomically; otherwise count nothing (and maybe suspend the account, unless
-        ``watch_only``: monitor-only mode strikes and suspends nobody)."""
+        ``watch_only``: monitor-only mode strikes and suspends nobody).
+
+        ``reservation`` (a fresh id when empty) makes the write idempotent: Redis
+        counts an id once, and not at all once it has been refunded. A caller that
+        times out should refund the id with bucket ``UNKNOWN_BUCKET``."""
         keys = self._keys.get(account_id) or self.keys(account_id)
         now = self._clock() if self._clock else ""
+        reservation = reservation or new_reservation_id()
         recorder = metrics.current()
         started = time.perf_counter() if recorder is not None else 0.0
         try:  # not redis_errors(): a context manager costs more than the rest of this method
             reply = self._reserve(
-                keys, cost, limit, suspension_reason, now, "1" if watch_only else ""
+                keys, cost, limit, suspension_reason, now, reservation, "1" if watch_only else ""
             )
         except redis.RedisError as error:
             if recorder is not None:
@@ -184,6 +218,7 @@ class RecipientCounter:
             raise StoreError(
                 "redis", f"counting recipients of account {account_id}: {error}"
             ) from error
+        answered("redis")
         if recorder is not None:
             recorder.store_done("redis", time.perf_counter() - started, False)
         admitted, used, bucket, free, script_now, suspended = reply
@@ -195,23 +230,26 @@ class RecipientCounter:
             None if free < 0 else free,
             script_now / MICROSECONDS,
             suspended == 1,
+            reservation,
         )
 
-    def refund(self, account_id: str, reservations: Mapping[int, int]) -> int:
-        """Give back reservations ``{bucket: cost}``; returns how many were returned
-        (fewer when a bucket has already left the window)."""
+    def refund(self, account_id: str, reservations: Mapping[str, int]) -> int:
+        """Give back reservations ``{id: bucket}`` (``UNKNOWN_BUCKET`` when the
+        reservation's answer never came); returns how many recipients were returned
+        (fewer when a bucket has already left the window, none for an id already
+        refunded or never counted). Safe to repeat: each id is given back once."""
         if not reservations:
             return 0
-        args: list[int] = []
-        for bucket, cost in reservations.items():
-            args += (bucket, cost)
+        args: list[EncodableT] = [self._clock() if self._clock else ""]
+        for reservation, bucket in reservations.items():
+            args += (reservation, bucket)
+        rate_key, _, _, void_key, records = self.keys(account_id)
         with redis_errors(f"returning recipients of account {account_id}"):
-            rate_key = self.keys(account_id)[0]
-            return int(self._refund([rate_key], *args))
+            return int(self._refund([rate_key, void_key, records], *args))
 
     def usage(self, account_id: str) -> Usage:
         """Read the account's window without changing it."""
-        rate_key, strikes_key, _ = self.keys(account_id)
+        rate_key, strikes_key = self.keys(account_id)[:2]
         with redis_errors(f"reading the recipient count of account {account_id}"):
             reply = self._usage([rate_key, strikes_key])
         seconds, micros, fields, strike_fields = typing.cast(list[typing.Any], reply)
@@ -239,13 +277,16 @@ class RecipientCounter:
         )
 
     def reset(self, account_id: str) -> bool:
-        """Forget the account's counts and strikes (not a suspension: staff lift that)."""
-        rate_key, strikes_key, _ = self.keys(account_id)
+        """Forget the account's counts and strikes (not a suspension: staff lift that),
+        and its reservation records, so no earlier refund takes from later counts."""
+        rate_key, strikes_key, _, void_key, records = self.keys(account_id)
+        now = self._clock() if self._clock else ""
         with redis_errors(f"resetting the recipient count of account {account_id}"):
-            return bool(self._client.delete(rate_key, strikes_key))
+            return bool(self._reset([rate_key, strikes_key, void_key, records], now))
 
 
 __all__ = [
+    "UNKNOWN_BUCKET",
     "Clock",
     "Decision",
     "RecipientCounter",

@@ -6,6 +6,10 @@ would stay charged for mail it never sent until the buckets leave the window. Th
 refunds are kept here, bounded, and paid on the next call that reaches Redis. Buckets
 that have left the window by then cost nothing to pay back (the refund script does
 not recreate them).
+
+A refund that timed out may still have run in Redis, and a reservation that timed
+out may still run later: both are kept here by reservation id, and the refund script
+gives each id back at most once, so paying again never gives back twice.
 """
 
 from __future__ import annotations
@@ -18,19 +22,19 @@ from sendwarden.store import StoreError
 
 log = logging.getLogger(__name__)
 
-#: Most (account, bucket) entries kept; an outage long enough to fill this has
+#: Most (account, reservation) entries kept; an outage long enough to fill this has
 #: already pushed the oldest buckets out of the window.
 MAX_ENTRIES = 100_000
 
-Refund = Callable[[str, Mapping[int, int]], int]
+Refund = Callable[[str, Mapping[str, int]], int]  # account, {reservation id: bucket}
 
 
 class OwedRefunds:
-    """Refunds that failed, per account and bucket, waiting for Redis to come back."""
+    """Refunds that failed, per account and reservation id, waiting for Redis."""
 
     def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
         self._lock = threading.Lock()
-        self._owed: dict[str, dict[int, int]] = {}
+        self._owed: dict[str, dict[str, int]] = {}
         self._entries = 0
         self._max_entries = max_entries
         self._dropped = 0
@@ -39,16 +43,17 @@ class OwedRefunds:
         """Cheap, lock-free test for the hot path: is anything owed?"""
         return bool(self._owed)
 
-    def add(self, account_id: str, buckets: Mapping[int, int]) -> None:
+    def add(self, account_id: str, reservations: Mapping[str, int]) -> None:
+        """Owe ``{reservation id: bucket}`` to the account (an id owed twice is one)."""
         with self._lock:
             owed = self._owed.setdefault(account_id, {})
-            for bucket, cost in buckets.items():
-                if bucket not in owed:
+            for reservation, bucket in reservations.items():
+                if reservation not in owed:
                     if self._entries >= self._max_entries:
-                        self._dropped += cost
+                        self._dropped += 1
                         continue
                     self._entries += 1
-                owed[bucket] = owed.get(bucket, 0) + cost
+                owed[reservation] = bucket
             if not owed:
                 del self._owed[account_id]
 
@@ -62,7 +67,7 @@ class OwedRefunds:
             dropped, self._dropped = self._dropped, 0
         if dropped:
             log.warning(
-                "%d recipients could not be given back after the Redis outage (too many "
+                "%d reservations could not be given back after the Redis outage (too many "
                 "refunds waited); those accounts stay charged until the hour passes",
                 dropped,
             )

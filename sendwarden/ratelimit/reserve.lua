@@ -7,12 +7,21 @@
 --
 -- KEYS[1] rate hash       prefix:{account}:rate
 -- KEYS[2] strike zset     prefix:{account}:strikes    (time each episode over the limit began)
--- KEYS[3] suspension      prefix:{account}:suspended  (same JSON as `sendwarden account suspend`)
+-- KEYS[3] suspension      prefix:{account}:suspended  (same JSON as `sendwarden account suspend`;
+--                         '-' = known not suspended; sendwarden.store.suspensions)
 -- ARGV[1] cost            recipients to reserve (>= 1)
 -- ARGV[2] limit           recipients allowed per window
 -- ARGV[3] reason          suspension reason shown to the customer
+-- KEYS[4] void hash       prefix:{account}:void  (reservation ids refunded before they arrived)
+-- KEYS[5] records base    prefix:{account}:res   (+ ':' .. bucket: reservation id -> cost)
 -- ARGV[4] now             microseconds since the epoch; '' = take the time here (TIME)
--- ARGV[5] watch           '1': monitor-only mode, a refusal strikes and suspends nobody
+-- ARGV[5] reservation id  unique per reservation: makes the write idempotent
+-- ARGV[6] watch           '1': monitor-only mode, a refusal strikes and suspends nobody
+--
+-- Idempotence: every admitted reservation is recorded under its id in its bucket's
+-- record hash (which expires with the bucket). A retry of an id already recorded
+-- counts nothing again and returns the first answer; an id already refunded (the
+-- caller timed out and gave it back before Redis ran it) counts nothing.
 --
 -- The settings that never change while a configuration runs are written into the
 -- script when it is loaded (RecipientCounter), not sent with every decision:
@@ -30,6 +39,8 @@
 --   now       the script's time, microseconds
 --   suspended 1 when this refusal suspended the account
 local rate_key, strikes_key, suspended_key = KEYS[1], KEYS[2], KEYS[3]
+local void_key, records = KEYS[4], KEYS[5]
+local id = ARGV[5]
 local cost = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local window = $window
@@ -65,10 +76,24 @@ if expired then
   redis.call('HDEL', rate_key, unpack(expired))
 end
 
+-- A retry of a reservation Redis already ran, or a late one already refunded.
+if redis.call('EXISTS', void_key) == 1 and redis.call('HEXISTS', void_key, id) == 1 then
+  return {0, used, current, -1, now, 0}
+end
+for number = current, current - 1, -1 do
+  if redis.call('HEXISTS', records .. ':' .. number, id) == 1 then
+    return {1, used, number, 0, now, 0}
+  end
+end
+
 if used + cost <= limit then
+  local record_key = records .. ':' .. current
+  redis.call('HSET', record_key, id, cost)
   if redis.call('HINCRBY', rate_key, current, cost) == cost then
-    -- A new bucket, the newest: the whole hash is stale once it has left the window.
+    -- A new bucket, the newest: the whole hash is stale once it has left the window,
+    -- and the bucket's records with it.
     redis.call('PEXPIRE', rate_key, (window + bucket) * 1000)
+    redis.call('PEXPIRE', record_key, (window + bucket) * 1000)
   end
   if over then
     redis.call('HDEL', rate_key, 'o')
@@ -117,7 +142,7 @@ local function iso8601(seconds)
 end
 
 local suspended = 0
-if cost <= limit and not over and ARGV[5] ~= '1' then
+if cost <= limit and not over and ARGV[6] ~= '1' then
   -- The first refusal of an episode (since the last admission) is one strike. A watched
   -- refusal (monitor-only mode) starts no episode and strikes nothing.
   redis.call('HSET', rate_key, 'o', 1)
@@ -127,7 +152,8 @@ if cost <= limit and not over and ARGV[5] ~= '1' then
     redis.call('ZREMRANGEBYSCORE', strikes_key, '-inf', now - period_us)
     redis.call('PEXPIRE', strikes_key, suspend_period * 1000)
     if redis.call('ZCARD', strikes_key) >= suspend_after then
-      if redis.call('EXISTS', suspended_key) == 0 then
+      local cached = redis.call('GET', suspended_key)  -- '-' caches "not suspended"
+      if not cached or cached == '-' then
         redis.call('SET', suspended_key, cjson.encode({
           reason = ARGV[3], since = iso8601(math.floor(now / 1000000)), by = by}))
         suspended = 1

@@ -3,8 +3,34 @@ the pipeline maps any storage failure to the one ``on_store_error`` setting."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import TypeVar
+
+#: The backends that answered during the current pipeline stage (see watching()).
+_answered: ContextVar[set[str] | None] = ContextVar("sendwarden_store_answered", default=None)
+
+
+def answered(backend: str) -> None:
+    """A call to ``backend`` got its answer: tells StoreHealth the backend is up.
+    Cheap (the counter's hot path calls it); a no-op outside :func:`watching`."""
+    seen = _answered.get()
+    if seen is not None:
+        seen.add(backend)
+
+
+@contextlib.contextmanager
+def watching() -> Iterator[set[str]]:
+    """Collect the backends that answered while the block runs (one thread)."""
+    seen: set[str] = set()
+    token = _answered.set(seen)
+    try:
+        yield seen
+    finally:
+        _answered.reset(token)
 
 
 class StoreError(Exception):
@@ -18,7 +44,10 @@ class StoreError(Exception):
 
 class StoreHealth:
     """Logs a storage outage once when it starts and once when it ends, not once per
-    message: ``failed`` on every error, ``succeeded`` when a call got through."""
+    message: ``failed`` on every error, ``succeeded`` with the backends that answered.
+    Health is per backend: mail that never touched the consent database says nothing
+    about it, so a PostgreSQL outage is one unavailable/available pair however much
+    Redis-only mail passes meanwhile."""
 
     def __init__(self, log: logging.Logger, while_down: str) -> None:
         self._log = log
@@ -33,10 +62,29 @@ class StoreHealth:
             self._down.add(error.backend)
         self._log.error("%s is unavailable (%s); %s", error.backend, error.detail, self._while_down)
 
-    def succeeded(self) -> None:
-        if not self._down:  # the common case, without the lock
+    def succeeded(self, backends: set[str] | frozenset[str]) -> None:
+        """``backends`` answered: those that were down are up again."""
+        if not self._down or not backends:  # the common case, without the lock
             return
         with self._lock:
-            recovered, self._down = self._down, set()
+            recovered = self._down & backends
+            self._down -= recovered
         for backend in sorted(recovered):
             self._log.warning("%s is available again", backend)
+
+
+T = TypeVar("T")
+
+
+def open_once(lock: threading.Lock, timeout_ms: int, opener: Callable[[], T]) -> T:
+    """``opener()`` under ``lock``, waiting for the lock at most ``timeout_ms``: a
+    database slow to open (a writer holds its lock, the server hangs) costs each
+    message one timeout, not the sum of the timeouts of those queued before it."""
+    if not lock.acquire(timeout=timeout_ms / 1000):
+        raise StoreError(
+            "consent database", f"still being opened by another connection after {timeout_ms} ms"
+        )
+    try:
+        return opener()
+    finally:
+        lock.release()

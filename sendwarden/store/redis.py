@@ -1,21 +1,48 @@
-"""The Redis connection every MTA host shares, with bounded timeouts."""
+"""The Redis connection every MTA host shares, with bounded timeouts.
+
+``redis://host:port/db`` (or ``rediss://``, ``unix://``) is one Redis server;
+``redis+cluster://[user:password@]host:port,host:port,...`` (or ``rediss+cluster://``
+for TLS) is a Redis Cluster, reached through the listed seed nodes with a
+cluster-aware client that follows MOVED/ASK redirections and fail-overs. Every key
+of an account shares one hash tag (:func:`account_key`), so each script runs on one
+node.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import time
+import typing
 from collections.abc import Iterator
+from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
 
 from sendwarden import metrics
 from sendwarden.config import RedisSettings
-from sendwarden.store import StoreError
+from sendwarden.store import StoreError, answered
+
+BACKEND = "redis"  # how replies and logs name this store
+
+CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
 
 
 def connect(settings: RedisSettings) -> redis.Redis:
-    """A pooled client; a slow or dead Redis costs at most ``timeout_ms`` per call."""
+    """A pooled client; a slow or dead Redis costs at most ``timeout_ms`` per call.
+
+    For a ``redis+cluster://`` URL the client is a :class:`RedisCluster`; it offers
+    the same commands, EVALSHA and non-transactional pipelines the stores use, so it
+    is typed as the plain client they take."""
     timeout = settings.timeout_ms / 1000
+    if is_cluster_url(settings.url):
+        return typing.cast(redis.Redis, connect_cluster(settings.url, timeout))
     return redis.Redis.from_url(
         settings.url,
         socket_timeout=timeout,
@@ -23,6 +50,46 @@ def connect(settings: RedisSettings) -> redis.Redis:
         retry_on_timeout=False,
         health_check_interval=30,
         decode_responses=False,
+    )
+
+
+def cluster_nodes(url: str) -> tuple[list[ClusterNode], str | None, str | None, bool]:
+    """The seed nodes, user, password and TLS flag of a ``redis+cluster://`` URL.
+    ValueError says what is wrong with it."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"{url!r} is not a redis+cluster:// URL")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    nodes = []
+    for seed in hosts.split(","):
+        host, _, port = seed.strip().rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit():
+            raise ValueError(f"{url!r}: seed nodes are host:port, comma-separated ({seed!r})")
+        nodes.append(ClusterNode(host, int(port)))  # type: ignore[no-untyped-call]
+    if parts.path not in ("", "/", "/0"):
+        raise ValueError(f"{url!r}: Redis Cluster has only database 0")
+    return nodes, unquote(user) or None, unquote(password) or None, CLUSTER_SCHEMES[scheme]
+
+
+def connect_cluster(url: str, timeout: float) -> RedisCluster:
+    """A cluster client bounded like the single-node one. A node that does not answer
+    costs one ``timeout``; the client then re-reads the slot map from another node
+    (one more try), so a fail-over shows as a few tempfailed calls, not a hang."""
+    nodes, user, password, tls = cluster_nodes(url)
+    return RedisCluster(
+        startup_nodes=nodes,
+        username=user,
+        password=password,
+        ssl=tls,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=30,
+        decode_responses=False,
+        require_full_coverage=False,
     )
 
 
@@ -42,7 +109,8 @@ def redis_errors(what: str) -> Iterator[None]:
         yield
     except redis.RedisError as error:
         if recorder is not None:
-            recorder.store_done("redis", time.perf_counter() - started, True)
-        raise StoreError("redis", f"{what}: {error}") from error
+            recorder.store_done(BACKEND, time.perf_counter() - started, True)
+        raise StoreError(BACKEND, f"{what}: {error}") from error
+    answered(BACKEND)
     if recorder is not None:
-        recorder.store_done("redis", time.perf_counter() - started, False)
+        recorder.store_done(BACKEND, time.perf_counter() - started, False)

@@ -1,25 +1,73 @@
-"""Which accounts are suspended, shared by every MTA host through Redis."""
+"""Which accounts are suspended: kept with their history in the durable database
+(the consent database, SQLite or PostgreSQL), cached in the Redis every MTA host
+shares.
+
+A suspension is a staff decision and abuse evidence, so it must survive Redis being
+restarted empty. The durable record is written first; Redis holds the current state
+per account (the suspension's JSON, or ``-`` for "not suspended") so the milter's
+check stays one GET per message. A missing cache entry (an empty Redis, or a
+negative entry that expired) is filled from the database on first use.
+
+For other parts of sendwarden (the support web page, the CLI) the interface is
+:class:`SuspensionStore` plus :meth:`DurableSuspensionStore.history`, built by
+:func:`suspension_store_from_settings`.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
 import typing
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import redis
 
 from sendwarden.policy.suspension import Suspension
+from sendwarden.store import StoreError, open_once
 from sendwarden.store.redis import account_key, redis_errors
+
+if typing.TYPE_CHECKING:
+    from sendwarden.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: The cache's "not suspended" entry (a suspension is JSON, so never this).
+NOT_SUSPENDED = b"-"
+#: How long "not suspended" is believed without asking the database again: bounds
+#: how long a suspension whose cache write failed can go unnoticed.
+NEGATIVE_TTL_SECONDS = 3600
+#: How often an automatic suspension the database could not take is tried again.
+RETRY_UNRECORDED_SECONDS = 30.0
+
+
+def utc_now_text() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class SuspensionStore(Protocol):
     def get(self, account_id: str) -> Suspension | None: ...
     def suspend(self, account_id: str, suspension: Suspension) -> None: ...
-    def lift(self, account_id: str) -> bool: ...
+    def lift(self, account_id: str, by: str = "", reason: str = "") -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SuspensionEvent:
+    """One line of an account's suspension history."""
+
+    account: str
+    action: typing.Literal["suspended", "lifted"]
+    at: str  # ISO 8601 UTC
+    by: str  # the staff member, or the automatic rule
+    reason: str
 
 
 class RedisSuspensionStore:
-    """One small JSON value per suspended account; absence means not suspended."""
+    """The cache: one small value per account; absence means "not known here"."""
 
     def __init__(self, client: redis.Redis, prefix: str = "sw") -> None:
         self._client = client
@@ -28,10 +76,16 @@ class RedisSuspensionStore:
     def key(self, account_id: str) -> str:
         return account_key(self._prefix, account_id, "suspended")
 
-    def get(self, account_id: str) -> Suspension | None:
+    def lookup(self, account_id: str) -> tuple[bool, Suspension | None]:
+        """``(known, suspension)``: known is False when the cache has no entry."""
         with redis_errors("reading the suspension of " + account_id):
             raw = typing.cast(bytes | None, self._client.get(self.key(account_id)))
-        return parse_suspension(raw) if raw else None
+        if raw is None:
+            return False, None
+        return True, None if raw == NOT_SUSPENDED else parse_suspension(raw)
+
+    def get(self, account_id: str) -> Suspension | None:
+        return self.lookup(account_id)[1]
 
     def suspend(self, account_id: str, suspension: Suspension) -> None:
         value = json.dumps(
@@ -40,9 +94,143 @@ class RedisSuspensionStore:
         with redis_errors("suspending " + account_id):
             self._client.set(self.key(account_id), value)
 
-    def lift(self, account_id: str) -> bool:
+    def remember_active(self, account_id: str) -> None:
+        """Cache "not suspended" (for a while: the database stays the authority)."""
+        with redis_errors("caching the suspension state of " + account_id):
+            self._client.set(self.key(account_id), NOT_SUSPENDED, ex=NEGATIVE_TTL_SECONDS)
+
+    def lift(self, account_id: str, by: str = "", reason: str = "") -> bool:
         with redis_errors("lifting the suspension of " + account_id):
-            return bool(self._client.delete(self.key(account_id)))
+            raw = typing.cast(
+                bytes | None,
+                self._client.set(
+                    self.key(account_id), NOT_SUSPENDED, ex=NEGATIVE_TTL_SECONDS, get=True
+                ),
+            )
+        return raw is not None and raw != NOT_SUSPENDED
+
+
+class Database(Protocol):
+    """What the history needs of the durable database (SqlConsentStore.execute)."""
+
+    def execute(self, what: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+
+class SuspensionRecords:
+    """The append-only history in the durable database; the newest row is the state."""
+
+    def __init__(self, database: Callable[[], Database]) -> None:
+        self._database = database  # opened on first use (StoreError if unreachable)
+
+    def add(self, account_id: str, action: str, at: str, by: str, reason: str) -> None:
+        self._database().execute(
+            f"recording the suspension history of {account_id}",
+            "INSERT INTO account_suspensions (account, action, at, actor, reason) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (account_id, action, at, by, reason),
+        )
+
+    def current(self, account_id: str) -> Suspension | None:
+        rows = self._database().execute(
+            f"reading the suspension of {account_id}",
+            "SELECT action, at, actor, reason FROM account_suspensions "
+            "WHERE account = ? ORDER BY id DESC LIMIT 1",
+            (account_id,),
+        )
+        if not rows or rows[0][0] != "suspended":
+            return None
+        _, at, by, reason = rows[0]
+        return Suspension(reason=str(reason), since=str(at), by=str(by))
+
+    def history(self, account_id: str) -> list[SuspensionEvent]:
+        rows = self._database().execute(
+            f"reading the suspension history of {account_id}",
+            "SELECT account, action, at, actor, reason FROM account_suspensions "
+            "WHERE account = ? ORDER BY id",
+            (account_id,),
+        )
+        return [
+            SuspensionEvent(str(a), typing.cast(Any, str(action)), str(at), str(by), str(why))
+            for a, action, at, by, why in rows
+        ]
+
+    def close(self) -> None:
+        """Close the database if this store opened it (a SharedDatabase)."""
+        close = getattr(self._database, "close", None)
+        if callable(close):
+            close()
+
+
+class DurableSuspensionStore:
+    """Suspensions in the durable database, cached in Redis. Thread-safe."""
+
+    def __init__(self, cache: RedisSuspensionStore, records: SuspensionRecords) -> None:
+        self.cache = cache
+        self.records = records
+        self._lock = threading.Lock()
+        self._unrecorded: list[tuple[str, Suspension]] = []  # automatic, database was down
+        self._retry_at = 0.0  # monotonic: retry the unrecorded ones not before this
+
+    def get(self, account_id: str) -> Suspension | None:
+        """One Redis GET when cached; otherwise the database, then cached."""
+        known, suspension = self.cache.lookup(account_id)
+        if self._unrecorded and time.monotonic() >= self._retry_at:
+            self._record_pending()
+        if known:
+            return suspension
+        suspension = self.records.current(account_id)
+        if suspension is None:
+            self.cache.remember_active(account_id)
+        else:
+            self.cache.suspend(account_id, suspension)
+        return suspension
+
+    def suspend(self, account_id: str, suspension: Suspension) -> None:
+        """Record (durably first), then put in effect on every host through Redis."""
+        self.records.add(account_id, "suspended", suspension.since, suspension.by,
+                         suspension.reason)  # fmt: skip
+        self.cache.suspend(account_id, suspension)
+
+    def lift(self, account_id: str, by: str = "", reason: str = "", at: str = "") -> bool:
+        """Lift (recording who and why, at ``at`` or now); False if the account was not
+        suspended."""
+        if self.records.current(account_id) is None:
+            self.cache.lift(account_id)  # a stale cache entry goes too
+            return False
+        self.records.add(account_id, "lifted", at or utc_now_text(), by, reason)
+        self.cache.lift(account_id, by, reason)
+        return True
+
+    def history(self, account_id: str) -> list[SuspensionEvent]:
+        """Every suspension and lifting of the account, oldest first."""
+        return self.records.history(account_id)
+
+    def recorded_automatically(self, account_id: str, suspension: Suspension) -> None:
+        """The rate limiter suspended the account in Redis (atomically, in its
+        script): record it durably. If the database is down, keep it and retry."""
+        try:
+            self.records.add(account_id, "suspended", suspension.since, suspension.by,
+                             suspension.reason)  # fmt: skip
+        except StoreError as error:
+            log.error(
+                "the automatic suspension of %s is in effect but not yet recorded durably "
+                "(%s); retrying",
+                account_id,
+                error,
+            )
+            with self._lock:
+                self._unrecorded.append((account_id, suspension))
+                # not on every message while the database is down: once in a while
+                self._retry_at = time.monotonic() + RETRY_UNRECORDED_SECONDS
+
+    def close(self) -> None:
+        self.records.close()
+
+    def _record_pending(self) -> None:
+        with self._lock:
+            pending, self._unrecorded = self._unrecorded, []
+        for account_id, suspension in pending:
+            self.recorded_automatically(account_id, suspension)
 
 
 def parse_suspension(raw: bytes | str) -> Suspension:
@@ -54,3 +242,45 @@ def parse_suspension(raw: bytes | str) -> Suspension:
         )
     except (ValueError, KeyError, TypeError):
         return Suspension(reason="suspended (record unreadable)", since="unknown")
+
+
+class SharedDatabase:
+    """The durable database of one configuration, opened once on first use and
+    shared (the consent check and the suspension store use one pool)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._store: Any = None
+
+    def __call__(self) -> Any:
+        """The open database. While one thread opens it the others wait at most
+        ``consent.timeout_ms`` (then StoreError), never one behind another."""
+        store = self._store
+        if store is not None:
+            return store
+        return open_once(self._lock, self._settings.consent.timeout_ms, self._open)
+
+    def _open(self) -> Any:
+        if self._store is None:
+            from sendwarden.consent.store import open_from_settings  # driver on demand
+
+            self._store = open_from_settings(self._settings.consent)
+        return self._store
+
+    def close(self) -> None:
+        with self._lock:
+            store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
+
+def suspension_store_from_settings(
+    settings: Settings, client: redis.Redis, database: Callable[[], Database] | None = None
+) -> DurableSuspensionStore:
+    """The suspension store of a configuration: its Redis cache and its durable
+    database (``[consent] database``)."""
+    return DurableSuspensionStore(
+        RedisSuspensionStore(client, settings.redis.key_prefix),
+        SuspensionRecords(database or SharedDatabase(settings)),
+    )

@@ -227,7 +227,7 @@ def account(request: Request, id: str = "", notice: str = "") -> Response:
         usage = ctx.counter.usage(id)
         refusals = ctx.risks.refusals([id]).get(id, {})
         monitored = [c for c in ctx.monitor.summary(24) if c.account == id]
-        suspension = ctx.desk.store.get(id)
+        suspension = ctx.desk.current(id)
         history = ctx.desk.history(id)
     except StoreError as error:
         return unavailable(request, error)

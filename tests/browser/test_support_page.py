@@ -94,6 +94,7 @@ def running_api(settings: Settings, store: ConsentStore) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        ui.desk.store.close()
         client.close()
 
 

@@ -192,6 +192,8 @@ def test_remove_mode_delivers_only_to_recipients_with_consent(
         assert delivered_recipients(rig, 57) == set(readers[:57])
         headers = rig.sink.messages[0].message
         assert headers["X-Sendwarden-Removed-Recipients"] == "3 recipients without consent"
+        (line,) = [line for line in rig.decisions() if line["stage"] == "eom"]
+        assert line["removed_recipients"] == readers[57:]  # who, in the decision log
     finally:
         ledger.close()
 

@@ -6,7 +6,6 @@ private Postfix with real Cyrus SASL logins, relaying to an aiosmtpd sink.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import smtplib
@@ -32,8 +31,7 @@ MESSAGE = (
 def decisions(rig: Rig) -> list[dict[str, Any]]:
     """The milter's JSON decision lines."""
     assert rig.milter is not None
-    lines = [line for line in rig.milter.log().splitlines() if line.startswith("{")]
-    return [json.loads(line) for line in lines]
+    return rig.decisions()
 
 
 def wait_for_decision(rig: Rig, **wanted: Any) -> dict[str, Any]:

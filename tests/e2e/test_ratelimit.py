@@ -77,6 +77,16 @@ def test_limit_across_messages_leaves_other_accounts_alone(make_rig: Callable[..
         refused = client.sendmail("alice@acme.example", recipients("b", 3), MESSAGE)
     assert list(refused) == ["b2@remote.example"]
     assert refused["b2@remote.example"][1].startswith(b"4.7.1 Account acme has reached its limit")
+    # The RCPT refusal can be found by queue id (Postfix named the message after the
+    # first accepted recipient) and by session, like the rest of its transaction.
+    wait_until(lambda: len(rig.decisions()) >= 3, 10, "too few decision lines")
+    lines = rig.decisions()
+    assert all(line["session"] for line in lines), lines
+    rcpt = next(line for line in lines if line.get("recipient") == "b2@remote.example")
+    eom = next(line for line in lines if line["stage"] == "eom" and line["recipients"] == 2)
+    assert rcpt["queue_id"] and rcpt["queue_id"] == eom["queue_id"], lines
+    assert rcpt["session"] == eom["session"]
+    assert "recipient-rate" not in rcpt["passed"]
     with rig.smtp("bob@globex.example") as client:
         assert client.sendmail("bob@globex.example", recipients("c", 5), GLOBEX_MESSAGE) == {}
     assert len(delivered_recipients(rig, 10)) == 10
@@ -91,6 +101,8 @@ def test_aborted_transaction_gives_its_quota_back(make_rig: Callable[..., Rig]) 
         client.rset()  # the milter is told to abort: the four are given back
         assert client.sendmail("alice@acme.example", recipients("a", 5), MESSAGE) == {}
     assert len(delivered_recipients(rig, 5)) == 5
+    aborted = [line for line in rig.decisions() if line["stage"] == "abort"]
+    assert [(line["verdict"], line["recipients"]) for line in aborted] == [("aborted", 4)]
 
 
 def test_sendmail_submission_waits_whole_when_it_does_not_fit(

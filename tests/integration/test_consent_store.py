@@ -427,7 +427,7 @@ def test_migrations_are_versioned_and_applied_once(
     again.close()
     with raw(consent_database_url) as conn:
         rows = conn.execute("SELECT version, name FROM consent_schema").fetchall()
-    assert [tuple(row) for row in rows] == [(1, "ledger")]
+    assert [tuple(row) for row in rows] == [(1, "ledger"), (2, "suspensions")]
     assert consent_store.verify().events_checked == 2
 
 

@@ -24,16 +24,17 @@ def hammer(
     url: str, account: str, threads: int, attempts: int, seed: int, processes: int = 1
 ) -> int:
     """Reserve from ``threads`` threads until each made ``attempts`` tries; the
-    recipients admitted in total. Runs in the test process or a child process;
-    ``processes`` of them start together (a barrier in Redis)."""
+    recipients admitted in total. Runs in the test process or a child process; every
+    thread of the ``processes`` starts together (a barrier in Redis), so no process
+    can use up the limit before the other's threads are running."""
     client = connect(RedisSettings(url=url, timeout_ms=5000))
     counter = RecipientCounter(client, "race")
     barrier = f"race:{{{account}}}:barrier"
-    client.incr(barrier)
-    while int(client.get(barrier) or 0) < processes:
-        time.sleep(0.005)
 
     def work(index: int) -> int:
+        client.incr(barrier)
+        while int(client.get(barrier) or 0) < processes * threads:
+            time.sleep(0.005)
         rng = random.Random(seed * 1000 + index)
         admitted = 0
         for _ in range(attempts):

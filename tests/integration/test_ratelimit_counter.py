@@ -74,12 +74,12 @@ def test_script_decides_exactly_like_the_model(
     counter = RecipientCounter(client, "prop", clock=clock)
     model = BucketWindow(limit, clock)
     account = fresh_account()
-    admitted: list[tuple[int, int]] = []
+    admitted: list[tuple[str, int, int]] = []
     for kind, number, cost in operations:
         if kind == "refund":
             if admitted:
-                bucket, cost = admitted.pop(number % len(admitted))
-                counter.refund(account, {bucket: cost})
+                reservation, bucket, cost = admitted.pop(number % len(admitted))
+                counter.refund(account, {reservation: bucket})
                 model.refund(bucket, cost)
             continue
         clock.now += number
@@ -89,7 +89,7 @@ def test_script_decides_exactly_like_the_model(
         assert got.frees_at == want.frees_at
         assert got.now == clock.now / MICROSECONDS
         if got.admitted:
-            admitted.append((got.bucket, cost))
+            admitted.append((got.reservation, got.bucket, cost))
     assert counter.usage(account).used == model.used()
 
 
@@ -110,14 +110,17 @@ def test_refund_returns_exactly_what_was_reserved_even_across_buckets(client: re
     clock.now += 61 * MICROSECONDS  # next bucket
     second = counter.reserve("acme", 3, 10)
     assert first.bucket != second.bucket
-    assert counter.refund("acme", {first.bucket: 2, second.bucket: 3}) == 5
+    assert (
+        counter.refund("acme", {first.reservation: first.bucket, second.reservation: second.bucket})
+        == 5
+    )
     assert counter.usage("acme").used == 0
     assert client.hlen("sw:{acme}:rate") == 0
     # a reservation whose bucket already left the window is not resurrected
     old = counter.reserve("acme", 1, 10)
     clock.now += 2 * 3600 * MICROSECONDS
     counter.reserve("acme", 1, 10)  # cleans the expired bucket
-    assert counter.refund("acme", {old.bucket: 1}) == 0
+    assert counter.refund("acme", {old.reservation: old.bucket}) == 0
     assert counter.usage("acme").used == 1
 
 
@@ -251,7 +254,7 @@ def test_redis_down_raises_store_error_and_recovers(redis_server: RedisServer) -
         with pytest.raises(StoreError, match="counting recipients of account acme"):
             counter.reserve("acme", 1, 5)
         with pytest.raises(StoreError):
-            counter.refund("acme", {1: 1})
+            counter.refund("acme", {"r1": 1})
     finally:
         redis_server.start()  # same port; scripts are gone (NOSCRIPT is handled)
     decision = counter.reserve("acme", 1, 5)

@@ -206,6 +206,7 @@ def test_cli_status_and_reset(
     path.write_text(
         f'[redis]\nurl = "{redis_server.url}"\n[policy]\nrecipients_per_hour = 5\n'
         '[ratelimit]\nsuspend_after = 2\nsuspend_period = "1h"\n'
+        f'[consent]\ndatabase = "sqlite:///{tmp_path / "consent.db"}"\n'
         '[[accounts]]\nid = "acme"\nlogins = ["alice@acme.example"]\n'
     )
     assert main(["ratelimit", "status", "acme", "-c", str(path)]) == 0

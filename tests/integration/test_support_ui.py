@@ -29,6 +29,7 @@ def open_browser(redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
     settings = settings_from_mapping(
         {
             "redis": {"url": redis_url, "timeout_ms": 300},
+            "consent": {"database": f"sqlite:///{tmp_path / 'c.db'}"},
             "api": {"tokens": [
                 {"name": "bob", "role": "staff", "sha256": hash_token(STAFF)},
                 {"name": "acme-site", "account": "acme", "sha256": hash_token(ACCOUNT_TOKEN)},
@@ -38,9 +39,11 @@ def open_browser(redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
     )  # fmt: skip
     store = open_consent_store(f"sqlite:///{tmp_path / 'c.db'}", timeout_ms=1000)
     client = redis.Redis.from_url(redis_url, socket_timeout=0.3, socket_connect_timeout=0.3)
-    app = create_app(settings.api.tokens, store, ui=ui_context(settings, store, client))
+    ui = ui_context(settings, store, client)
+    app = create_app(settings.api.tokens, store, ui=ui)
     with TestClient(app, base_url="http://testserver") as test_client:
         yield test_client
+    ui.desk.store.close()
     client.close()
     store.close()
 

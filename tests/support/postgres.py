@@ -148,7 +148,43 @@ class PostgresServer(ProcessService):
 
     def stop(self, timeout: float = 20.0) -> None:
         """Fast shutdown (SIGINT: disconnects clients, no waiting for them)."""
+        self.resume()
         self._terminate(signal.SIGINT, timeout)
+
+    def _processes(self) -> list[int]:
+        """The postmaster and every process it started (backends, workers)."""
+        if self._proc is None:
+            return []
+        children: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+        found, todo = [], [self._proc.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo += children.get(pid, [])
+        return found
+
+    def pause(self) -> None:
+        """SIGSTOP the whole server: connections stay open, nothing answers (a hung
+        host, a VM paused), and no server-side timeout fires."""
+        self._paused = self._processes()
+        for pid in self._paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in getattr(self, "_paused", []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self._paused = []
 
     # ---------------------------------------------------------------- databases
 

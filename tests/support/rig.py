@@ -7,6 +7,7 @@ stops them in reverse order however the test ends.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import smtplib
 import subprocess
@@ -82,6 +83,13 @@ class Rig:
     ) -> subprocess.CompletedProcess[bytes]:
         """Local submission with sendmail(1) as ``uid``; see PrivatePostfix.sendmail."""
         return self.postfix.sendmail(message, sender, recipients, uid, **kwargs)
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """The sendwarden milter's JSON decision lines so far."""
+        if self.milter is None:
+            return []
+        lines = [line for line in self.milter.log().splitlines() if line.startswith("{")]
+        return [record for record in map(json.loads, lines) if record.get("event") == "decision"]
 
     def events(self) -> list[dict[str, Any]]:
         """The no-op milter's recorded callbacks (empty for other milters)."""

@@ -6,7 +6,7 @@ from sendwarden.checks.base import Check
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.suspension import Suspension
 from sendwarden.policy.verdict import Verdict
-from sendwarden.store import StoreError
+from sendwarden.store import StoreError, answered
 
 
 class MemorySuspensions:
@@ -17,12 +17,13 @@ class MemorySuspensions:
     def get(self, account_id: str) -> Suspension | None:
         if self.down:
             raise StoreError("redis", "connection refused")
+        answered("redis")  # as the real stores do: the pipeline's health hears of it
         return self.suspended.get(account_id)
 
     def suspend(self, account_id: str, suspension: Suspension) -> None:
         self.suspended[account_id] = suspension
 
-    def lift(self, account_id: str) -> bool:
+    def lift(self, account_id: str, by: str = "", reason: str = "") -> bool:
         return self.suspended.pop(account_id, None) is not None
 
 

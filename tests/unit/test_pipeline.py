@@ -173,7 +173,68 @@ def test_abort_settles_the_transaction() -> None:
     pipeline.mail(txn)
     pipeline.rcpt(txn, "b@remote.example")
     pipeline.abort(txn)
-    assert recorder.calls[-1] == ("after", "discard")
+    assert recorder.calls[-1] == ("after", "discard")  # the checks give back what they counted
+
+
+# -- the decision log (issue 13, item 6) -------------------------------------------
+
+
+def test_every_line_of_a_session_carries_its_id_and_the_queue_id_once_known(
+    decisions: list[dict[str, object]],
+) -> None:
+    pipeline, _, _ = build()
+    txn = pipeline.begin(REMOTE, login=None, mail_from="x@elsewhere.example", session="s1")
+    pipeline.mail(txn)
+    pipeline.rcpt(txn, "bob@remote.example")  # refused before the MTA names the message
+    pipeline.rcpt(txn, "info@hosting.example", queue_id="4XyZ1")  # now it has a queue id
+    pipeline.rcpt(txn, "eve@remote.example", queue_id="ignored")  # the first one stays
+    pipeline.eom(txn)
+    assert [(d["stage"], d["session"], d["queue_id"]) for d in decisions] == [
+        ("rcpt", "s1", None),
+        ("rcpt", "s1", "4XyZ1"),
+        ("eom", "s1", "4XyZ1"),
+    ]
+    other = pipeline.begin(REMOTE, login=None, mail_from="x@elsewhere.example")
+    assert other.session and other.session != "s1"  # a fresh one when none is given
+
+
+def test_passed_never_lists_the_rule_that_fired(decisions: list[dict[str, object]]) -> None:
+    pipeline, _, _ = build()
+    txn = pipeline.begin(REMOTE, login=None, mail_from="x@elsewhere.example")
+    pipeline.mail(txn)
+    pipeline.rcpt(txn, "info@hosting.example")  # relay passes this one
+    pipeline.rcpt(txn, "bob@remote.example")  # and refuses this one
+    pipeline.eom(txn)
+    for record in decisions:
+        hits, passed = record["hits"], record["passed"]
+        assert isinstance(hits, list) and isinstance(passed, list)
+        assert not set(hits) & set(passed), record
+    assert decisions[0]["hits"] == ["relay"]
+
+
+def test_an_aborted_transaction_is_logged_as_aborted_not_discard(
+    decisions: list[dict[str, object]],
+) -> None:
+    pipeline, _, _ = build()
+    txn = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="a@acme.example")
+    pipeline.mail(txn)
+    pipeline.rcpt(txn, "b@remote.example")
+    pipeline.abort(txn)
+    (record,) = decisions
+    assert (record["stage"], record["verdict"], record["rule"]) == ("abort", "aborted", "aborted")
+
+
+def test_recipients_removed_for_missing_consent_are_recorded(
+    decisions: list[dict[str, object]],
+) -> None:
+    pipeline, _, _ = build()
+    txn = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="a@acme.example")
+    pipeline.mail(txn)
+    for rcpt in ("a@remote.example", "b@remote.example"):
+        pipeline.rcpt(txn, rcpt)
+    txn.changes.remove_recipients.append("b@remote.example")  # what ConsentCheck does
+    pipeline.eom(txn)
+    assert decisions[-1]["removed_recipients"] == ["b@remote.example"]
 
 
 def test_no_decision_record_is_built_when_the_decision_log_is_off(

@@ -140,6 +140,7 @@ class MemoryCounter:
         self.strikes = 0
         self.down = False
         self.calls = 0
+        self.reservations: dict[str, tuple[int, int]] = {}  # id -> (bucket, cost)
 
     def reserve(
         self,
@@ -147,6 +148,7 @@ class MemoryCounter:
         cost: int,
         limit: int,
         suspension_reason: str = "",
+        reservation: str = "",
         watch_only: bool = False,
     ) -> Decision:
         self.calls += 1
@@ -155,9 +157,12 @@ class MemoryCounter:
         window = self.windows.setdefault(account_id, BucketWindow(limit, lambda: self.now_us))
         admission = window.reserve(cost)
         suspended = False
-        if not admission.admitted and not watch_only:
-            self.strikes += 1
-            suspended = self.suspend_after > 0 and self.strikes >= self.suspend_after
+        if not admission.admitted:
+            if not watch_only:
+                self.strikes += 1
+                suspended = self.suspend_after > 0 and self.strikes >= self.suspend_after
+        else:
+            self.reservations[reservation] = (admission.bucket, cost)
         return Decision(
             admission.admitted,
             admission.used,
@@ -166,14 +171,19 @@ class MemoryCounter:
             admission.frees_at,
             self.now_us / MICROSECONDS,
             suspended,
+            reservation,
         )
 
-    def refund(self, account_id: str, reservations: Mapping[int, int]) -> int:
+    def refund(self, account_id: str, reservations: Mapping[str, int]) -> int:
         if self.down:
             raise StoreError("redis", "connection refused")
-        for bucket, cost in reservations.items():
-            self.windows[account_id].refund(bucket, cost)
-        return sum(reservations.values())
+        returned = 0
+        for reservation in reservations:
+            bucket, cost = self.reservations.pop(reservation, (0, 0))
+            if cost:
+                self.windows[account_id].refund(bucket, cost)
+                returned += cost
+        return returned
 
     def used(self, account_id: str) -> int:
         window = self.windows.get(account_id)
