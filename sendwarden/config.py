@@ -149,6 +149,9 @@ class PolicySettings:
     max_attachment_bytes: int = parsed(_positive, default=20 * 1024 * 1024)
     check_attachments: bool = True  # off: the body step is not negotiated for it
     max_mime_depth: int = parsed(_positive, default=20)  # deeper nesting is refused
+    # message/partial (a file split over several messages): refused with 554 5.6.0, or
+    # "count": fragments are summed per account and id in Redis and capped as one file.
+    message_partial: Literal["refuse", "count"] = "refuse"
     on_store_error: StoreErrorAction = "tempfail"
     # Host names of the provider's own MTAs: a client-supplied Received header naming
     # one, or an Authentication-Results header for authserv_id (or one of them), is forged.

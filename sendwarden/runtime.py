@@ -9,6 +9,7 @@ import redis
 
 from sendwarden.alerts.early import VolumeRecorder, VolumeStore
 from sendwarden.alerts.risk import RiskRecorder, RiskStore
+from sendwarden.attachments.fragments import RedisFragments
 from sendwarden.checks.attachments import AttachmentCheck
 from sendwarden.checks.base import Check
 from sendwarden.checks.identity import IdentityCheck
@@ -41,11 +42,18 @@ class Runtime:
         self.redis.close()
 
 
-def attachment_checks(settings: Settings) -> list[Check]:
+def attachment_checks(settings: Settings, client: redis.Redis) -> list[Check]:
     policy = settings.policy
     if not policy.check_attachments:
         return []
-    return [AttachmentCheck(policy.max_attachment_bytes, policy.max_mime_depth)]
+    fragments = None
+    if policy.message_partial == "count":
+        fragments = RedisFragments(client, settings.redis.key_prefix)
+    return [
+        AttachmentCheck(
+            policy.max_attachment_bytes, policy.max_mime_depth, policy.message_partial, fragments
+        )
+    ]
 
 
 def build_checks(
@@ -67,7 +75,7 @@ def build_checks(
         # End of message: forged From/Sender and provider headers (pure, no store).
         IdentityCheck(settings, directory),
         # End of message: no file over the cap (fed the body; inbound and outbound).
-        *attachment_checks(settings),
+        *attachment_checks(settings, client),
         # End of message: bulk mail needs consent (before any signer, which stays last).
         consent_check_from_settings(settings, client, database),
         # LAST: the DKIM signer signs only what every rule above passed.

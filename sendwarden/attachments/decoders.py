@@ -9,17 +9,25 @@ batch at a time and thrown away, anything else is counted as it is.
 from __future__ import annotations
 
 import re
-from binascii import a2b_qp
+from binascii import a2b_base64, a2b_qp
+from collections.abc import Callable
 from typing import Protocol
+
+#: Where a counter hands the decoded content when someone needs to read it (the
+#: finder of files inside text parts); counters without one decode nothing extra.
+Sink = Callable[[bytes], None]
 
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _B64_IGNORABLE = b" \t\r\n="
+_B64_NOT_ALPHABET = bytes(set(range(256)) - set(_B64_ALPHABET))
 #: Partial quoted-printable lines longer than this are decoded in pieces, not held.
 QP_CARRY_LIMIT = 4096
 #: An escape that starts a soft line break with junk after it ("=\r..."): a2b_qp
 #: drops everything up to the next newline. Odd run of '=' = the last one escapes.
 _QP_SOFT_BREAK_JUNK = re.compile(rb"(?<!=)(?:==)*=\r")
 _SPACES = b" " * 65536
+_QP_LITERAL_PAIR = re.compile(rb"=(?![0-9A-Fa-f]{2}|\r?\n)[^\n]")
+_LONG_QP_LINE = re.compile(rb"(?m)^[^\n]{%d,}\n" % (QP_CARRY_LIMIT + 1))  # at line starts: linear
 
 
 class SizeCounter(Protocol):
@@ -37,21 +45,31 @@ class SizeCounter(Protocol):
         """True when the content had bytes its encoding does not allow."""
         ...
 
+    def flush(self) -> None:
+        """End of the part: hand what is still held to the sink (if any)."""
+        ...
+
 
 class RawCounter:
     """7bit, 8bit, binary and unknown encodings: the content is the file."""
 
-    def __init__(self) -> None:
+    def __init__(self, sink: Sink | None = None) -> None:
         self.encoded_bytes = 0
+        self._sink = sink
 
     def feed(self, data: bytes) -> None:
         self.encoded_bytes += len(data)
+        if self._sink is not None:
+            self._sink(data)
 
     def decoded_bytes(self) -> int:
         return self.encoded_bytes
 
     def has_junk(self) -> bool:
         return False
+
+    def flush(self) -> None:
+        pass
 
 
 class Base64Counter:
@@ -62,10 +80,12 @@ class Base64Counter:
     decoder that carries on after it must not see a bigger file than we do.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sink: Sink | None = None) -> None:
         self.encoded_bytes = 0
         self._alphabet_chars = 0
         self._junk = 0
+        self._sink = sink
+        self._quads = b""  # alphabet characters not yet a whole group of 4 (with a sink)
 
     def feed(self, data: bytes) -> None:
         self.encoded_bytes += len(data)
@@ -74,6 +94,16 @@ class Base64Counter:
         self._alphabet_chars += len(data) - len(others)
         if others:
             self._junk += len(others.translate(None, _B64_IGNORABLE))
+        if self._sink is not None:
+            self._decode_for_sink(data)
+
+    def _decode_for_sink(self, data: bytes) -> None:
+        alphabet = self._quads + data.translate(None, _B64_NOT_ALPHABET)
+        whole = len(alphabet) - len(alphabet) % 4
+        self._quads = alphabet[whole:]
+        if whole:
+            assert self._sink is not None
+            self._sink(a2b_base64(alphabet[:whole]))
 
     def decoded_bytes(self) -> int:
         quads, tail = divmod(self._alphabet_chars, 4)
@@ -82,28 +112,46 @@ class Base64Counter:
     def has_junk(self) -> bool:
         return self._junk > 0 or self._alphabet_chars % 4 == 1
 
+    def flush(self) -> None:
+        if self._sink is not None and len(self._quads) > 1:
+            self._sink(a2b_base64(self._quads + b"=" * (4 - len(self._quads))))
+        self._quads = b""
+
 
 class QuotedPrintableCounter:
-    """Decodes with binascii.a2b_qp (the stdlib's own decoder) a batch of whole
-    lines at a time and keeps only the length.
+    """Counts two readings of quoted-printable and reports the larger:
 
+    - binascii.a2b_qp (the stdlib's own decoder; "==" is one escape, junk after a
+      soft line break is dropped), decoded a batch of whole lines at a time;
+    - a lenient decoder (as in Rust mail libraries): only "=XY" with hex digits
+      and "=" at the end of a line are escapes; "=" and the character after it
+      are otherwise both literal ("==41" stays as it is).
+
+    In both a hard line break is CRLF in canonical form, so a bare LF counts two.
     An escape never reaches past a newline, so cutting right after one is safe.
     A partial line is carried to the next piece; one longer than QP_CARRY_LIMIT
-    is decoded up to a cut that no escape straddles, so memory stays bounded.
+    is decoded up to a cut that no escape straddles, so memory stays bounded (the
+    lenient reading counts such a long line raw, whatever the pieces).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sink: Sink | None = None) -> None:
         self.encoded_bytes = 0
         self._decoded = 0
+        self._lenient = 0
         self._carry = b""
         self._skip_to_newline = False
+        self._in_long_line = False  # a line over QP_CARRY_LIMIT is being cut
+        self._sink = sink
 
     def feed(self, data: bytes) -> None:
         self.encoded_bytes += len(data)
         if self._skip_to_newline:
             newline = data.find(b"\n")
             if newline < 0:
+                self._lenient += len(data)
                 return
+            self._lenient += newline + 2  # the rest of the long line, raw; LF as CRLF
+            self._in_long_line = False
             data = data[newline + 1 :]
             self._skip_to_newline = False
         if self._carry:
@@ -111,25 +159,88 @@ class QuotedPrintableCounter:
             self._carry = b""
         last_newline = data.rfind(b"\n")
         if last_newline >= 0:
-            self._decoded += len(a2b_qp(memoryview(data)[: last_newline + 1]))
+            self._count(a2b_qp(memoryview(data)[: last_newline + 1]))
+            self._lenient += self._lenient_lines(data[: last_newline + 1])
             data = data[last_newline + 1 :]
         if len(data) <= QP_CARRY_LIMIT:
             self._carry = data
             return
         cut = _clean_cut(data)
         head = data[:cut]
-        self._decoded += len(a2b_qp(head))
+        self._count(a2b_qp(head))
+        self._lenient += len(head)
+        self._in_long_line = True
         self._carry = data[cut:]
         if b"=\r" in head and _QP_SOFT_BREAK_JUNK.search(head):
             # a2b_qp dropped the rest of head; the rest of the line goes too.
+            self._lenient += len(self._carry)
             self._carry = b""
             self._skip_to_newline = True
 
+    def ended_by_delimiter(self, line_break: bytes) -> None:
+        """The part ended at a delimiter: lenient parsers keep the line break before
+        it in the part (as CRLF), where the stdlib gives it to the delimiter."""
+        if line_break:
+            self._lenient += 2
+
+    def _lenient_lines(self, lines: bytes) -> int:
+        """The lenient reading of whole lines; lines over QP_CARRY_LIMIT count raw."""
+        total = 0
+        pos = 0
+        if self._in_long_line:  # the end of a line that was cut
+            pos = lines.find(b"\n") + 1
+            total += pos + 1
+            self._in_long_line = False
+        for long_line in _LONG_QP_LINE.finditer(lines, pos) if _may_hold_long_lines(lines) else ():
+            total += _lenient_size(lines[pos : long_line.start()])
+            total += long_line.end() - long_line.start() + 1  # raw; its LF counts as CRLF
+            pos = long_line.end()
+        return total + _lenient_size(lines[pos:])
+
+    def _count(self, decoded: bytes) -> None:
+        self._decoded += _canonical_size(decoded)
+        if self._sink is not None:
+            self._sink(decoded)
+
     def decoded_bytes(self) -> int:
-        return self._decoded + len(a2b_qp(self._carry))
+        carry = self._carry
+        lenient = len(carry) if self._in_long_line else _lenient_size(carry)
+        return max(self._decoded + _canonical_size(a2b_qp(carry)), self._lenient + lenient)
+
+    def flush(self) -> None:
+        """End of the part: the held partial line goes to the sink too."""
+        if self._sink is not None and self._carry:
+            self._sink(a2b_qp(self._carry))
 
     def has_junk(self) -> bool:
         return False
+
+
+def _may_hold_long_lines(lines: bytes) -> bool:
+    """Cheap pre-check: a line over QP_CARRY_LIMIT holds a newline-free aligned
+    window of half that size (finding none, the exact search is skipped)."""
+    step = QP_CARRY_LIMIT // 2
+    return any(lines.find(b"\n", start, start + step) < 0 for start in range(0, len(lines), step))
+
+
+def _lenient_size(data: bytes) -> int:
+    """Size of whole quoted-printable lines under the lenient reading."""
+    if b"=" not in data:
+        return _canonical_size(data)
+    # "=" and a character that starts no escape are both literal ("==41" stays as is).
+    data = _QP_LITERAL_PAIR.sub(b"..", data)
+    # What is left of "=" starts an escape, a soft line break, or ends the data.
+    soft_crlf, soft_lf = data.count(b"=\r\n"), data.count(b"=\n")
+    escapes = data.count(b"=") - soft_crlf - soft_lf - data.endswith(b"=")
+    # A soft break is no text; "=\n" also has no CRLF to count its LF as.
+    return _canonical_size(data) - 2 * escapes - 3 * soft_crlf - 3 * soft_lf
+
+
+def _canonical_size(decoded: bytes) -> int:
+    """A hard line break of quoted-printable is CRLF in canonical form (RFC 2045
+    6.7), and decoders that follow it turn a bare LF into CRLF: count it as two."""
+    newlines = decoded.count(b"\n")
+    return len(decoded) + newlines - decoded.count(b"\r\n") if newlines else len(decoded)
 
 
 def _equals_run(data: bytes, end: int) -> int:
@@ -158,13 +269,14 @@ def _clean_cut(line: bytes) -> int:
     return cut
 
 
-def counter_for(transfer_encoding: str) -> SizeCounter:
-    """The counter for a Content-Transfer-Encoding value (already normalised)."""
+def counter_for(transfer_encoding: str, sink: Sink | None = None) -> SizeCounter:
+    """The counter for a Content-Transfer-Encoding value (already normalised); with
+    a sink, the decoded content is handed to it as well."""
     if transfer_encoding == "base64":
-        return Base64Counter()
+        return Base64Counter(sink)
     if transfer_encoding == "quoted-printable":
-        return QuotedPrintableCounter()
-    return RawCounter()
+        return QuotedPrintableCounter(sink)
+    return RawCounter(sink)
 
 
 def feed_spaces(counter: SizeCounter, count: int) -> None:

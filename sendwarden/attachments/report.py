@@ -8,8 +8,9 @@ from typing import Literal
 
 #: "part" is a leaf MIME part (a file, a text body). "preamble" and "epilogue" are
 #: the text a multipart carries outside its parts: no client shows it as a file, but
-#: it is counted too, so nothing can be smuggled there.
-PartRole = Literal["part", "preamble", "epilogue"]
+#: it is counted too, so nothing can be smuggled there. "embedded" is a file carried
+#: inside a text part (uuencode, yEnc, BinHex), which mail clients show as a file.
+PartRole = Literal["part", "preamble", "epilogue", "embedded"]
 
 
 class Defect(StrEnum):
@@ -39,11 +40,23 @@ class PartSize:
 
 
 @dataclass(frozen=True, slots=True)
+class Fragment:
+    """A ``message/partial`` part: one fragment of a message sent in parts."""
+
+    message_id: str  # the id parameter ('' when missing)
+    number: int  # 0 when missing or not a number
+    total: int  # 0 when not declared (only the last fragment must declare it)
+    size: int = 0  # bytes of this fragment's body
+
+
+@dataclass(frozen=True, slots=True)
 class ScanReport:
     """The facts the attachment rule needs; bounded whatever the message held.
 
     `parts` holds the first `keep_parts` parts only (0 unless asked for): the rule
-    needs `largest`, the tests and logs may want more.
+    needs `largest`, the tests and logs may want more. `ambiguities` says, in words,
+    why the message can be read more than one way (then it is refused whatever the
+    sizes); `fragments` lists its message/partial parts.
     """
 
     largest: PartSize | None
@@ -52,6 +65,8 @@ class ScanReport:
     defects: tuple[Defect, ...]
     body_bytes: int
     parts: tuple[PartSize, ...] = ()
+    ambiguities: tuple[str, ...] = ()
+    fragments: tuple[Fragment, ...] = ()
 
 
 def oversized_file(report: ScanReport, max_bytes: int) -> PartSize | None:

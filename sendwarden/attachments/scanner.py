@@ -11,6 +11,44 @@ The rules follow RFC 2046 and, where it is silent, the stdlib's email parser: a
 delimiter is "--boundary" (or "--boundary--") with only spaces or tabs after it,
 any enclosing multipart's delimiter ends the parts inside it, and the line break
 before a delimiter belongs to the delimiter, not to the content.
+
+One reading, or a refusal. Where RFC 2045/2046/2231/5322 or common practice let a
+message be read more than one way, the scanner either counts the largest reading
+or reports the message as ambiguous (`ScanReport.ambiguities`: refused with
+554 5.6.0 and the reason). Case by case:
+
+- Two boundaries for one multipart (``boundary`` twice with different values,
+  plain ``boundary`` next to RFC 2231 ``boundary*`` / ``boundary*0``, or any
+  ``boundary*`` form at all, which many parsers ignore): ambiguous. The stdlib
+  alone takes the first under compat32 and ``boundary*`` under its default policy.
+- A quoted boundary with backslashes, an empty one or one ending in blanks:
+  ambiguous (parsers unquote and trim differently).
+- A Content-Type that is not plain ``type/subtype; name=value; ...`` (comments,
+  unbalanced quotes, blanks inside the type, a missing ``;``, ``=`` or other
+  specials in an unquoted value) and mentions multipart or message: ambiguous,
+  since parsers disagree on whether it is a container and on its boundary. Such
+  oddities on any other type change nothing about sizes: one reading.
+- Two different Content-Type headers on one entity: ambiguous (the stdlib takes
+  the first, others the last). Identical copies: one reading.
+- Two different Content-Transfer-Encoding headers, or one that is not a bare
+  token (``base64 (comment)``, ``base64 x``): on a leaf, counted raw, the largest
+  reading (no transfer decoding makes content bigger); on a container, ambiguous.
+- A transfer encoding other than 7bit/8bit/binary on a multipart or an attached
+  message: ambiguous (the stdlib ignores it, other parsers decode first and then
+  split). Still parsed as a container, so sizes stay reported.
+- Header-name variants: any letter case is one reading (every parser folds case).
+  A Content-* header with blanks before its colon is a header to some parsers and
+  the first body line to others (the stdlib): ambiguous, at the top level (the
+  MTA's header fields) and in parts.
+- Duplicate Content-Disposition (file names only), base64 junk and missing or
+  extra padding (alphabet characters are counted, the most any decoder keeps),
+  missing or unclosed boundaries and text outside the parts (counted, see below):
+  one conservative reading, noted in `ScanReport.defects`.
+- ``message/partial``: counted as one raw part and listed in `ScanReport.fragments`;
+  the rule refuses it, or caps the fragments of one id across messages.
+- Files inside text parts (uuencode, yEnc, BinHex 4.0, after the part's own
+  transfer decoding): counted as files of their own (role "embedded"); see
+  `sendwarden.attachments.embedded`.
 """
 
 from __future__ import annotations
@@ -19,32 +57,45 @@ import re
 from dataclasses import dataclass
 
 from sendwarden.attachments.decoders import (
+    QuotedPrintableCounter,
     RawCounter,
     SizeCounter,
     counter_for,
     feed_spaces,
 )
+from sendwarden.attachments.embedded import EmbeddedFileFinder
 from sendwarden.attachments.headers import (
     EntityHeaders,
     HeaderBlock,
     LineKind,
     to_bytes,
 )
-from sendwarden.attachments.report import Defect, PartRole, PartSize, ScanReport
+from sendwarden.attachments.report import Defect, Fragment, PartRole, PartSize, ScanReport
 
 #: Most bytes of one line held while deciding whether it is a delimiter or while
 #: parsing it as a header. Longer content lines are never held at all.
 MAX_LINE = 8192
 DEFAULT_MAX_DEPTH = 20
+MAX_REPORTED = 16  # ambiguities and fragments kept in a report
 _CR = 0x0D
 _DASH = 0x2D
 _IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
+#: How a file found inside a text part is named in the report.
+EMBEDDED_TYPES = {
+    "uuencode": "application/x-uuencode",
+    "yenc": "application/x-yenc",
+    "binhex": "application/mac-binhex40",
+}
+#: message/* types counted as one part: a fragment of a message (message/partial)
+#: is no message of its own; delivery-status is text.
+_LEAF_MESSAGES = frozenset({"delivery-status", "partial"})
 #: Whole header lines the scan does not need (not Content-*, not a possible
-#: delimiter, not over MAX_LINE) and continuation lines of such headers are
-#: skipped in one step instead of line by line.
-_CONTINUATION = rb"(?:(?=[^\n]{0,%d}\n)[ \t][^\n]*\n)" % MAX_LINE
+#: delimiter, not over MAX_LINE, no carriage return but the one before LF) and
+#: continuation lines of such headers are skipped in one step, not line by line.
+_CONTINUATION = rb"(?:(?=[^\n]{0,%d}\n)[ \t][^\r\n]*\r?\n)" % MAX_LINE
 _OTHER_HEADER = (
-    rb"(?:(?!(?i:content-)|--|From )(?=[^\n]{0,%d}\n)[\x21-\x39\x3b-\x7e]*:[^\n]*\n)" % (MAX_LINE)
+    rb"(?:(?!(?i:content-)|--|From )(?=[^\n]{0,%d}\n)"
+    rb"[\x21-\x39\x3b-\x7e]*:[^\r\n]*\r?\n)" % (MAX_LINE)
 )
 _OTHER_HEADER_LINES = re.compile(rb"%s(?:%s|%s)*" % (_OTHER_HEADER, _CONTINUATION, _OTHER_HEADER))
 _UNWANTED_HEADER_LINES = re.compile(rb"(?:%s|%s)+" % (_CONTINUATION, _OTHER_HEADER))
@@ -69,6 +120,7 @@ class _OpenContent:
     depth: int
     role: PartRole
     owner: _Container | None = None  # the multipart a preamble belongs to
+    finder: EmbeddedFileFinder | None = None  # files inside a text part
 
 
 class AttachmentScanner:
@@ -111,6 +163,8 @@ class AttachmentScanner:
         self._largest: PartSize | None = None
         self._kept: list[PartSize] = []
         self._defects: dict[Defect, None] = {}
+        self._ambiguities: dict[str, None] = {}
+        self._fragments: list[Fragment] = []
         self._depth_exceeded = False
 
     # -- public API ----------------------------------------------------------
@@ -148,6 +202,8 @@ class AttachmentScanner:
                 parts_seen=self._parts_seen,
                 depth_exceeded=self._depth_exceeded,
                 defects=tuple(self._defects),
+                ambiguities=tuple(self._ambiguities),
+                fragments=tuple(self._fragments),
                 body_bytes=self._body_bytes,
                 parts=tuple(self._kept),
             )
@@ -328,11 +384,11 @@ class AttachmentScanner:
         )
 
     def _on_delimiter(self, level: int, close: bool) -> None:
-        self._pending_eol = b""
+        eol, self._pending_eol = self._pending_eol, b""
         self._elided_spaces = 0
         self._at_line_start = True
         container = self._stack[level]
-        self._end_current(container, close)
+        self._end_current(container, close, eol)
         if close or len(self._stack) > level + 1:
             while len(self._stack) > level + 1:
                 inner = self._stack.pop()
@@ -363,9 +419,15 @@ class AttachmentScanner:
         for defect in block.defects:
             self._note(defect)
         entity = block.parse()
+        if entity.ambiguity is not None:
+            self._ambiguous(entity.ambiguity)
         depth = self._header_depth
-        counter = counter_for(entity.transfer_encoding)
         container_ok = entity.transfer_encoding in _IDENTITY_ENCODINGS
+        if not container_ok and entity.maintype in ("multipart", "message"):
+            self._ambiguous(
+                f"a Content-Transfer-Encoding ({entity.transfer_encoding}) on a "
+                f"{entity.content_type} part, which mail programs decode or ignore"
+            )
         if entity.maintype == "multipart":
             if entity.boundary is None:
                 self._note(Defect.MULTIPART_WITHOUT_BOUNDARY)
@@ -379,14 +441,16 @@ class AttachmentScanner:
                 self._delimiters_changed()
                 self._content = _OpenContent(RawCounter(), entity, depth, "preamble", multipart)
                 return
-        elif entity.maintype == "message" and entity.subtype != "delivery-status":
+        elif entity.maintype == "message" and entity.subtype not in _LEAF_MESSAGES:
             if not container_ok:
                 self._note(Defect.ENCODED_CONTAINER)  # counted as one encoded part
             elif self._room_for_container():
                 self._stack.append(_Container(entity.content_type, depth, None))
                 self._begin_headers(depth + 1, "text/plain", fresh=False)
                 return
-        self._content = _OpenContent(counter, entity, depth, "part")
+        finder = EmbeddedFileFinder() if entity.maintype == "text" else None
+        counter = counter_for(entity.transfer_encoding, finder.feed if finder else None)
+        self._content = _OpenContent(counter, entity, depth, "part", finder=finder)
 
     def _room_for_container(self) -> bool:
         if len(self._stack) < self._max_depth:
@@ -395,12 +459,15 @@ class AttachmentScanner:
         self._note(Defect.DEPTH_EXCEEDED)
         return False
 
-    def _end_current(self, delimited: _Container | None, close: bool) -> None:
-        """Report the entity that a delimiter (of `delimited`) or the end ended."""
+    def _end_current(self, delimited: _Container | None, close: bool, eol: bytes = b"") -> None:
+        """Report the entity that a delimiter (of `delimited`) or the end ended;
+        `eol` is the line break before that delimiter."""
         if self._headers is not None:
             block, self._headers = self._headers, None
             if block.lines_seen or not self._fresh_part:  # "--b" twice: no part
                 entity = block.parse()
+                if entity.ambiguity is not None:
+                    self._ambiguous(entity.ambiguity)
                 self._record(
                     PartSize(
                         entity.filename,
@@ -419,7 +486,10 @@ class AttachmentScanner:
         if role == "preamble" and (content.owner is not delimited or close):
             role = "part"  # no start delimiter: the multipart's body is all one part
             self._note(Defect.MISSING_START_BOUNDARY)
+            content.counter.feed(eol)  # the stdlib keeps it in that part: count it
         counter = content.counter
+        if isinstance(counter, QuotedPrintableCounter):
+            counter.ended_by_delimiter(eol)
         if role != "part" and counter.encoded_bytes == 0:
             return
         if counter.has_junk():
@@ -436,6 +506,27 @@ class AttachmentScanner:
                 role=role,
             )
         )
+        if entity.fragment is not None and len(self._fragments) < MAX_REPORTED:
+            fragment = entity.fragment
+            self._fragments.append(
+                Fragment(
+                    fragment.message_id, fragment.number, fragment.total, counter.encoded_bytes
+                )
+            )
+        if content.finder is not None:
+            counter.flush()
+            for found in content.finder.finish():
+                self._record(
+                    PartSize(
+                        filename=found.name,
+                        content_type=EMBEDDED_TYPES[found.kind],
+                        decoded_bytes=found.decoded_bytes,
+                        encoded_bytes=found.encoded_bytes,
+                        transfer_encoding=found.kind,
+                        depth=content.depth,
+                        role="embedded",
+                    )
+                )
 
     def _record(self, part: PartSize) -> None:
         if part.role == "part":
@@ -447,6 +538,10 @@ class AttachmentScanner:
 
     def _note(self, defect: Defect) -> None:
         self._defects.setdefault(defect, None)
+
+    def _ambiguous(self, reason: str) -> None:
+        if len(self._ambiguities) < MAX_REPORTED:
+            self._ambiguities.setdefault(reason, None)
 
 
 def scan_message(

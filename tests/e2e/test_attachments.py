@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import smtplib
@@ -88,6 +89,75 @@ def test_inbound_mail_to_a_local_domain_is_capped_too(rig: Rig) -> None:
         send(rig, message_with(("big.zip", 25 * MIB)), recipient="info@hosting.example", login=None)
     assert refused.value.smtp_code == 552
     assert b"no known account" in refused.value.smtp_error
+
+
+def two_boundaries(file_size: int) -> bytes:
+    """A file over the cap that only some readings see whole: the Content-Type names
+    boundary "big" (RFC 2231 form, which the stdlib's default policy reads) and
+    boundary "small" (plain, which compat32 reads); "--small" lines cut the base64
+    into small parts for the one reading, and are junk inside one file for the other."""
+    encoded = base64.encodebytes(bytes(file_size)).replace(b"\n", b"\r\n")
+    step = 76 * 20_000  # one "--small" line after every ~1.5 MB of base64
+    pieces = [encoded[start : start + step] for start in range(0, len(encoded), step)]
+    return (
+        b"From: alice@acme.example\r\nTo: bob@remote.example\r\nSubject: one file\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/mixed; boundary*=''big; boundary=small\r\n\r\n"
+        b"--big\r\nContent-Type: application/octet-stream\r\n"
+        b'Content-Disposition: attachment; filename="whole.iso"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n"
+        + b"--small\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n".join(pieces)
+        + b"--big--\r\n--small--\r\n"
+    )
+
+
+def test_ambiguous_boundary_with_an_over_cap_file_is_refused_with_554(rig: Rig) -> None:
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(rig, two_boundaries(25 * MIB))
+    assert refused.value.smtp_code == 554
+    text = " ".join(refused.value.smtp_error.decode().split())
+    assert text.startswith("5.6.0 Message from account acme refused: its MIME structure")
+    assert "RFC 2231 boundary*" in text
+    assert rig.sink.messages == []
+
+
+def fragment(number: int, total: int, size: int, message_id: str = "iso@acme.example") -> bytes:
+    """One message/partial fragment (RFC 2046 5.2.2) of `size` bytes of the whole."""
+    head = b"Subject: the file\r\nContent-Type: application/octet-stream\r\n\r\n"
+    body = (head if number == 1 else b"") + b"A" * (size - 2) + b"\r\n"
+    return (
+        b"From: alice@acme.example\r\nTo: bob@remote.example\r\n"
+        b"Subject: the file (part %d/%d)\r\nMIME-Version: 1.0\r\n"
+        % (number, total)
+        + f'Content-Type: message/partial; id="{message_id}"; number={number}; '
+        f"total={total}\r\n\r\n".encode()
+        + body
+    )
+
+
+def test_message_partial_fragments_are_refused_by_default(rig: Rig) -> None:
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(rig, fragment(1, 3, 10 * MIB))
+    assert refused.value.smtp_code == 554
+    text = " ".join(refused.value.smtp_error.decode().split())
+    assert text.startswith("5.6.0 Message from account acme refused: it is one fragment")
+    assert text.endswith("Send the file whole or share a link.")
+    assert rig.sink.messages == []
+
+
+def test_counted_fragments_are_capped_as_one_file_across_messages(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(policy={"message_partial": "count", "max_attachment_bytes": 3 * MIB})
+    send(rig, fragment(1, 3, MIB))
+    send(rig, fragment(2, 3, MIB))
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(rig, fragment(3, 3, 2 * MIB))
+    assert refused.value.smtp_code == 552
+    text = " ".join(refused.value.smtp_error.decode().split())
+    assert "the fragments of the message sent in parts as id 'iso@acme.example' add up to" in text
+    assert len(rig.sink.wait_for(2, timeout=60)) == 2
 
 
 def test_cap_switched_on_by_a_reload_sees_the_body(make_rig: Callable[..., Rig]) -> None:
