@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import smtplib
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -28,11 +27,7 @@ def dns() -> Iterator[DnsServer]:
 
 
 def run_alerts(rig: Rig, *args: str) -> subprocess.CompletedProcess[str]:
-    assert rig.config_path is not None
-    return subprocess.run(
-        [sys.executable, "-m", "sendwarden", "alerts", *args, "-c", str(rig.config_path)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    return rig.command("alerts", *args)
 
 
 def test_refusals_of_a_customer_reach_the_abuse_desk(

@@ -9,8 +9,6 @@ import json
 import os
 import signal
 import smtplib
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -113,14 +111,6 @@ def test_metrics_count_mixed_mail_through_postfix(make_rig: Callable[..., Rig]) 
     assert value(scrape(port), "sendwarden_store_errors_total", backend="redis") >= 1
 
 
-def report(rig: Rig, *args: str) -> subprocess.CompletedProcess[str]:
-    assert rig.config_path is not None
-    return subprocess.run(
-        [sys.executable, "-m", "sendwarden", "report", *args, "-c", str(rig.config_path)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-
-
 def test_monitor_only_lets_refusal_worthy_mail_pass_and_records_it(
     make_rig: Callable[..., Rig],
 ) -> None:
@@ -162,10 +152,10 @@ def test_monitor_only_lets_refusal_worthy_mail_pass_and_records_it(
     assert value(samples, "sendwarden_decisions_total", stage="rcpt", rule="recipient-rate",
                  verdict="monitor") == 2  # fmt: skip
 
-    summary = report(rig)
+    summary = rig.command("report")
     assert summary.returncode == 0, summary.stderr
     assert "beta: 2" in summary.stdout and "acme: 1" in summary.stdout
-    as_json = [json.loads(line) for line in report(rig, "--json").stdout.splitlines()]
+    as_json = [json.loads(line) for line in rig.command("report", "--json").stdout.splitlines()]
     assert as_json == [
         {"account": "beta", "rule": "recipient-rate", "count": 2},
         {"account": "acme", "rule": "forged-sender", "count": 1},

@@ -32,13 +32,6 @@ def dns() -> Iterator[DnsServer]:
         yield server
 
 
-@pytest.fixture
-def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis(host=redis_server.host, port=redis_server.port)
-    yield client
-    client.close()
-
-
 def make_settings(redis_server: RedisServer, dns: DnsServer, sink: SmtpSink) -> Settings:
     return settings_from_mapping(
         {
