@@ -1,10 +1,11 @@
 #!/bin/sh
 # Install the Debian packages sendwarden and its tests need, only when some are missing.
+# mariadb-server: the tests of the [directory] SQL source start a private MariaDB.
 # postfix is preseeded with "No configuration": tests start private instances from their
 # own config directories and never touch the system's Postfix. chromium: headless browser
 # tests of the support page (--no-install-recommends keeps it to its libraries).
 set -eu
-PACKAGES="redis-server postfix sasl2-bin libsasl2-modules swaks libmilter-dev postgresql openssl python3-venv build-essential python3-dev chromium"
+PACKAGES="redis-server postfix sasl2-bin libsasl2-modules swaks libmilter-dev postgresql mariadb-server openssl python3-venv build-essential python3-dev chromium"
 missing=""
 for package in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing="$missing $package"

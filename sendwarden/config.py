@@ -484,6 +484,50 @@ class UiSettings:
     session_minutes: int = parsed(_positive, default=480)
 
 
+def _directory_sql_url(value: Any, key: str) -> str:
+    from sendwarden.directory.sql import parse_sql_url  # local: no driver imported
+
+    url = typing.cast(str, _convert(str, value, key))
+    if url:
+        try:
+            parse_sql_url(url)
+        except ValueError as error:
+            raise ConfigError(key, str(error)) from None
+    return url
+
+
+def _percent(value: Any, key: str) -> int:
+    number = _convert(int, value, key)
+    if not 0 <= number <= 100:
+        raise ConfigError(key, f"must be a percentage from 0 to 100, got {number}")
+    return typing.cast(int, number)
+
+
+@dataclass(frozen=True)
+class DirectorySettings:
+    """``[directory]``: accounts kept where the hosting provider keeps them, re-read
+    every ``refresh`` without a reload (docs/directory.md)."""
+
+    domain_map: str = ""  # "domain: account" lines (cPanel /etc/userdomains, DirectAdmin)
+    system_users: bool = False  # a local uid is the account named by its Unix user name
+    refresh: int = parsed(_duration, default=60)
+    # An SQL query returning accounts with their domains, logins and settings.
+    sql_url: str = parsed(_directory_sql_url, default="")  # postgresql://, mysql://, sqlite:///
+    sql_query: str = ""
+    sql_password_file: str = ""  # the password, kept out of the config (e.g. /etc/psa/.psa.shadow)
+    sql_timeout_ms: int = parsed(_positive, default=30000)
+    # A re-read that loses more than this share of the directory's domains and logins is
+    # taken for a half-written or broken source and refused (100: never refused).
+    max_shrink_percent: int = parsed(_percent, default=50)
+    # Where the last good directory is kept across restarts: the milter then answers at
+    # once on it and re-reads the sources in the background. Empty: a temporary directory.
+    state_directory: str = ""
+
+    @property
+    def has_sources(self) -> bool:
+        return bool(self.domain_map or self.system_users or self.sql_url)
+
+
 @dataclass(frozen=True)
 class Account:
     id: str
@@ -494,6 +538,11 @@ class Account:
     recipients_per_hour: int | None = parsed(_positive, default=None)
     allow_subdomains: bool = False  # From/Sender may also use subdomains of its domains
     monitor_only: bool = False  # every rule only watches this account's mail (roll-out)
+    # Not a key: the keys the [[accounts]] table wrote, so that an override of an account
+    # from a [directory] source replaces only the settings it actually states.
+    keys_given: frozenset[str] = field(
+        default=frozenset(), metadata={"internal": True}, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True)
@@ -507,6 +556,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     dkim: tuple[DkimKey, ...] = parsed(_parse_dkim_keys, default=())
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    directory: DirectorySettings = field(default_factory=DirectorySettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     ui: UiSettings = field(default_factory=UiSettings)
     accounts: tuple[Account, ...] = ()
@@ -577,7 +627,9 @@ def _build(cls: type, table: Any, key: str) -> Any:
     if not isinstance(table, Mapping):
         raise ConfigError(key, f"expected a table, got {_kind(table)}")
     hints = typing.get_type_hints(cls)
-    fields = {spec.name: spec for spec in dataclasses.fields(cls)}
+    fields = {
+        spec.name: spec for spec in dataclasses.fields(cls) if not spec.metadata.get("internal")
+    }
     prefix = f"{key}." if key else ""
     for name in table:
         if name not in fields:
@@ -616,15 +668,15 @@ def _build_tables(
 
 def _build_accounts(raw: Any) -> tuple[Account, ...]:
     accounts: list[Account] = []
-    for name, account in _build_tables(
-        Account, raw, "accounts", "id", "expected [[accounts]] tables"
-    ):
+    tables = raw if isinstance(raw, list) else []
+    built = _build_tables(Account, raw, "accounts", "id", "expected [[accounts]] tables")
+    for (name, account), table in zip(built, tables, strict=False):
         if not account.id.strip():
             raise ConfigError(f"{name}.id", "must not be empty")
         if ":" in account.id:
             # Unlisted senders are named "login:...", "uid:...", "host:...": never a customer.
             raise ConfigError(f"{name}.id", f"{account.id!r}: an account id may not contain ':'")
-        accounts.append(account)
+        accounts.append(dataclasses.replace(account, keys_given=frozenset(table)))
     _check_unique(accounts)
     return tuple(accounts)
 

@@ -17,15 +17,22 @@ from sendwarden.checks.ratelimit import RecipientRateCheck
 from sendwarden.checks.relay import RelayCheck
 from sendwarden.checks.suspension import SuspensionCheck
 from sendwarden.checks.unknown import unknown_sender_checks
-from sendwarden.config import Settings
+from sendwarden.config import ConfigError, Settings
+from sendwarden.consent.bulk import RecentRecipients
 from sendwarden.consent.check import consent_check_from_settings
+from sendwarden.directory.live import LiveDirectory, account_directory, live_directory
+from sendwarden.directory.sources import SourceError
 from sendwarden.dkim.signer import signers_from_settings
 from sendwarden.monitoring import MonitorRecorder, MonitorStore
 from sendwarden.pipeline import Pipeline
 from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store.redis import connect
-from sendwarden.store.suspensions import SharedDatabase, suspension_store_from_settings
+from sendwarden.store.suspensions import (
+    CachedSuspensions,
+    SharedDatabase,
+    suspension_store_from_settings,
+)
 
 
 @dataclass
@@ -33,6 +40,7 @@ class Runtime:
     settings: Settings
     redis: redis.Redis
     pipeline: Pipeline
+    live_directory: LiveDirectory | None = None  # refreshes the [directory] sources
     volume: VolumeRecorder | None = None
 
     def close(self) -> None:
@@ -40,6 +48,8 @@ class Runtime:
         if self.volume is not None:
             self.volume.close()  # its last counts, before the client goes
         self.redis.close()
+        if self.live_directory is not None:
+            self.live_directory.close()
 
 
 def attachment_checks(settings: Settings, client: redis.Redis) -> list[Check]:
@@ -65,27 +75,57 @@ def build_checks(
     # first use, shared by the checks that need it.
     database = SharedDatabase(settings)
     suspensions = suspension_store_from_settings(settings, client, database)
+    # Shared: reservations refresh the MAIL-time suspension cache, and the rate
+    # limit's end-of-message round trip counts recipients for the consent rule.
+    cache = CachedSuspensions(suspensions)
+    recent = RecentRecipients(client, settings.redis.key_prefix)
     return [
         # MAIL: unlisted senders, when the provider refuses them (pure).
         *unknown_sender_checks(settings.policy.unknown_senders),
-        SuspensionCheck(suspensions),
         RelayCheck(settings.policy.local_domains),
         # Last among the RCPT checks: only recipients nothing else refused are counted.
-        RecipientRateCheck(counter_from_settings(settings, client), settings, suspensions),
+        # At MAIL its batch reservation refuses a suspended account in the same round
+        # trip, and tells the suspension check below (which then needs none).
+        RecipientRateCheck(
+            counter_from_settings(settings, client),
+            settings,
+            suspensions,
+            suspension_cache=cache,
+            recent=recent,
+        ),
+        SuspensionCheck(cache),
         # End of message: forged From/Sender and provider headers (pure, no store).
         IdentityCheck(settings, directory),
         # End of message: no file over the cap (fed the body; inbound and outbound).
         *attachment_checks(settings, client),
         # End of message: bulk mail needs consent (before any signer, which stays last).
-        consent_check_from_settings(settings, client, database),
+        consent_check_from_settings(settings, client, database, recent),
         # LAST: the DKIM signer signs only what every rule above passed.
         *signers_from_settings(settings.dkim),
     ]
 
 
-def build_runtime(settings: Settings) -> Runtime:
+def load_directory(
+    settings: Settings, previous: LiveDirectory | None = None
+) -> tuple[AccountDirectory, LiveDirectory | None]:
+    """The accounts: the config's alone, or the [directory] sources read now (a bad
+    source is a ConfigError naming it: the start or the reload is refused) and then
+    re-read in the background."""
+    if not settings.directory.has_sources:
+        return AccountDirectory(settings.accounts), None
+    try:
+        live = live_directory(settings, previous)
+    except SourceError as error:
+        raise ConfigError("directory", str(error)) from None
+    return account_directory(live), live
+
+
+def build_runtime(settings: Settings, previous: Runtime | None = None) -> Runtime:
+    """``previous``: the running configuration, on a reload (its directory's owners
+    keep the domains a new read finds contested)."""
+    running = previous.live_directory if previous is not None else None
+    directory, live = load_directory(settings, running)  # shared by pipeline and checks
     client = connect(settings.redis)
-    directory = AccountDirectory(settings.accounts)  # one index, shared by pipeline and checks
     checks = build_checks(settings, client, directory)
     # Counts refusals that put the provider's addresses at risk, for the alert sweep.
     risk = RiskRecorder(RiskStore(client, settings.redis.key_prefix))
@@ -96,4 +136,4 @@ def build_runtime(settings: Settings) -> Runtime:
         VolumeStore(client, settings.redis.key_prefix), settings.alerts.sending_address
     )
     pipeline = Pipeline(settings, checks, directory, observers=[risk, monitor, volume])
-    return Runtime(settings, client, pipeline, volume)
+    return Runtime(settings, client, pipeline, live, volume)

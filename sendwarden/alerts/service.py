@@ -27,6 +27,8 @@ from sendwarden.alerts.risk import RiskStore, account_risks, risk_findings
 from sendwarden.alerts.rules import after_delivery, due_alerts
 from sendwarden.alerts.state import ReportedStore
 from sendwarden.config import Settings
+from sendwarden.directory.explain import account_ids as account_ids_of
+from sendwarden.directory.sources import SourceError
 from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store import StoreError
 from sendwarden.store.suspensions import RedisSuspensionStore
@@ -148,7 +150,11 @@ class AlertService:
             report.findings += self._early.with_top_senders(listing_findings(answers))
             report.findings += zone_failure_findings(answers)
             undetermined |= undetermined_keys(answers)
-        account_ids = [account.id for account in self.settings.accounts]
+        try:
+            account_ids = account_ids_of(self.settings)
+        except SourceError as error:  # the config's accounts are still looked at
+            report.problems.append(f"account directory: {error}")
+            account_ids = [account.id for account in self.settings.accounts]
         try:
             risks = account_risks(self._risks, self._suspensions, account_ids)
         except StoreError as error:

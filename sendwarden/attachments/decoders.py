@@ -83,12 +83,14 @@ class Base64Counter:
     def __init__(self, sink: Sink | None = None) -> None:
         self.encoded_bytes = 0
         self._alphabet_chars = 0
+        self._line_breaks = 0
         self._junk = 0
         self._sink = sink
         self._quads = b""  # alphabet characters not yet a whole group of 4 (with a sink)
 
     def feed(self, data: bytes) -> None:
         self.encoded_bytes += len(data)
+        self._line_breaks += data.count(b"\n") + data.count(b"\r")
         # Deleting the alphabet leaves only line breaks and junk: a small copy.
         others = data.translate(None, _B64_ALPHABET)
         self._alphabet_chars += len(data) - len(others)
@@ -107,7 +109,12 @@ class Base64Counter:
 
     def decoded_bytes(self) -> int:
         quads, tail = divmod(self._alphabet_chars, 4)
-        return quads * 3 + max(tail - 1, 0)
+        decoded = quads * 3 + max(tail - 1, 0)
+        if tail == 1:
+            # No padding can decode this; the stdlib (email's decode_b, bpo-27397) then
+            # hands over the encoded text itself, line breaks removed: a bigger file.
+            return max(decoded, self.encoded_bytes - self._line_breaks)
+        return decoded
 
     def has_junk(self) -> bool:
         return self._junk > 0 or self._alphabet_chars % 4 == 1

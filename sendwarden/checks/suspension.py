@@ -1,5 +1,8 @@
-"""Suspended accounts are refused at MAIL (one Redis GET per message; the durable
-database only when Redis has no entry for the account)."""
+"""Suspended accounts are refused at MAIL. The store is normally a
+:class:`~sendwarden.store.suspensions.CachedSuspensions` over the durable store
+(Redis, then the database when Redis has no entry): an account the rate limit's MAIL
+reservation has just seen unsuspended costs no round trip here, and that
+reservation script itself refuses a suspension Redis knows."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``sendwarden account suspend|unsuspend|show ACCOUNT``: staff control of suspensions.
+"""``sendwarden account suspend|unsuspend|show ACCOUNT`` and ``account which IDENTITY``:
+staff control of suspensions, and what the directory says about an account.
 
 Suspensions are recorded with their history (who, when, why; lifted by whom and
 why) in the durable database (``[consent] database``) and put in effect on every
@@ -13,8 +14,10 @@ import os
 from typing import Any
 
 from sendwarden.cli import add_actions, add_command, add_config_argument
-from sendwarden.config import load_settings
-from sendwarden.policy.accounts import account_named
+from sendwarden.config import ConfigError, load_settings
+from sendwarden.directory import explain
+from sendwarden.directory.explain import open_directory
+from sendwarden.directory.sources import SourceError
 from sendwarden.policy.suspension import Suspension
 from sendwarden.store.redis import connect
 from sendwarden.store.suspensions import suspension_store_from_settings, utc_now_text
@@ -45,15 +48,31 @@ def register(subparsers: Any) -> None:
             help="the staff member recorded in the history (default: the sudo caller or "
             "the login user)",
         )
-    show = actions.add_parser("show", help="whether the account is suspended, why, and its history")
+    show = actions.add_parser(
+        "show",
+        help="where the account comes from, what it owns, whether it is suspended, and why",
+    )
     show.add_argument("account")
-    for sub in (suspend, unsuspend, show):
+    which = actions.add_parser(
+        "which", help="which account an address, login, uid or IP address is attributed to"
+    )
+    which.add_argument("identity", metavar="ADDRESS|LOGIN|UID|IP")
+    for sub in (suspend, unsuspend, show, which):
         add_config_argument(sub)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    account = account_named(settings, args.account)  # an unknown id is a clear error
+    try:
+        with open_directory(settings) as directory:
+            if args.action == "which":
+                print("\n".join(explain.which(directory, args.identity)))
+                return 0
+            account = explain.named_account(directory, args.account)  # unknown: an error
+            if args.action == "show":
+                print("\n".join(explain.show_account(directory, account)))
+    except SourceError as error:
+        raise ConfigError("directory", str(error)) from None
     client = connect(settings.redis)
     store = suspension_store_from_settings(settings, client)
     try:

@@ -17,8 +17,10 @@ from sendwarden.alerts.rules import Alert
 from sendwarden.alerts.service import AlertService
 from sendwarden.alerts.state import ReportedStore
 from sendwarden.cli import add_actions, add_command, add_config_argument
-from sendwarden.config import Settings, load_settings
+from sendwarden.config import ConfigError, Settings, load_settings
 from sendwarden.decisionlog import configure_logging
+from sendwarden.directory.explain import account_ids
+from sendwarden.directory.sources import SourceError
 from sendwarden.health import redis_check
 from sendwarden.store.redis import connect
 from sendwarden.store.suspensions import RedisSuspensionStore
@@ -80,10 +82,11 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 def _risk(settings: Settings, args: argparse.Namespace) -> int:
     client = connect(settings.redis)
     prefix = settings.redis.key_prefix
-    account_ids = [account.id for account in settings.accounts]
-    risks = account_risks(
-        RiskStore(client, prefix), RedisSuspensionStore(client, prefix), account_ids
-    )
+    try:
+        ids = account_ids(settings)  # the [directory] sources' accounts too
+    except SourceError as error:
+        raise ConfigError("directory", str(error)) from None
+    risks = account_risks(RiskStore(client, prefix), RedisSuspensionStore(client, prefix), ids)
     threshold = settings.alerts.risk_refusals_per_hour
     for risk in risks:
         at_risk = bool(threshold) and risk.total >= threshold

@@ -24,6 +24,7 @@ from sendwarden.consent.model import ConsentStore, EventKind
 from sendwarden.consent.records import GRANT_METHODS, REVOKE_METHODS, RecordError, build_event
 from sendwarden.consent.store import open_from_settings
 from sendwarden.consent.timeline import chain_dict, chain_words, render_dict, render_text
+from sendwarden.directory.explain import find_account
 
 
 def register(subparsers: Any) -> None:
@@ -113,7 +114,7 @@ def _progress_bar(total: int | None, unit: str, desc: str) -> Any:
 
 
 def run_import(args: argparse.Namespace, settings: Settings, store: ConsentStore) -> int:
-    account = settings.account(args.account).id  # a typo is a config error, not new records
+    account = find_account(settings, args.account, listed=True).id  # a typo: no new records
     label = "standard input" if args.file == "-" else Path(args.file).name
     recorded_by = args.recorded_by or f"import:{label} by {getpass.getuser()}"
     try:
@@ -179,7 +180,7 @@ def run_verify(args: argparse.Namespace, settings: Settings, store: ConsentStore
 
 
 def run_record(args: argparse.Namespace, settings: Settings, store: ConsentStore) -> int:
-    account = settings.account(args.account).id
+    account = find_account(settings, args.account, listed=True).id
     now = datetime.now(UTC)
     fields = {
         "recipient": args.recipient,

@@ -8,7 +8,7 @@ from typing import Any
 
 from sendwarden.cli import add_actions, add_command, add_config_argument
 from sendwarden.config import load_settings
-from sendwarden.policy.accounts import account_named
+from sendwarden.directory.explain import find_account
 from sendwarden.policy.ratelimit import describe_moment, describe_period
 from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store.redis import connect
@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    account = account_named(settings, args.account)  # an unknown id is a clear error
+    account = find_account(settings, args.account)  # an unknown id is a clear error
     client = connect(settings.redis)
     counter = counter_from_settings(settings, client)
     if args.action == "reset":

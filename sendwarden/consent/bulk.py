@@ -23,6 +23,7 @@ from typing import Protocol
 import redis
 
 from sendwarden.addresses import normalise_address
+from sendwarden.ratelimit.counter import RecentBatch
 from sendwarden.store.redis import account_key, redis_errors
 
 WINDOW_MINUTES = 60
@@ -51,6 +52,12 @@ class RecentRecipients:
         minute = int(self._clock() // 60)
         stem = account_key(self._prefix, account_id, "rcpt-hll:")
         return [f"{stem}{minute - age}" for age in range(WINDOW_MINUTES)]
+
+    def batch(self, account_id: str, recipients: Sequence[str]) -> RecentBatch:
+        """The same count and record, for another round trip to carry (the rate
+        limit's end-of-message script): see :meth:`count` and :meth:`add`."""
+        addresses = [normalise_address(recipient) for recipient in recipients]
+        return RecentBatch(self.bucket_keys(account_id), addresses, BUCKET_TTL_SECONDS)
 
     def count(self, account_id: str) -> int:
         """About how many different recipients the account wrote to this past hour."""

@@ -1,9 +1,11 @@
 """The milter side of consent: bulk mail at end of message needs every
 recipient's consent, asked of the ledger in one batched query.
 
-Personal mail costs one Redis round trip at end of message (the account's
-distinct recipients this hour) and one after it is accepted (adding this
-message's recipients); bulk mail costs one consent query on top. The consent
+Personal mail costs no Redis round trip of its own: the rate limit's
+end-of-message script counts the account's distinct recipients this hour and
+records this message's (``txn.recent_recipients``); only without it (no account
+counted there) does this check count, and record after acceptance, itself. Bulk
+mail costs one consent query on top. The consent
 database is opened on first use, so a milter whose customers send no bulk mail
 never needs it, and a database that is down at start-up is retried per message.
 """
@@ -103,6 +105,8 @@ class ConsentCheck(Check):
         accepted = not verdict.is_final or verdict.action is Action.ACCEPT
         if not accepted or txn.account is None or not is_outbound(txn):
             return
+        if txn.recent_recipients is not None:
+            return  # the rate limit's end-of-message round trip recorded them already
         removed = set(txn.changes.remove_recipients)
         delivered = [r for r in txn.recipients if r not in removed]
         self._recent.add(txn.account.id, delivered)
@@ -118,9 +122,10 @@ class ConsentCheck(Check):
         reasons = message_bulk_reasons(txn, self._settings.bulk_recipient_threshold, distinct_count)
         if reasons or txn.account is None:
             return reasons
-        reason = campaign_reason(
-            self._recent.count(txn.account.id), self._settings.bulk_distinct_recipients_per_hour
-        )
+        recent = txn.recent_recipients
+        if recent is None:
+            recent = self._recent.count(txn.account.id)
+        reason = campaign_reason(recent, self._settings.bulk_distinct_recipients_per_hour)
         return [reason] if reason else []
 
     def _store_now(self) -> ConsentStore:
@@ -141,9 +146,11 @@ def consent_check_from_settings(
     settings: Settings,
     client: redis.Redis,
     open_database: Callable[[], ConsentStore] | None = None,
+    recent: RecipientCounter | None = None,
 ) -> ConsentCheck:
     """The check of one configuration: its ledger URL (or ``open_database``, shared
-    with the other users of the durable database), its Redis and key prefix."""
+    with the other users of the durable database), its Redis and key prefix (or
+    ``recent``, the distinct-recipient counter shared with the rate limit)."""
 
     def open_store() -> ConsentStore:
         if open_database is not None:
@@ -152,6 +159,6 @@ def consent_check_from_settings(
 
         return open_from_settings(settings.consent)
 
-    return ConsentCheck(
-        settings.consent, open_store, RecentRecipients(client, settings.redis.key_prefix)
-    )
+    if recent is None:
+        recent = RecentRecipients(client, settings.redis.key_prefix)
+    return ConsentCheck(settings.consent, open_store, recent)

@@ -56,7 +56,7 @@ class MilterServer:
             return False
         if settings.milter.socket != self.runtime.settings.milter.socket:
             log.warning("milter.socket changed; the new socket takes effect only after a restart")
-        runtime = build_runtime(settings)
+        runtime = build_runtime(settings, self.runtime)
         self.generations.replace(runtime)
         recorder = metrics.current()
         if recorder is not None:

@@ -12,18 +12,23 @@ A proven identity that no account lists is an account of its own
 ``uid:1005``, ``host:192.0.2.7``, ``local:unknown``), with the default limit,
 strikes and suspension. Unauthenticated mail from an untrusted client (inbound
 mail from strangers) belongs to no account: it spends and strikes nothing.
+
+The accounts are the config's, or (issue 11) the provider's own records with the
+config's overrides on top (:mod:`sendwarden.directory`), behind the small
+:class:`AccountLookups` interface; a login that is an address in an account's domain
+is that account's without being listed.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from sendwarden.addresses import domain_of
-from sendwarden.config import Account, IPNetwork, Settings
+from sendwarden.config import Account, IPNetwork
 from sendwarden.policy.facts import IPAddress
 
 #: Prefixes of unlisted accounts' ids; configured ids may not contain ``:``, so the
@@ -32,6 +37,8 @@ LOGIN_PREFIX = "login:"
 UID_PREFIX = "uid:"
 HOST_PREFIX = "host:"
 UNKNOWN_LOCAL_ID = "local:unknown"  # a local submission whose uid could not be read
+#: Unlisted accounts remembered per directory in force.
+UNLISTED_CACHE = 1024
 
 
 class Proof(StrEnum):
@@ -67,12 +74,22 @@ class Attribution:
 NOBODY = Attribution(None, None)
 
 
-class AccountDirectory:
-    """Index of accounts by each identity they own, built once per config load.
+class AccountLookups(Protocol):
+    """The identity lookups a directory answers (exact keys, no inference)."""
 
-    The lookups (:meth:`by_login`, :meth:`by_uid`, :meth:`by_address`,
-    :meth:`owner_of_domain`) are the whole interface :meth:`resolve` needs: a
-    directory fed from other sources answers the same four questions."""
+    def get(self, account_id: str) -> Account | None: ...
+
+    def listed_login(self, login: str) -> Account | None: ...
+
+    def by_uid(self, uid: int) -> Account | None: ...
+
+    def by_address(self, address: IPAddress) -> Account | None: ...
+
+    def owner_of_exact_domain(self, domain: str) -> Account | None: ...
+
+
+class ConfiguredAccounts:
+    """Index of the config's accounts by each identity they own, built once per load."""
 
     def __init__(self, accounts: Iterable[Account]) -> None:
         self.accounts: tuple[Account, ...] = tuple(accounts)
@@ -92,11 +109,9 @@ class AccountDirectory:
         )
 
     def get(self, account_id: str) -> Account | None:
-        """A configured account, or the unlisted account an id like ``uid:1005`` names
-        (so staff can suspend and lift unlisted senders by the id the log shows)."""
-        return self._by_id.get(account_id) or self.unlisted(account_id)
+        return self._by_id.get(account_id)
 
-    def by_login(self, login: str) -> Account | None:
+    def listed_login(self, login: str) -> Account | None:
         return self._by_login.get(login.casefold())
 
     def by_uid(self, uid: int) -> Account | None:
@@ -108,10 +123,59 @@ class AccountDirectory:
                 return account
         return None
 
+    def owner_of_exact_domain(self, domain: str) -> Account | None:
+        return self._by_domain.get(domain)
+
+
+class AccountDirectory:
+    """Which account owns an identity: the config's accounts, or (with ``lookups``) the
+    current directory of the provider's sources with the config's overrides on top,
+    which a background refresh replaces whole (:mod:`sendwarden.directory.live`)."""
+
+    def __init__(
+        self,
+        accounts: Iterable[Account] = (),
+        *,
+        lookups: Callable[[], AccountLookups] | None = None,
+    ) -> None:
+        self._configured = ConfiguredAccounts(accounts)
+        self.accounts = self._configured.accounts
+        self._lookups = lookups or (lambda: self._configured)
+        self._unlisted_cache: tuple[object, dict[str, UnlistedAccount]] = (None, {})
+
+    @property
+    def current(self) -> AccountLookups:
+        """The lookups in force now (take it once to ask several questions of one
+        directory)."""
+        return self._lookups()
+
+    def get(self, account_id: str) -> Account | None:
+        """An account of the directory, or the unlisted account an id like ``uid:1005``
+        names (so staff can suspend and lift unlisted senders by the id the log shows)."""
+        return self.current.get(account_id) or self.unlisted(account_id)
+
+    def by_login(self, login: str) -> Account | None:
+        """The account of a SASL login: the one listing it, or else, for a login that is
+        an address, the account owning its domain (a mailbox of the account's domain
+        needs no listing)."""
+        lookups = self.current
+        account = lookups.listed_login(login)
+        if account is None and "@" in login:
+            domain = domain_of(login)
+            account = lookups.owner_of_exact_domain(domain) if domain else None
+        return account
+
+    def by_uid(self, uid: int) -> Account | None:
+        return self.current.by_uid(uid)
+
+    def by_address(self, address: IPAddress) -> Account | None:
+        return self.current.by_address(address)
+
     def owner_of_domain(self, domain: str | None, *, subdomains: bool = True) -> Account | None:
         """The account owning a normalised domain (or, with subdomains, a parent of it)."""
+        lookups = self.current
         while domain:
-            account = self._by_domain.get(domain)
+            account = lookups.owner_of_exact_domain(domain)
             if account is not None or not subdomains:
                 return account
             _, _, domain = domain.partition(".")
@@ -166,21 +230,26 @@ class AccountDirectory:
             return self._unlisted(f"{HOST_PREFIX}{address}")
         return None
 
-    @functools.lru_cache(maxsize=1024)  # noqa: B019 (one directory per config, kept for its life)
     def _unlisted(self, account_id: str) -> UnlistedAccount:
-        domains: tuple[str, ...] = ()
-        if account_id.startswith(LOGIN_PREFIX):
-            domain = domain_of(account_id.removeprefix(LOGIN_PREFIX))
-            if domain and self.owner_of_domain(domain) is None:
-                domains = (domain,)
-        return UnlistedAccount(id=account_id, domains=domains)
-
-
-def account_named(settings: Settings, account_id: str) -> Account:
-    """For staff commands: a configured account, or an unlisted sender by the id the
-    decision log shows (``login:...``, ``uid:...``, ``host:...``, ``local:unknown``);
-    ConfigError for any other id."""
-    return AccountDirectory(settings.accounts).get(account_id) or settings.account(account_id)
+        # Cached per directory in force: a refresh may give a login's domain to a
+        # customer, and then the unlisted login may no longer use it.
+        lookups = self.current
+        owner, cache = self._unlisted_cache
+        if owner is not lookups:
+            cache = {}
+            self._unlisted_cache = (lookups, cache)
+        account = cache.get(account_id)
+        if account is None:
+            domains: tuple[str, ...] = ()
+            if account_id.startswith(LOGIN_PREFIX):
+                domain = domain_of(account_id.removeprefix(LOGIN_PREFIX))
+                if domain and self.owner_of_domain(domain) is None:
+                    domains = (domain,)
+            account = UnlistedAccount(id=account_id, domains=domains)
+            if len(cache) >= UNLISTED_CACHE:
+                cache.clear()
+            cache[account_id] = account
+        return account
 
 
 def is_listed(account: Account | None) -> bool:

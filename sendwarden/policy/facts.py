@@ -59,6 +59,10 @@ class Transaction:
     account_source: str = ""
     scratch: dict[str, Any] = field(default_factory=dict)
     changes: MessageChanges = field(default_factory=MessageChanges)
+    # Distinct recipients of the account in the past hour before this message, when a
+    # store round trip already counted them and recorded this message's (the rate
+    # limit's end-of-message one does, for the consent rule); None: not counted yet.
+    recent_recipients: int | None = None
 
     @property
     def account_id(self) -> str | None:

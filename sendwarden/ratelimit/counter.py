@@ -14,7 +14,7 @@ import os
 import string
 import time
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, NamedTuple
@@ -114,6 +114,19 @@ class Decision(NamedTuple):
     now: float  # the counter's time, epoch seconds
     suspended: bool = False  # this refusal suspended the account
     reservation: str = ""  # the id to refund it by
+    granted: int = 0  # admitted: recipients reserved (from cost up to the batch asked for)
+    suspension: bytes = b""  # refused because the account is suspended: its JSON
+
+
+@dataclass(frozen=True, slots=True)
+class RecentBatch:
+    """The distinct-recipient counter's part of the end-of-message round trip (the
+    consent rule's HyperLogLogs: see :mod:`sendwarden.consent.bulk`)."""
+
+    keys: Sequence[str]  # newest first
+    add: Sequence[str]  # recipients to record in keys[0]
+    ttl: int  # seconds keys[0] lives
+    count: bool = True  # return the distinct count before adding
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +184,7 @@ class RecipientCounter:
         self._reserve = LuaScript(client, templated_script("reserve.lua", constants))
         self._refund = LuaScript(client, templated_script("refund.lua", constants))
         self._reset = LuaScript(client, templated_script("reset.lua", constants))
+        self._settle = LuaScript(client, load_script("settle.lua"))
         self._usage = LuaScript(client, load_script("usage.lua"))
         self._keys: dict[str, list[str]] = {}
 
@@ -194,11 +208,17 @@ class RecipientCounter:
         limit: int,
         suspension_reason: str = "",
         reservation: str = "",
+        want: int = 0,
         watch_only: bool = False,
     ) -> Decision:
         """Count ``cost`` recipients if they fit under ``limit`` in the rolling window,
         atomically; otherwise count nothing (and maybe suspend the account, unless
-        ``watch_only``: monitor-only mode strikes and suspends nobody).
+        ``watch_only``: monitor-only mode strikes and suspends nobody). A suspended
+        account is refused whatever its count (``Decision.suspension``).
+
+        ``want`` > ``cost`` reserves a batch: up to ``want`` when that many fit, at
+        least ``cost`` (``Decision.granted``); what the transaction does not use is
+        given back by :meth:`settle`.
 
         ``reservation`` (a fresh id when empty) makes the write idempotent: Redis
         counts an id once, and not at all once it has been refunded. A caller that
@@ -210,7 +230,14 @@ class RecipientCounter:
         started = time.perf_counter() if recorder is not None else 0.0
         try:  # not redis_errors(): a context manager costs more than the rest of this method
             reply = self._reserve(
-                keys, cost, limit, suspension_reason, now, reservation, "1" if watch_only else ""
+                keys,
+                cost,
+                limit,
+                suspension_reason,
+                now,
+                reservation,
+                max(want, cost),
+                "1" if watch_only else "",
             )
         except redis.RedisError as error:
             if recorder is not None:
@@ -221,7 +248,7 @@ class RecipientCounter:
         answered("redis")
         if recorder is not None:
             recorder.store_done("redis", time.perf_counter() - started, False)
-        admitted, used, bucket, free, script_now, suspended = reply
+        admitted, used, bucket, free, script_now, suspended, granted, suspension = reply
         return Decision(
             admitted == 1,
             used,
@@ -231,7 +258,29 @@ class RecipientCounter:
             script_now / MICROSECONDS,
             suspended == 1,
             reservation,
+            granted,
+            suspension,
         )
+
+    def settle(
+        self,
+        account_id: str,
+        reservation: tuple[str, int, int] | None,
+        recent: RecentBatch | None = None,
+    ) -> tuple[int, int]:
+        """End of message in one round trip: ``reservation`` ``(id, bucket, keep)``
+        keeps only ``keep`` of what it reserved (the rest is given back); ``recent``
+        counts, then records, the message's distinct recipients. Returns (recipients
+        given back, distinct recipients before this message). Safe to repeat."""
+        rate_key, _, _, _, records = self.keys(account_id)
+        keys = [rate_key, records, *(recent.keys if recent else ())]
+        reservation_id, bucket, keep = reservation or ("", 0, 0)
+        args: list[EncodableT] = [reservation_id, bucket, keep]
+        if recent is not None:
+            args += ["1" if recent.count else "0", recent.ttl, *recent.add]
+        with redis_errors(f"settling the recipients of account {account_id}"):
+            given, distinct = typing.cast(list[int], self._settle(keys, *args))
+        return int(given), int(distinct)
 
     def refund(self, account_id: str, reservations: Mapping[str, int]) -> int:
         """Give back reservations ``{id: bucket}`` (``UNKNOWN_BUCKET`` when the
@@ -289,6 +338,7 @@ __all__ = [
     "UNKNOWN_BUCKET",
     "Clock",
     "Decision",
+    "RecentBatch",
     "RecipientCounter",
     "SuspensionPolicy",
     "Usage",

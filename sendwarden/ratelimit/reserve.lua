@@ -16,7 +16,16 @@
 -- KEYS[5] records base    prefix:{account}:res   (+ ':' .. bucket: reservation id -> cost)
 -- ARGV[4] now             microseconds since the epoch; '' = take the time here (TIME)
 -- ARGV[5] reservation id  unique per reservation: makes the write idempotent
--- ARGV[6] watch           '1': monitor-only mode, a refusal strikes and suspends nobody
+-- ARGV[6] want            reserve up to this many (>= cost) when they fit; '' = cost.
+--                         Admission still asks only for `cost`: a batch reserved ahead
+--                         for the next recipients never refuses one that would fit.
+--                         cost 0 (a batch reserved at MAIL) is never refused nor a
+--                         strike; it may be granted nothing.
+--
+-- A suspended account (KEYS[3] set, by staff or by this script) is refused here
+-- too, whatever the count: the milter's MAIL-time suspension check may read a
+-- briefly cached answer, this one never is.
+-- ARGV[7] watch           '1': monitor-only mode, a refusal strikes and suspends nobody
 --
 -- Idempotence: every admitted reservation is recorded under its id in its bucket's
 -- record hash (which expires with the bucket). A retry of an id already recorded
@@ -31,18 +40,22 @@
 --   suspend_period  seconds within which the strikes must fall
 --   by              who suspends (recorded in the suspension)
 --
--- Returns {admitted, used, bucket, frees_at, now, suspended}:
+-- Returns {admitted, used, bucket, frees_at, now, suspended, granted, suspension}:
 --   admitted  1 or 0
 --   used      recipients counted in the window (after the reservation when admitted)
 --   bucket    the bucket the reservation landed in (a refund decrements exactly it)
 --   frees_at  refused: epoch second from which `cost` fits again (-1 if it never can)
 --   now       the script's time, microseconds
 --   suspended 1 when this refusal suspended the account
+--   granted   recipients reserved (between cost and want) when admitted, else 0
+--   suspension the account's suspension JSON when it is suspended, '-' when Redis
+--             knows it is not, '' when Redis does not know (or for an id seen before)
 local rate_key, strikes_key, suspended_key = KEYS[1], KEYS[2], KEYS[3]
 local void_key, records = KEYS[4], KEYS[5]
 local id = ARGV[5]
 local cost = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
+local want = tonumber(ARGV[6]) or cost
 local window = $window
 local bucket = $bucket
 local suspend_after = $suspend_after
@@ -78,18 +91,30 @@ end
 
 -- A retry of a reservation Redis already ran, or a late one already refunded.
 if redis.call('EXISTS', void_key) == 1 and redis.call('HEXISTS', void_key, id) == 1 then
-  return {0, used, current, -1, now, 0}
+  return {0, used, current, -1, now, 0, 0, ''}
 end
 for number = current, current - 1, -1 do
-  if redis.call('HEXISTS', records .. ':' .. number, id) == 1 then
-    return {1, used, number, 0, now, 0}
+  local recorded = redis.call('HGET', records .. ':' .. number, id)
+  if recorded then
+    return {1, used, number, 0, now, 0, tonumber(recorded), ''}
   end
 end
 
+-- The suspension key: the JSON of a suspension, '-' for "not suspended", absent when
+-- Redis does not know (then the milter's suspension check asks the durable store).
+local suspension = redis.call('GET', suspended_key) or ''
+if suspension ~= '' and suspension ~= '-' then
+  return {0, used, current, -1, now, 0, 0, suspension}
+end
+
 if used + cost <= limit then
+  local granted = math.max(cost, math.min(want, limit - used))
+  if granted == 0 then
+    return {1, used, current, 0, now, 0, 0, suspension}
+  end
   local record_key = records .. ':' .. current
-  redis.call('HSET', record_key, id, cost)
-  if redis.call('HINCRBY', rate_key, current, cost) == cost then
+  redis.call('HSET', record_key, id, granted)
+  if redis.call('HINCRBY', rate_key, current, granted) == granted then
     -- A new bucket, the newest: the whole hash is stale once it has left the window,
     -- and the bucket's records with it.
     redis.call('PEXPIRE', rate_key, (window + bucket) * 1000)
@@ -98,7 +123,7 @@ if used + cost <= limit then
   if over then
     redis.call('HDEL', rate_key, 'o')
   end
-  return {1, used + cost, current, 0, now, 0}
+  return {1, used + granted, current, 0, now, 0, granted, suspension}
 end
 
 -- Refused. When does enough capacity free up? Buckets leave the window oldest
@@ -142,7 +167,7 @@ local function iso8601(seconds)
 end
 
 local suspended = 0
-if cost <= limit and not over and ARGV[6] ~= '1' then
+if cost <= limit and not over and ARGV[7] ~= '1' then
   -- The first refusal of an episode (since the last admission) is one strike. A watched
   -- refusal (monitor-only mode) starts no episode and strikes nothing.
   redis.call('HSET', rate_key, 'o', 1)
@@ -162,4 +187,4 @@ if cost <= limit and not over and ARGV[6] ~= '1' then
     end
   end
 end
-return {0, used, current, frees_at, now, suspended}
+return {0, used, current, frees_at, now, suspended, 0, suspension}

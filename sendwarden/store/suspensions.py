@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: The cache's "not suspended" entry (a suspension is JSON, so never this).
 NOT_SUSPENDED = b"-"
+#: Most accounts the milter's suspension cache remembers.
+MAX_CACHED = 100_000
 #: How long "not suspended" is believed without asking the database again: bounds
 #: how long a suspension whose cache write failed can go unnoticed.
 NEGATIVE_TTL_SECONDS = 3600
@@ -284,3 +286,53 @@ def suspension_store_from_settings(
         RedisSuspensionStore(client, settings.redis.key_prefix),
         SuspensionRecords(database or SharedDatabase(settings)),
     )
+
+
+class CachedSuspensions:
+    """A :class:`SuspensionStore` that remembers "not suspended" for ``ttl`` seconds,
+    so the MAIL-time check costs no round trip right after the rate limit's MAIL
+    reservation read the same key (and refused the account if it was suspended).
+
+    Never the last word: every reservation script refuses a suspended account
+    whatever this cache says, and every reservation's answer refreshes it.
+    "Suspended" is never cached, so a lifted suspension takes effect at once.
+    """
+
+    def __init__(
+        self, store: SuspensionStore, ttl: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._clock = clock
+        self._clear_until: dict[str, float] = {}
+
+    def get(self, account_id: str) -> Suspension | None:
+        if self._clear_until.get(account_id, 0.0) > self._clock():
+            return None
+        suspension = self._store.get(account_id)
+        if suspension is None:
+            self.seen_unsuspended(account_id)
+        else:
+            self._clear_until.pop(account_id, None)
+        return suspension
+
+    def seen_unsuspended(self, account_id: str) -> None:
+        """A store answer just now said the account is not suspended."""
+        if len(self._clear_until) >= MAX_CACHED:
+            self._clear_until.clear()  # bounded; account ids come from the config
+        self._clear_until[account_id] = self._clock() + self._ttl
+
+    def seen_suspended(self, account_id: str) -> None:
+        self._clear_until.pop(account_id, None)
+
+    def suspend(self, account_id: str, suspension: Suspension) -> None:
+        self._clear_until.pop(account_id, None)
+        self._store.suspend(account_id, suspension)
+
+    def lift(self, account_id: str, by: str = "", reason: str = "") -> bool:
+        return self._store.lift(account_id, by, reason)
+
+    def close(self) -> None:
+        close = getattr(self._store, "close", None)
+        if callable(close):
+            close()

@@ -14,6 +14,7 @@ import redis
 
 from sendwarden.consent.model import ConsentStore
 from sendwarden.consent.store import open_consent_store
+from tests.support.mariadb import MariaDBError, MariaDBServer, find_mariadbd
 from tests.support.postgres import PostgresError, PostgresServer, find_bindir
 from tests.support.redis_server import RedisServer
 
@@ -27,6 +28,21 @@ def postgres_server() -> Iterator[PostgresServer]:
     try:
         server.start()
     except PostgresError:
+        server.close()
+        raise
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDBServer]:
+    """One private MariaDB for the whole run (its system tables take seconds to make)."""
+    if find_mariadbd() is None:
+        pytest.skip("MariaDB server binaries are not installed (apt install mariadb-server)")
+    server = MariaDBServer()
+    try:
+        server.start()
+    except MariaDBError:
         server.close()
         raise
     yield server

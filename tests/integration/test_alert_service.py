@@ -230,3 +230,21 @@ def test_the_alerts_command(
     smtp_sink.stop()  # the abuse desk's mail server is down
     assert main(["alerts", "test", "-c", config]) == 1
     assert "NOT DELIVERED: mail to abuse@hosting.example" in capsys.readouterr().out
+
+
+def test_accounts_from_the_directory_are_swept_too(
+    redis_server: RedisServer, dns: DnsServer, smtp_sink: SmtpSink, webhook: WebhookReceiver,
+    client: redis.Redis, tmp_path: Path,
+) -> None:  # fmt: skip
+    userdomains = tmp_path / "userdomains"
+    userdomains.write_text("webcust.example: webcust\n")
+    config = alert_config(redis_server, dns, smtp_sink, webhook)
+    config["alerts"]["monitored_networks"] = []
+    config["directory"] = {"domain_map": str(userdomains)}
+    service = AlertService(settings_from_mapping(config), client)
+    RiskStore(client).record("webcust", "recipient-rate", 5)
+    report = service.sweep()
+    assert report.sent == ["Account webcust was refused 5 times in the last hour"]
+    userdomains.write_text("broken\n")  # the config's accounts are still swept
+    report = service.sweep()
+    assert any("account directory" in p and "line 1" in p for p in report.problems)

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from tests.support.service import wait_until
+
+#: How many ports a server is started on before its failure counts.
+PORT_ATTEMPTS = 3
+S = TypeVar("S")
+
+
+class HasPort(Protocol):
+    port: int
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -45,3 +55,16 @@ def wait_for_tcp(host: str, port: int, timeout: float) -> bool:
         return False
     sock.close()
     return True
+
+
+def start_on_a_free_port(server: HasPort, start: Callable[[], S], error: type[Exception]) -> S:
+    """``start()``; when the port was taken between choosing and binding it (other test
+    runs share the machine), choose another and start again."""
+    for _attempt in range(PORT_ATTEMPTS - 1):
+        try:
+            return start()
+        except error as failure:
+            if "Address already in use" not in str(failure):
+                raise
+            server.port = free_port()
+    return start()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.support.ports import free_port, wait_for_tcp
+from tests.support.ports import free_port, start_on_a_free_port, wait_for_tcp
 from tests.support.service import ProcessService
 
 
@@ -103,7 +103,12 @@ class PostgresServer(ProcessService):
             raise PostgresError(f"initdb failed:\n{proc.stdout.decode()}{proc.stderr.decode()}")
 
     def start(self) -> PostgresServer:
-        """initdb (first time) and start the server; return once it accepts connections."""
+        """initdb (first time) and start the server; return once it accepts connections.
+        A port taken between choosing it and binding it (other test runs share the
+        machine) is chosen again."""
+        return start_on_a_free_port(self, self._start, PostgresError)
+
+    def _start(self) -> PostgresServer:
         if self.running:
             return self
         if not self.data_dir.exists():

@@ -46,7 +46,17 @@ ip = ipaddress.ip_address
         (None, None, "192.0.2.99", False, True, "acme", "network"),  # an account's, not trusted
         # ...a proven identity no account lists is an account of its own...
         ("Stranger", None, "192.0.2.10", False, False, "login:stranger", "login"),  # login alone
-        ("mallory@acme.example", None, None, False, False, "login:mallory@acme.example", "login"),
+        # A mailbox of a customer's domain is the customer's without listing (issue 11).
+        ("mallory@acme.example", None, None, False, False, "acme", "login"),
+        (
+            "mallory@mail.acme.example",
+            None,
+            None,
+            False,
+            False,
+            "login:mallory@mail.acme.example",
+            "login",
+        ),
         (None, 4242, "127.0.0.1", True, True, "uid:4242", "uid"),  # never falls through
         (None, None, "127.0.0.1", True, True, "local:unknown", "local"),  # uid unreadable
         (None, None, "198.51.100.7", False, True, "host:198.51.100.7", "trusted-network"),
@@ -82,7 +92,6 @@ def test_resolution_by_proof_only(
     [
         ("bob@freemail.example", ("freemail.example",)),  # its login's own domain
         ("Bob@Sub.Freemail.Example", ("sub.freemail.example",)),
-        ("mallory@acme.example", ()),  # a customer's domain is never an unlisted sender's
         ("mallory@mail.acme.example", ()),  # nor a subdomain of one
         ("carol", ()),
     ],
@@ -95,6 +104,13 @@ def test_unlisted_login_owns_its_domain_unless_a_customer_does(
     assert account.domains == domains
     assert account.recipients_per_hour is None  # the default limit
     assert (account.logins, account.uids, account.networks) == ((), (), ())
+
+
+def test_a_customers_domain_is_never_an_unlisted_senders() -> None:
+    # A login in acme.example is acme's (issue 11); the unlisted account such an id
+    # names (a log line, a staff command) still gets no customer's domain.
+    account = DIRECTORY.get("login:mallory@acme.example")
+    assert isinstance(account, UnlistedAccount) and account.domains == ()
 
 
 def test_unlisted_ids_name_their_account() -> None:

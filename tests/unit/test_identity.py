@@ -301,9 +301,12 @@ UNLISTED_LOGIN = [
     ("bob@freemail.example", "bob@freemail.example", "bob@elsewhere.example", RULE_FORGED_SENDER),
     ("bob@freemail.example", '"x@elsewhere.example" <bob@freemail.example>',
      "bob@freemail.example", RULE_FORGED_SENDER),
-    # An unlisted login in a customer's domain gets no domain: any but a customer's.
-    ("mallory@acme.example", "m@acme.example", "m@acme.example", RULE_IMPERSONATION),
-    ("mallory@acme.example", "m@shop.example", "m@shop.example", None),
+    # An unlisted login under a customer's domain gets no domain: any but a customer's.
+    ("mallory@mail.acme.example", "m@acme.example", "m@acme.example", RULE_IMPERSONATION),
+    ("mallory@mail.acme.example", "m@shop.example", "m@shop.example", None),
+    # A login in a customer's own domain is that customer (issue 11): held to its domains.
+    ("mallory@acme.example", "m@acme.example", "m@acme.example", None),
+    ("mallory@acme.example", "m@shop.example", "m@shop.example", RULE_FORGED_SENDER),
     ("mallory", "m@shop.example", "", None),
     ("mallory", "m@globex.example", "", RULE_IMPERSONATION),
 ]  # fmt: skip

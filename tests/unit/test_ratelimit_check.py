@@ -8,14 +8,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from sendwarden.checks.ratelimit import RecipientRateCheck
+from sendwarden.checks.ratelimit import RecipientRateCheck, Reservations
 from sendwarden.checks.relay import RelayCheck
 from sendwarden.checks.suspension import SuspensionCheck
 from sendwarden.config import ConfigError, Settings, settings_from_mapping
 from sendwarden.pipeline import Pipeline
-from sendwarden.policy.facts import Client
+from sendwarden.policy.facts import Client, Transaction
 from sendwarden.policy.ratelimit import (
+    RULE,
     describe_moment,
     describe_period,
     over_limit_verdict,
@@ -23,7 +26,7 @@ from sendwarden.policy.ratelimit import (
     too_many_recipients_verdict,
 )
 from sendwarden.policy.verdict import Action
-from sendwarden.ratelimit.counter import Decision
+from sendwarden.ratelimit.counter import Decision, RecentBatch
 from sendwarden.ratelimit.window import MICROSECONDS, BucketWindow
 from sendwarden.store import StoreError
 from tests.unit.fakes import MemorySuspensions
@@ -141,6 +144,8 @@ class MemoryCounter:
         self.down = False
         self.calls = 0
         self.reservations: dict[str, tuple[int, int]] = {}  # id -> (bucket, cost)
+        self.suspended: dict[str, bytes] = {}  # what the reservation script sees
+        self.settles = 0
 
     def reserve(
         self,
@@ -149,20 +154,29 @@ class MemoryCounter:
         limit: int,
         suspension_reason: str = "",
         reservation: str = "",
+        want: int = 0,
         watch_only: bool = False,
     ) -> Decision:
         self.calls += 1
         if self.down:
             raise StoreError("redis", "connection refused")
+        if account_id in self.suspended:
+            return Decision(False, 0, limit, 0, None, self.now_us / MICROSECONDS,
+                            suspension=self.suspended[account_id])  # fmt: skip
         window = self.windows.setdefault(account_id, BucketWindow(limit, lambda: self.now_us))
         admission = window.reserve(cost)
         suspended = False
+        granted = 0
         if not admission.admitted:
             if not watch_only:
                 self.strikes += 1
                 suspended = self.suspend_after > 0 and self.strikes >= self.suspend_after
         else:
-            self.reservations[reservation] = (admission.bucket, cost)
+            extra = min(want - cost, limit - admission.used)
+            if extra > 0:  # the batch: as many more as fit, in the same bucket
+                assert window.reserve(extra).admitted
+            granted = cost + max(extra, 0)
+            self.reservations[reservation] = (admission.bucket, granted)
         return Decision(
             admission.admitted,
             admission.used,
@@ -172,7 +186,27 @@ class MemoryCounter:
             self.now_us / MICROSECONDS,
             suspended,
             reservation,
+            granted,
         )
+
+    def settle(
+        self,
+        account_id: str,
+        reservation: tuple[str, int, int] | None,
+        recent: RecentBatch | None = None,
+    ) -> tuple[int, int]:
+        self.settles += 1
+        if self.down:
+            raise StoreError("redis", "connection refused")
+        given = 0
+        if reservation is not None:
+            reservation_id, bucket, keep = reservation
+            recorded_bucket, cost = self.reservations.get(reservation_id, (bucket, 0))
+            if cost > keep:
+                given = cost - keep
+                self.windows[account_id].refund(recorded_bucket, given)
+                self.reservations[reservation_id] = (recorded_bucket, keep)
+        return given, 0
 
     def refund(self, account_id: str, reservations: Mapping[str, int]) -> int:
         if self.down:
@@ -290,8 +324,110 @@ def test_the_refusal_that_suspends_also_refuses_the_message() -> None:
 def test_store_down_tempfails_or_accepts_as_configured() -> None:
     pipeline, counter, _ = build(limit=3)
     counter.down = True
-    replies = smtp_send(pipeline, "alice@acme.example", ["a@x.net"])
-    assert replies[0].startswith("451 4.3.0")
+    txn = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="alice@acme.example")
+    # MAIL's batch reservation (which reads the suspension too) is the first to fail
+    assert pipeline.mail(txn).reply().startswith("451 4.3.0")
+    assert counter.used("acme") == 0
     pipeline, counter, _ = build(limit=3, on_store_error="accept")
     counter.down = True
     assert smtp_send(pipeline, "alice@acme.example", ["a@x.net"]) == ["", ""]
+
+
+# -- batches: fewer round trips, the same exact count ------------------------------
+
+
+def test_a_batch_reserves_ahead_and_gives_back_what_it_did_not_use() -> None:
+    pipeline, counter, _ = build(limit=1000)  # batches of 10 (2 % of 1000 is 20)
+    assert smtp_send(pipeline, "alice@acme.example", [f"r{i}@x.net" for i in range(3)]) == [""] * 4
+    assert (counter.calls, counter.settles) == (1, 1)  # one reservation, one settlement
+    assert counter.used("acme") == 3
+    counter.calls = 0
+    replies = smtp_send(pipeline, "alice@acme.example", [f"s{i}@x.net" for i in range(11)])
+    assert replies == [""] * 12
+    assert counter.calls == 2  # 10, then 20 more reserved
+    assert counter.used("acme") == 14
+
+
+def test_a_small_limit_is_never_held_ahead() -> None:
+    pipeline, counter, _ = build(limit=40)  # 2 % of 40 rounds to 1: one at a time
+    txn = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="alice@acme.example")
+    pipeline.mail(txn)
+    for n in range(3):
+        pipeline.rcpt(txn, f"r{n}@x.net")
+        assert counter.used("acme") == n + 1
+    pipeline.abort(txn)
+    assert counter.used("acme") == 0
+
+
+def test_the_mail_reservation_refuses_a_suspended_account() -> None:
+    """The suspension check's own store says nothing here: the counter's answer is
+    enough, at MAIL, in the round trip that reserves the first batch."""
+    pipeline, counter, _ = build(limit=1000)
+    counter.suspended["acme"] = b'{"reason": "abuse report", "since": "2026-01-01T00:00:00Z"}'
+    txn = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="alice@acme.example")
+    verdict = pipeline.mail(txn)
+    assert verdict.reply().startswith("550 5.7.1 Account acme is suspended since 2026-01-01")
+    assert counter.used("acme") == 0
+
+
+@st.composite
+def interleavings(draw: st.DrawFn) -> tuple[int, list[tuple[str, int]]]:
+    """A limit and steps over up to 4 concurrent transactions of one account:
+    ("rcpt", k), ("eom", k), ("abort", k)."""
+    limit = draw(st.integers(min_value=50, max_value=400))
+    steps = draw(
+        st.lists(
+            st.tuples(st.sampled_from(["rcpt", "rcpt", "rcpt", "eom", "abort"]),
+                      st.integers(0, 3)),
+            max_size=120,
+        )
+    )  # fmt: skip
+    return limit, steps
+
+
+@settings(max_examples=150, deadline=None)
+@given(interleavings())
+def test_batches_never_count_more_than_the_limit_nor_defer_without_cause(
+    case: tuple[int, list[tuple[str, int]]],
+) -> None:
+    """Concurrent transactions of one account reserving in batches: the window never
+    holds more than the limit; a recipient is deferred only when the accepted
+    recipients plus what *other* transactions hold unused fill the limit; and once
+    every transaction ended, the window holds exactly the accepted messages'
+    recipients."""
+    limit, steps = case
+    pipeline, counter, _ = build(limit=limit)
+    open_txns: dict[int, Transaction] = {}
+    delivered = 0  # recipients of accepted messages
+    for action, k in [*steps, *(("eom", k) for k in range(4))]:
+        txn = open_txns.get(k)
+        if txn is None:
+            if action != "rcpt":
+                continue
+            txn = open_txns[k] = pipeline.begin(
+                REMOTE, login="alice@acme.example", mail_from="alice@acme.example"
+            )
+            assert not pipeline.mail(txn).is_final
+        if action == "rcpt":
+            held_by_others = sum(_unused(other) for j, other in open_txns.items() if j != k)
+            in_flight = sum(len(other.recipients) for other in open_txns.values())
+            verdict = pipeline.rcpt(txn, f"r{len(txn.recipients)}@x.net")
+            if verdict.is_final:
+                assert delivered + in_flight + held_by_others >= limit
+        elif action == "eom":
+            del open_txns[k]
+            if txn.recipients:
+                assert not pipeline.eom(txn).is_final
+                delivered += len(txn.recipients)
+            else:
+                pipeline.abort(txn)
+        else:
+            del open_txns[k]
+            pipeline.abort(txn)
+        assert counter.used("acme") <= limit
+    assert counter.used("acme") == delivered
+
+
+def _unused(txn: Transaction) -> int:
+    reservations = txn.scratch.get(RULE)
+    return reservations.unused if isinstance(reservations, Reservations) else 0

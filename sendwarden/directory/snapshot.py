@@ -1,0 +1,463 @@
+"""The directory snapshot: what the sources said at one moment, merged and checked,
+as a read-only SQLite file.
+
+Written once by :func:`write_snapshot` (in the builder child process) and never changed
+after: the milter opens it ``immutable`` and reads it with indexed lookups, so a
+directory of 100,000 accounts costs the milter a page cache, not a heap of Python
+objects, and replacing it is swapping one file handle for another.
+
+Merging rules (the sources are read in the order given; ``[[accounts]]`` overrides are
+applied on top when an account is looked up, see :mod:`sendwarden.directory.live`):
+
+- an account is known from the first source that names it (its "origin"); the others
+  that name it are listed as well;
+- a domain, login, uid or Unix user claimed by two accounts is a conflict: it stays
+  with the account that owned it in the previous snapshot when that account is one of
+  the claimants, and with nobody otherwise; conflicts are recorded and reported;
+- rows that disagree about a setting: the stricter holds (lower limit, no subdomains).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sendwarden.directory.sources import SourceData, SourceError, check_account_id
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE sources (n INTEGER PRIMARY KEY, source TEXT, label TEXT, place_kind TEXT);
+CREATE TABLE accounts (idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, src INTEGER,
+    place INTEGER, recipients_per_hour INTEGER, allow_subdomains INTEGER,
+    domains TEXT, logins TEXT, uids TEXT);
+CREATE TABLE also (account INTEGER, src INTEGER, place INTEGER);
+CREATE TABLE domains (domain TEXT PRIMARY KEY, account INTEGER NOT NULL, src INTEGER,
+    place INTEGER) WITHOUT ROWID;
+CREATE TABLE logins (login TEXT PRIMARY KEY, account INTEGER NOT NULL, shown TEXT,
+    src INTEGER, place INTEGER) WITHOUT ROWID;
+CREATE TABLE uids (uid INTEGER PRIMARY KEY, account INTEGER NOT NULL, name TEXT,
+    src INTEGER, place INTEGER);
+CREATE TABLE system_users (name TEXT PRIMARY KEY, account INTEGER NOT NULL, src INTEGER,
+    place INTEGER) WITHOUT ROWID;
+CREATE TABLE conflicts (kind TEXT, key TEXT, claimants TEXT, kept TEXT);
+"""
+#: An account's domains, logins and uids are also kept on its own row (one line each),
+#: so building an account is one read, and no index on the big tables is needed.
+SEPARATOR = "\n"
+#: The snapshot of the system_users source (uids found in the password database).
+SYSTEM_USERS = "system_users"
+
+
+class ShrinkRefused(SourceError):
+    """The new read lost too much of the directory to be believed."""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an account or identity came from: ``domain_map /etc/userdomains line 12``."""
+
+    source: str
+    label: str
+    place_kind: str
+    place: int
+
+    def __str__(self) -> str:
+        if self.source == SYSTEM_USERS:
+            return f"system_users (password database, uid {self.place})"
+        return f"{self.source} {self.label} {self.place_kind} {self.place}"
+
+
+@dataclass(frozen=True)
+class Conflict:
+    kind: str  # "domain", "login", "uid", "system user"
+    key: str
+    claimants: tuple[str, ...]
+    kept: str | None  # the previous owner, who keeps it; None: nobody has it
+
+    def __str__(self) -> str:
+        holder = f"stays with {self.kept!r}" if self.kept else "belongs to nobody until fixed"
+        claimants = " and ".join(repr(claimant) for claimant in self.claimants)
+        return f"{self.kind} {self.key} is claimed by {claimants}; it {holder}"
+
+
+@dataclass
+class BuildReport:
+    accounts: int = 0
+    domains: int = 0
+    logins: int = 0
+    uids: int = 0
+    conflicts: list[Conflict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def identities(self) -> int:
+        return self.domains + self.logins
+
+    def summary(self) -> str:
+        return (
+            f"{self.accounts} accounts, {self.domains} domains, {self.logins} logins, "
+            f"{self.uids} uids, {len(self.conflicts)} conflict(s)"
+        )
+
+
+class _Claims:
+    """One kind of identity, claimed by accounts; two claimants make a conflict."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.owner: dict[object, tuple[int, int, int]] = {}  # key -> (account, src, place)
+        self.contested: dict[object, set[int]] = {}
+
+    def claim(self, key: object, account: int, src: int, place: int) -> None:
+        earlier = self.owner.get(key)
+        if earlier is None:
+            self.owner[key] = (account, src, place)
+        elif earlier[0] != account:
+            self.contested.setdefault(key, {earlier[0]}).add(account)
+
+    def settle(
+        self, ids: Sequence[str], by_id: Mapping[str, int], previous: Snapshot | None
+    ) -> list[Conflict]:
+        """Give each contested key to its previous owner, if that is a claimant, else
+        to nobody; the conflicts, for the log and ``account show``."""
+        conflicts = []
+        for key, claimants in self.contested.items():
+            names = tuple(sorted(ids[account] for account in claimants))
+            before = previous.owner(self.kind, key) if previous is not None else None
+            _, src, place = self.owner[key]
+            if before is not None and before in names:
+                self.owner[key] = (by_id[before], src, place)
+                kept: str | None = before
+            else:
+                del self.owner[key]
+                kept = None
+            conflicts.append(Conflict(self.kind, str(key), names, kept))
+        return conflicts
+
+
+def write_snapshot(
+    path: str | Path,
+    sources: Sequence[SourceData],
+    *,
+    system_users: Mapping[int, str] | None = None,
+    previous: Snapshot | None = None,
+    max_shrink_percent: int = 100,
+    fingerprint: str = "",
+) -> BuildReport:
+    """Merge ``sources`` (in precedence order) and the password database into a new
+    snapshot file at ``path`` (written beside it, then renamed into place).
+    Raises :class:`ShrinkRefused` when it would lose too much of ``previous``."""
+    ids: list[str] = []
+    by_id: dict[str, int] = {}
+    origin: list[tuple[int, int]] = []
+    also: list[tuple[int, int, int]] = []
+    limits: dict[int, int] = {}
+    subdomains: dict[int, bool] = {}
+    claims = {kind: _Claims(kind) for kind in ("domain", "login", "uid", "system user")}
+    shown_login: dict[str, str] = {}
+    uid_names: dict[int, str] = {}
+    report = BuildReport()
+
+    def account(account_id: str, src: int, place: int) -> int:
+        index = by_id.get(account_id)
+        if index is None:
+            index = by_id[account_id] = len(ids)
+            ids.append(account_id)
+            origin.append((src, place))
+        elif origin[index][0] != src:
+            also.append((index, src, place))
+        return index
+
+    source_rows: list[tuple[int, str, str, str]] = []
+    for src, data in enumerate(sources):
+        source_rows.append((src, data.source, data.label, data.where))
+        report.notes += [f"{data.label}: {note}" for note in data.notes]
+        for account_id, place in data.accounts.items():
+            account(account_id, src, place)
+        domains = claims["domain"]
+        for domain, account_id, place in data.domains:
+            domains.claim(domain, by_id[account_id], src, place)
+        logins = claims["login"]
+        for login, account_id, place in data.logins:
+            key = login.casefold()
+            shown_login.setdefault(key, login)
+            logins.claim(key, by_id[account_id], src, place)
+        for name, account_id, place in data.system_users:
+            claims["system user"].claim(name, by_id[account_id], src, place)
+        for uid, account_id, place in data.uids:
+            claims["uid"].claim(uid, by_id[account_id], src, place)
+        for account_id, limit in data.limits.items():
+            index = by_id[account_id]
+            limits[index] = min(limit, limits.get(index, limit))
+        for account_id, allowed in data.allow_subdomains.items():
+            index = by_id[account_id]
+            subdomains[index] = allowed and subdomains.get(index, True)
+
+    for kind in ("domain", "login", "system user", "uid"):
+        report.conflicts += claims[kind].settle(ids, by_id, previous)
+    if system_users is not None:
+        # The fallback for a uid no source lists: the account named by its user name
+        # (or the account a source gave that Unix user to).
+        src = len(source_rows)
+        source_rows.append((src, SYSTEM_USERS, "password database", "uid"))
+        named = claims["system user"].owner
+        listed_uids = claims["uid"].owner
+        for uid, name in system_users.items():
+            uid_names[uid] = name
+            if uid in listed_uids or uid in claims["uid"].contested:
+                continue
+            listed = named.get(name)
+            if listed is not None:
+                index = listed[0]
+            else:
+                try:
+                    index = account(check_account_id(name), src, uid)
+                except ValueError:
+                    report.notes.append(
+                        f"password database: uid {uid}: {name!r} is no account name"
+                    )
+                    continue
+            listed_uids[uid] = (index, src, uid)
+
+    report.accounts = len(ids)
+    report.domains = len(claims["domain"].owner)
+    report.logins = len(claims["login"].owner)
+    report.uids = len(claims["uid"].owner)
+    _check_shrink(report, previous, max_shrink_percent)
+    owned: dict[str, dict[int, list[str]]] = {"domain": {}, "login": {}, "uid": {}}
+    for kind, by_account in owned.items():
+        for claimed, (index, _src, _place) in claims[kind].owner.items():
+            shown = shown_login[str(claimed)] if kind == "login" else str(claimed)
+            by_account.setdefault(index, []).append(shown)
+
+    target = Path(path)
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    connection = sqlite3.connect(partial)
+    try:
+        connection.executescript(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA page_size = 8192; "
+            "PRAGMA locking_mode = EXCLUSIVE; PRAGMA cache_size = -65536; "
+            "PRAGMA temp_store = MEMORY;"
+        )
+        connection.executescript(SCHEMA)
+        insert = connection.executemany
+        insert("INSERT INTO sources VALUES (?, ?, ?, ?)", source_rows)
+        insert(
+            "INSERT INTO meta VALUES (?, ?)",
+            [("fingerprint", fingerprint), ("built", str(time.time()))],
+        )
+        insert(
+            "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (
+                    index,
+                    account_id,
+                    src,
+                    place,
+                    limits.get(index),
+                    _flag(subdomains.get(index)),
+                    SEPARATOR.join(owned["domain"].get(index, ())),
+                    SEPARATOR.join(owned["login"].get(index, ())),
+                    SEPARATOR.join(owned["uid"].get(index, ())),
+                )
+                for index, (account_id, (src, place)) in enumerate(zip(ids, origin, strict=True))
+            ),
+        )
+        insert("INSERT INTO also VALUES (?, ?, ?)", also)
+        connection.execute("CREATE INDEX also_account ON also (account)")
+        insert(
+            "INSERT INTO domains VALUES (?, ?, ?, ?)",
+            ((key, *owner) for key, owner in sorted(claims["domain"].owner.items())),
+        )
+        insert(
+            "INSERT INTO logins VALUES (?, ?, ?, ?, ?)",
+            (
+                (key, owner[0], shown_login[str(key)], owner[1], owner[2])
+                for key, owner in sorted(claims["login"].owner.items())
+            ),
+        )
+        insert(
+            "INSERT INTO uids VALUES (?, ?, ?, ?, ?)",
+            (
+                (key, owner[0], uid_names.get(int(str(key))), owner[1], owner[2])
+                for key, owner in claims["uid"].owner.items()
+            ),
+        )
+        insert(
+            "INSERT INTO system_users VALUES (?, ?, ?, ?)",
+            ((key, *owner) for key, owner in claims["system user"].owner.items()),
+        )
+        insert(
+            "INSERT INTO conflicts VALUES (?, ?, ?, ?)",
+            (
+                (conflict.kind, conflict.key, "\n".join(conflict.claimants), conflict.kept)
+                for conflict in report.conflicts
+            ),
+        )
+        connection.commit()
+    finally:
+        connection.close()
+    os.replace(partial, target)
+    return report
+
+
+def _flag(value: bool | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _check_shrink(report: BuildReport, previous: Snapshot | None, max_shrink_percent: int) -> None:
+    if previous is None or max_shrink_percent >= 100:
+        return
+    before = previous.counts()
+    had = before["domains"] + before["logins"]
+    if had == 0:
+        return
+    lost = had - report.identities
+    if lost * 100 > had * max_shrink_percent:
+        raise ShrinkRefused(
+            f"the sources now give {report.identities} domains and logins where the directory "
+            f"has {had}: losing more than directory.max_shrink_percent = {max_shrink_percent}% "
+            "at once looks like a truncated or broken source; the directory is kept as it was"
+        )
+
+
+@dataclass(frozen=True)
+class AccountRecord:
+    """One account as the sources describe it (before ``[[accounts]]`` overrides)."""
+
+    id: str
+    origin: Origin
+    also: tuple[Origin, ...]
+    domains: tuple[str, ...]
+    logins: tuple[str, ...]
+    uids: tuple[int, ...]
+    recipients_per_hour: int | None
+    allow_subdomains: bool | None
+
+
+_OWNER_QUERIES = {
+    "domain": "SELECT a.id FROM domains d JOIN accounts a ON a.idx = d.account WHERE d.domain = ?",
+    "login": "SELECT a.id FROM logins l JOIN accounts a ON a.idx = l.account WHERE l.login = ?",
+    "uid": "SELECT a.id FROM uids u JOIN accounts a ON a.idx = u.account WHERE u.uid = ?",
+    "system user": (
+        "SELECT a.id FROM system_users s JOIN accounts a ON a.idx = s.account WHERE s.name = ?"
+    ),
+}
+
+
+class Snapshot:
+    """A written snapshot, opened read-only. Lookups are safe from any thread."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._connection = sqlite3.connect(
+            f"file:{self.path}?mode=ro&immutable=1", uri=True, check_same_thread=False
+        )
+        self._lock = threading.Lock()
+        self._sources = {
+            row[0]: row[1:] for row in self._connection.execute("SELECT * FROM sources")
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+    def meta(self, key: str) -> str | None:
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if row is None else str(row[0])
+
+    def _one(self, sql: str, parameters: Sequence[object]) -> tuple[object, ...] | None:
+        with self._lock:
+            row: tuple[object, ...] | None = self._connection.execute(sql, parameters).fetchone()
+        return row
+
+    def _all(self, sql: str, parameters: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            return list(self._connection.execute(sql, parameters).fetchall())
+
+    def owner(self, kind: str, key: object) -> str | None:
+        """The account id owning a domain, casefolded login, uid or Unix user name."""
+        row = self._one(_OWNER_QUERIES[kind], (key,))
+        return None if row is None else str(row[0])
+
+    def origin_of(self, kind: str, key: object) -> Origin | None:
+        """The source line or row that gave this identity to its account."""
+        table, column = {
+            "domain": ("domains", "domain"),
+            "login": ("logins", "login"),
+            "uid": ("uids", "uid"),
+            "system user": ("system_users", "name"),
+        }[kind]
+        row = self._one(f"SELECT src, place FROM {table} WHERE {column} = ?", (key,))
+        return None if row is None else self._origin(row[0], row[1])
+
+    def _origin(self, src: object, place: object) -> Origin:
+        source, label, place_kind = self._sources[int(str(src))]
+        return Origin(str(source), str(label), str(place_kind), int(str(place)))
+
+    def record(self, account_id: str) -> AccountRecord | None:
+        row = self._one(
+            "SELECT idx, src, place, recipients_per_hour, allow_subdomains, domains, logins, "
+            "uids FROM accounts WHERE id = ?",
+            (account_id,),
+        )
+        if row is None:
+            return None
+        index, src, place, limit, allowed, domains, logins, uids = row
+        also = tuple(
+            self._origin(other_src, other_place)
+            for other_src, other_place in self._all(
+                "SELECT src, place FROM also WHERE account = ?", (index,)
+            )
+        )
+        return AccountRecord(
+            id=account_id,
+            origin=self._origin(src, place),
+            also=also,
+            domains=_split(domains),
+            logins=_split(logins),
+            uids=tuple(int(uid) for uid in _split(uids)),
+            recipients_per_hour=None if limit is None else int(str(limit)),
+            allow_subdomains=None if allowed is None else bool(allowed),
+        )
+
+    def account_ids(self) -> list[str]:
+        return [str(row[0]) for row in self._all("SELECT id FROM accounts ORDER BY idx")]
+
+    def uid_name(self, uid: int) -> str | None:
+        row = self._one("SELECT name FROM uids WHERE uid = ?", (uid,))
+        return None if row is None or row[0] is None else str(row[0])
+
+    def conflicts(self) -> list[Conflict]:
+        return [
+            Conflict(
+                str(kind),
+                str(key),
+                tuple(str(claimants).split("\n")),
+                None if kept is None else str(kept),
+            )
+            for kind, key, claimants, kept in self._all("SELECT * FROM conflicts")
+        ]
+
+    def counts(self) -> dict[str, int]:
+        return {
+            table: int(str(self._all(f"SELECT count(*) FROM {table}")[0][0]))
+            for table in ("accounts", "domains", "logins", "uids")
+        }
+
+    def conflicts_of(self, account_id: str) -> list[Conflict]:
+        return [conflict for conflict in self.conflicts() if account_id in conflict.claimants]
+
+
+def snapshots_in(directory: str | Path) -> Iterable[Path]:
+    return sorted(Path(directory).glob("snapshot-*.db"))
+
+
+def _split(value: object) -> tuple[str, ...]:
+    return tuple(str(value).split(SEPARATOR)) if value else ()

@@ -1,0 +1,220 @@
+"""Reading the provider's sources into :class:`SourceData`: plain claims with the line or
+row they came from, validated, with every bad line named. No decision is made here."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sendwarden.addresses import normalise_domain
+
+#: What a source reports its places as ("line 12", "row 7").
+LINE = "line"
+ROW = "row"
+#: Most bad lines one error message lists (the count says how many there were).
+MAX_LISTED_PROBLEMS = 10
+#: Characters an account id may not hold: whitespace and controls would make logs and
+#: replies ambiguous, braces would break the Redis Cluster hash tag of its keys.
+_FORBIDDEN_ID_CHARACTERS = frozenset("{}:#\"'\\")
+#: Printable ASCII without space and the characters above, at most 255 of them.
+_PLAIN_ID = re.compile(r"[!$%&()*+,\-./0-9;<=>?@A-Z\[\]^_`a-z|~]{1,255}")
+#: A lower-case ASCII domain whose labels are 1 to 63 characters long.
+_PLAIN_DOMAIN = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}")
+
+
+class SourceError(Exception):
+    """A source could not be read, or is malformed; the message says where and why."""
+
+
+@dataclass(slots=True)
+class SourceData:
+    """Everything one source claims, in the order it claims it.
+
+    Each claim is ``(identity, account id, place)``; ``place`` is the line or row number
+    (``where`` says which). Settings are per account id.
+    """
+
+    source: str  # "domain_map", "sql", "system_users"
+    label: str  # the file, or the database without its password
+    where: str = LINE
+    accounts: dict[str, int] = field(default_factory=dict)  # id -> first line/row
+    domains: list[tuple[str, str, int]] = field(default_factory=list)
+    logins: list[tuple[str, str, int]] = field(default_factory=list)
+    system_users: list[tuple[str, str, int]] = field(default_factory=list)  # Unix user name
+    uids: list[tuple[int, str, int]] = field(default_factory=list)
+    limits: dict[str, int] = field(default_factory=dict)
+    allow_subdomains: dict[str, bool] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # lines skipped on purpose, and why
+
+    def account(self, account_id: str, place: int) -> None:
+        self.accounts.setdefault(account_id, place)
+
+
+def check_account_id(text: str) -> str:
+    """An account id as a source writes it; ValueError says what is wrong with it."""
+    account = text.strip()
+    if _PLAIN_ID.fullmatch(account):  # the usual case, without looking at each character
+        return account
+    if not account:
+        raise ValueError("empty account name")
+    if len(account) > 255:
+        raise ValueError("account name longer than 255 characters")
+    bad = [
+        c for c in account if c.isspace() or not c.isprintable() or c in _FORBIDDEN_ID_CHARACTERS
+    ]
+    if bad:
+        raise ValueError(f"account name {account!r} holds the character {bad[0]!r}")
+    return account
+
+
+def problems_error(label: str, problems: list[str], noun: str = LINE) -> SourceError:
+    """One error naming the first bad lines (or rows), and how many there were in all."""
+    shown = problems[:MAX_LISTED_PROBLEMS]
+    more = len(problems) - len(shown)
+    tail = f"; and {more} more" if more > 0 else ""
+    return SourceError(f"{label}: {len(problems)} bad {noun}(s): {'; '.join(shown)}{tail}")
+
+
+# -- domain_map: "domain: account" lines ---------------------------------------------
+
+
+def parse_domain_map(text: str, label: str) -> SourceData:
+    """``domain: account`` lines (cPanel ``/etc/userdomains``, DirectAdmin
+    ``/etc/virtual/domainowners``). ``#`` comments and blank lines are allowed; cPanel's
+    catch-all ``*: nobody`` owns no domain and is skipped. A file whose last line has no
+    newline was caught half-written and is refused, as is any bad line."""
+    data = SourceData("domain_map", label, LINE)
+    if text and not text.endswith("\n"):
+        raise SourceError(
+            f"{label}: the last line has no newline: the file is incomplete "
+            "(being written, or truncated); the directory is kept as it was"
+        )
+    problems: list[str] = []
+    domains = data.domains
+    accounts = data.accounts
+    checked: dict[str, str] = {}  # account ids already checked: most repeat
+    for number, raw in enumerate(text.split("\n")[:-1] if text else [], start=1):
+        match = _MAP_LINE.fullmatch(raw)
+        if match is None:
+            problem = _map_line_problem(raw)
+            if problem is not None:
+                problems.append(f"line {number}: {problem}")
+            continue
+        domain_text, account_text = match.groups()
+        if domain_text is None:
+            continue  # blank or comment
+        if domain_text == "*":
+            data.notes.append(f"line {number}: the catch-all '*' owns no domain; skipped")
+            continue
+        try:
+            account = checked.get(account_text) or checked.setdefault(
+                account_text, check_account_id(account_text)
+            )
+            domain = _domain(domain_text.lower())
+        except ValueError as error:
+            problems.append(f"line {number}: {error}")
+            continue
+        accounts.setdefault(account, number)
+        domains.append((domain, account, number))
+    if problems:
+        raise problems_error(label, problems)
+    return data
+
+
+#: A well-formed ``domain: account`` line, a comment or a blank line (groups: None).
+_MAP_LINE = re.compile(r"[ \t]*(?:([^\s#:]+)[ \t]*:[ \t]*([^\s#:]+)[ \t]*)?(?:#.*)?\r?")
+
+
+def _map_line_problem(raw: str) -> str | None:
+    """Why a line is not ``domain: account`` (None: it is one after all)."""
+    line = raw.partition("#")[0].strip()
+    domain_text, colon, account_text = line.partition(":")
+    if not colon:
+        return f"expected 'domain: account', got {_excerpt(raw)}"
+    if domain_text.strip() == "*":
+        return None
+    try:
+        check_account_id(account_text)
+        _domain(domain_text.strip())
+    except ValueError as error:
+        return str(error)
+    return f"expected one 'domain: account' pair, got {_excerpt(raw)}"
+
+
+def _domain(text: str) -> str:
+    if _PLAIN_DOMAIN.fullmatch(text):  # the usual case: already normalised
+        return text
+    if not text or "@" in text or " " in text:
+        raise ValueError(f"{text!r} is not a domain name")
+    return normalise_domain(text)
+
+
+def _excerpt(text: str, limit: int = 60) -> str:
+    flat = text.strip()
+    return repr(flat if len(flat) <= limit else flat[: limit - 3] + "...")
+
+
+@dataclass(frozen=True)
+class FileSignature:
+    """What changes when a file is rewritten, replaced or appended to."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, stat: os.stat_result) -> FileSignature:
+        return cls(stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def file_signature(path: str) -> FileSignature | None:
+    try:
+        return FileSignature.of(os.stat(path))
+    except OSError:
+        return None
+
+
+def read_whole(path: str) -> str:
+    """The file's text in one piece: refused when it changed while being read (a writer
+    is at work; the next refresh reads it again)."""
+    try:
+        with open(path, "rb") as handle:
+            before = FileSignature.of(os.fstat(handle.fileno()))
+            content = handle.read()
+            after = FileSignature.of(os.fstat(handle.fileno()))
+    except OSError as error:
+        raise SourceError(f"{path}: cannot read: {error.strerror}") from None
+    if before != after or len(content) != after.size:
+        raise SourceError(f"{path}: changed while being read; read again at the next refresh")
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = content[: error.start].count(b"\n") + 1
+        raise SourceError(f"{path}: line {line}: not UTF-8 text") from None
+
+
+def read_domain_map(path: str) -> SourceData:
+    return parse_domain_map(read_whole(path), str(Path(path)))
+
+
+# -- system_users: the password database -----------------------------------------------
+
+
+def read_system_users() -> dict[int, str]:
+    """uid -> Unix user name, from the password database (files, and any NSS source
+    that enumerates). The first name listed for a uid wins, as getpwuid() answers."""
+    users: dict[int, str] = {}
+    try:
+        entries = pwd.getpwall()
+    except OSError as error:  # pragma: no cover - NSS failures are rare
+        raise SourceError(f"password database: {error}") from None
+    for entry in entries:
+        users.setdefault(entry.pw_uid, entry.pw_name)
+    return users
+
+
+PASSWD_FILE = "/etc/passwd"

@@ -1,0 +1,217 @@
+"""The SQL source: one query against the provider's database (PostgreSQL with psycopg,
+MySQL/MariaDB with PyMySQL, SQLite with the standard library) returning accounts with
+their domains, logins and settings.
+
+The query's columns are named: ``account`` (required) and any of ``domain``, ``login``,
+``system_user``, ``uid``, ``recipients_per_hour``, ``allow_subdomains``. Each row adds
+what its non-NULL columns say to its account, so one query can be a ``UNION ALL`` of
+domains, logins and settings (docs/directory.md has Plesk's ``psa`` as an example).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from sendwarden.directory.sources import (
+    ROW,
+    SourceData,
+    SourceError,
+    _domain,
+    check_account_id,
+    problems_error,
+)
+
+Dialect = Literal["postgresql", "mysql", "sqlite"]
+COLUMNS = frozenset(
+    {"account", "domain", "login", "system_user", "uid", "recipients_per_hour", "allow_subdomains"}
+)
+_SCHEMES: dict[str, Dialect] = {
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "sqlite": "sqlite",
+}
+_TRUE = frozenset({"1", "true", "yes", "on", "t", "y"})
+_FALSE = frozenset({"0", "false", "no", "off", "f", "n", ""})
+FETCH_ROWS = 5000
+
+
+def parse_sql_url(url: str) -> Dialect:
+    """The dialect of a ``[directory] sql_url``; ValueError says what a valid one is."""
+    scheme = url.partition("://")[0].lower()
+    dialect = _SCHEMES.get(scheme)
+    if dialect is None or "://" not in url:
+        raise ValueError(
+            f"{redacted(url)!r}: expected postgresql://USER@HOST/DB, mysql://USER@HOST/DB "
+            "(MariaDB too) or sqlite:////path/to/file.db"
+        )
+    if dialect == "sqlite" and not url.startswith("sqlite:///"):
+        raise ValueError(f"{url!r}: write sqlite:////absolute/path.db (four slashes)")
+    return dialect
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs and ``account show``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def read_sql(
+    url: str, query: str, *, password: str | None = None, timeout_ms: int = 30000
+) -> SourceData:
+    """Run the query and turn its rows into claims; SourceError names the bad rows."""
+    dialect = parse_sql_url(url)
+    label = f"sql {redacted(url)}"
+    if not query.strip():
+        raise SourceError(f"{label}: directory.sql_query is empty")
+    try:
+        columns, rows = _RUNNERS[dialect](url, query, password, timeout_ms)
+        return rows_to_data(label, columns, rows)
+    except SourceError:
+        raise
+    except Exception as error:  # every driver has its own error classes
+        raise SourceError(f"{label}: {type(error).__name__}: {error}") from None
+
+
+def rows_to_data(label: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> SourceData:
+    names = [name.lower() for name in columns]
+    unknown = [name for name in names if name not in COLUMNS]
+    if unknown or "account" not in names:
+        raise SourceError(
+            f"{label}: the query must return a column named 'account' and only these "
+            f"columns: {', '.join(sorted(COLUMNS))} (got {', '.join(names)})"
+        )
+    position = {name: index for index, name in enumerate(names)}
+    i_account = position["account"]
+    i_domain = position.get("domain")
+    i_login = position.get("login")
+    i_user = position.get("system_user")
+    i_uid = position.get("uid")
+    i_limit = position.get("recipients_per_hour")
+    i_sub = position.get("allow_subdomains")
+    data = SourceData("sql", label, ROW)
+    problems: list[str] = []
+    for number, row in enumerate(rows, start=1):
+        try:
+            raw_account = row[i_account]
+            if raw_account is None:
+                raise ValueError("account is NULL")
+            account = check_account_id(str(raw_account))
+            data.account(account, number)
+            if i_domain is not None and (value := row[i_domain]) is not None:
+                data.domains.append((_domain(str(value)), account, number))
+            if i_login is not None and (value := row[i_login]) is not None:
+                login = str(value).strip()
+                if not login:
+                    raise ValueError("empty login")
+                data.logins.append((login, account, number))
+            if i_user is not None and (value := row[i_user]) is not None:
+                data.system_users.append((str(value).strip(), account, number))
+            if i_uid is not None and (value := row[i_uid]) is not None:
+                data.uids.append((_whole(value, "uid", minimum=0), account, number))
+            if i_limit is not None and (value := row[i_limit]) is not None:
+                _setting(data.limits, account, _whole(value, "recipients_per_hour", minimum=1))
+            if i_sub is not None and (value := row[i_sub]) is not None:
+                _setting(data.allow_subdomains, account, _boolean(value))
+        except ValueError as error:
+            problems.append(f"row {number}: {error}")
+    if problems:
+        raise problems_error(label, problems, ROW)
+    return data
+
+
+def _setting(settings: dict[str, Any], account: str, value: Any) -> None:
+    """Rows that disagree about an account's setting: the stricter one holds (the lower
+    limit; subdomains only if every row allows them)."""
+    earlier = settings.get(account)
+    settings[account] = value if earlier is None else min(earlier, value)
+
+
+def _whole(value: Any, name: str, *, minimum: int) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{name} {value!r} is not a whole number") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {number}")
+    return number
+
+
+def _boolean(value: Any) -> bool:
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"allow_subdomains {value!r} is not a boolean (true/false, 1/0)")
+
+
+# -- drivers --------------------------------------------------------------------------
+
+Result = tuple[list[str], Iterator[Sequence[Any]]]
+
+
+def _postgresql(url: str, query: str, password: str | None, timeout_ms: int) -> Result:
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    ours = f"-c statement_timeout={timeout_ms} -c default_transaction_read_only=on"
+    given = conninfo_to_dict(url).get("options")
+    connection = psycopg.connect(
+        url,
+        connect_timeout=max(1, timeout_ms // 1000),
+        options=f"{given} {ours}" if given else ours,
+        **({"password": password} if password is not None else {}),  # type: ignore[arg-type]
+    )
+    return _fetch_all(connection, query)
+
+
+def _mysql(url: str, query: str, password: str | None, timeout_ms: int) -> Result:
+    import pymysql
+
+    parts = urlsplit(url)
+    seconds = max(1, timeout_ms // 1000)
+    connection = pymysql.connect(
+        host=parts.hostname or "localhost",
+        port=parts.port or 3306,
+        user=unquote(parts.username or ""),
+        password=password if password is not None else unquote(parts.password or ""),
+        database=unquote(parts.path.lstrip("/")),
+        connect_timeout=seconds,
+        read_timeout=seconds,
+        charset="utf8mb4",
+    )
+    return _fetch_all(connection, query)
+
+
+def _sqlite(url: str, query: str, password: str | None, timeout_ms: int) -> Result:
+    path = url.removeprefix("sqlite:///")
+    if not Path(path).exists():
+        raise SourceError(f"sql {url}: no such database file")
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_ms / 1000)
+    return _fetch_all(connection, query)
+
+
+def _fetch_all(connection: Any, query: str) -> Result:
+    """Every row, fetched in batches, then the connection closed."""
+    try:
+        cursor = connection.cursor()
+        cursor.execute(query)
+        columns = [str(description[0]) for description in cursor.description or ()]
+        rows: list[Sequence[Any]] = []
+        while batch := cursor.fetchmany(FETCH_ROWS):
+            rows.extend(batch)
+    finally:
+        connection.close()
+    return columns, iter(rows)
+
+
+_RUNNERS = {"postgresql": _postgresql, "mysql": _mysql, "sqlite": _sqlite}

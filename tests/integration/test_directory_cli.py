@@ -1,0 +1,102 @@
+"""``sendwarden check-config``, ``account show`` and ``account which`` on a directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sendwarden.cli import main
+from tests.support.redis_server import RedisServer
+from tests.support.sendwarden_config import dumps_toml
+
+
+@pytest.fixture
+def config(tmp_path: Path, redis_server: RedisServer) -> Path:
+    (tmp_path / "userdomains").write_text(
+        "# cPanel\nacme.example: acme\nshop.example: acme\nglobex.example: globex\n"
+    )
+    path = tmp_path / "sendwarden.toml"
+    path.write_text(
+        dumps_toml(
+            {
+                "redis": {"url": redis_server.url},
+                "consent": {"database": f"sqlite:///{tmp_path / 'consent.db'}"},
+                "directory": {"domain_map": str(tmp_path / "userdomains"), "system_users": True},
+                "accounts": [
+                    {"id": "acme", "recipients_per_hour": 900, "networks": ["192.0.2.0/24"]},
+                    {"id": "ftp", "logins": ["ftpuser"]},
+                ],
+            }
+        )
+    )
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_config_reads_the_sources(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "check-config", "-c", str(config))
+    assert code == 0
+    assert "the directory has" in out and "3 domains" in out
+    userdomains = config.parent / "userdomains"
+    userdomains.write_text(userdomains.read_text() + "oops\n")
+    code, _, err = run(capsys, "check-config", "-c", str(config))
+    assert code == 2
+    assert "directory:" in err and "line 5: expected 'domain: account'" in err
+
+
+def test_account_show_says_where_it_came_from_and_what_it_owns(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "account", "show", "acme", "-c", str(config))
+    assert code == 0, out
+    userdomains = config.parent / "userdomains"
+    assert f"from: domain_map {userdomains} line 2" in out
+    assert "overridden by: [[accounts]] in the config (networks, recipients_per_hour)" in out
+    assert f"acme.example  (domain_map {userdomains} line 2)" in out
+    assert f"shop.example  (domain_map {userdomains} line 3)" in out
+    assert "192.0.2.0/24" in out
+    assert "recipients_per_hour: 900 (the account's own)" in out
+    assert "account acme: active" in out
+    code, out, _ = run(capsys, "account", "show", "root", "-c", str(config))
+    assert "from: system_users (password database, uid 0)" in out
+    assert "0 (Unix user root)" in out
+    code, _, err = run(capsys, "account", "show", "nosuch", "-c", str(config))
+    assert code == 2 and "no account with id 'nosuch'" in err
+
+
+@pytest.mark.parametrize(
+    ("identity", "expected"),
+    [
+        (
+            "info@shop.example",
+            ["SASL login info@shop.example: account acme", "line 3", "need no listing"],
+        ),
+        ("FTPUSER", ["SASL login FTPUSER: account ftp", "[[accounts]] in the config"]),
+        ("0", ["uid 0 (sendmail(1), PHP mail()): account root", "its Unix user is root"]),
+        ("192.0.2.9", ["client address 192.0.2.9 (no login): account acme", "192.0.2.0/24"]),
+        ("203.0.113.1", ["client address 203.0.113.1 (no login): no account"]),
+        (
+            "x@unknown.example",
+            [
+                "SASL login x@unknown.example: login:x@unknown.example",
+                "an account of its own at the default limits",
+                "envelope sender x@unknown.example: its domain belongs to no account",
+            ],
+        ),
+        ("4000000", ["uid 4000000 (sendmail(1), PHP mail()): uid:4000000", "of its own"]),
+        ("127.0.0.9", ["127.0.0.9 (no login): host:127.0.0.9", "a trusted host"]),
+    ],
+)
+def test_account_which_says_which_account_and_why(
+    config: Path, capsys: pytest.CaptureFixture[str], identity: str, expected: list[str]
+) -> None:
+    code, out, _ = run(capsys, "account", "which", identity, "-c", str(config))
+    assert code == 0
+    for text in expected:
+        assert text in out, out

@@ -1,0 +1,197 @@
+"""The live directory: re-reading the sources in a child process, swapping whole
+snapshots, and keeping the last good directory (logged once, alerted) when a source
+goes bad."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import pytest
+
+from sendwarden.alerts.rules import Alert
+from sendwarden.config import settings_from_mapping
+from sendwarden.directory.live import DIRECTORY_FAILED, LiveDirectory, account_directory
+from sendwarden.directory.sources import SourceError
+from tests.support.service import wait_until
+
+
+class Recorder:
+    """An alert channel that keeps what it was given (the real channels are tested in
+    test_alert_channels)."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    def send(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+
+@pytest.fixture
+def map_file(tmp_path: Path) -> Path:
+    path = tmp_path / "userdomains"
+    path.write_text("acme.example: acme\nglobex.example: globex\n")
+    return path
+
+
+def live(map_file: Path, recorder: Recorder, **directory: object) -> LiveDirectory:
+    settings = settings_from_mapping(
+        {"directory": {"domain_map": str(map_file), "refresh": 3600, **directory}}
+    )
+    directory_ = LiveDirectory(settings, notifiers=[recorder])
+    directory_.load()
+    return directory_
+
+
+def test_an_appended_line_is_in_force_after_a_refresh(map_file: Path) -> None:
+    recorder = Recorder()
+    directory = live(map_file, recorder)
+    try:
+        accounts = account_directory(directory)
+        assert accounts.owner_of_domain("new.example") is None
+        assert directory.refresh() is False  # unchanged file: not re-read
+        with map_file.open("a") as handle:
+            handle.write("new.example: newcomer\n")
+        assert directory.refresh() is True
+        owner = accounts.owner_of_domain("new.example")
+        assert owner is not None and owner.id == "newcomer"
+    finally:
+        directory.close()
+    assert recorder.alerts == []
+
+
+def test_a_bad_source_keeps_the_last_good_directory_logs_once_and_alerts(
+    map_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = Recorder()
+    directory = live(map_file, recorder)
+    try:
+        accounts = account_directory(directory)
+        map_file.write_text("acme.example: acme\nglobex.exa")  # cut mid-line
+        with caplog.at_level(logging.ERROR):
+            assert directory.refresh() is False
+            assert directory.refresh() is False
+        errors = [r for r in caplog.records if "keeping the last good one" in r.getMessage()]
+        assert len(errors) == 1, caplog.text
+        assert "last line has no newline" in errors[0].getMessage()
+        assert accounts.owner_of_domain("globex.example") is not None
+        assert [a.kind for a in recorder.alerts] == ["new"]
+        assert recorder.alerts[0].finding.kind == DIRECTORY_FAILED
+        assert "last line has no newline" in recorder.alerts[0].finding.lines[0]
+
+        map_file.write_text("acme.example: acme\nbroken line\n")  # another problem: logged
+        assert directory.refresh() is False
+        map_file.write_text("acme.example: acme\nglobex.example: globex\nx.example: x\n")
+        assert directory.refresh() is True
+        assert [a.kind for a in recorder.alerts] == ["new", "resolved"]
+        assert accounts.owner_of_domain("x.example") is not None
+    finally:
+        directory.close()
+
+
+def test_a_truncated_map_is_refused_by_the_shrink_guard(map_file: Path) -> None:
+    map_file.write_text("".join(f"d{i}.example: a{i}\n" for i in range(20)))
+    recorder = Recorder()
+    directory = live(map_file, recorder)
+    try:
+        accounts = account_directory(directory)
+        map_file.write_text("d0.example: a0\n")  # whole lines, but most are gone
+        assert directory.refresh() is False
+        assert accounts.owner_of_domain("d19.example") is not None
+        map_file.write_text("")
+        assert directory.refresh() is False
+        assert accounts.owner_of_domain("d19.example") is not None
+        assert len(recorder.alerts) == 1
+    finally:
+        directory.close()
+
+
+def test_a_bad_source_at_start_is_an_error(map_file: Path) -> None:
+    map_file.write_text("nonsense\n")
+    with pytest.raises(SourceError, match="line 1"):
+        live(map_file, Recorder())
+
+
+def test_lookups_never_wait_for_a_refresh(map_file: Path) -> None:
+    """Decisions keep getting answers from a whole directory while refreshes run."""
+    map_file.write_text("".join(f"d{i}.example: a{i % 50}\n" for i in range(2000)))
+    directory = live(map_file, Recorder())
+    accounts = account_directory(directory)
+    stop = threading.Event()
+    missing: list[str] = []
+    failures: list[BaseException] = []
+
+    def decide() -> None:
+        while not stop.is_set():
+            for i in (0, 999, 1999):
+                try:
+                    owner = accounts.owner_of_domain(f"d{i}.example")
+                except Exception as error:  # a lookup on a directory being replaced
+                    failures.append(error)
+                    return
+                if owner is None:
+                    missing.append(f"d{i}")
+
+    thread = threading.Thread(target=decide)
+    thread.start()
+    try:
+        for round_ in range(6):
+            with map_file.open("a") as handle:
+                handle.write(f"extra{round_}.example: a1\n")
+            assert directory.refresh() is True
+    finally:
+        stop.set()
+        thread.join()
+        directory.close()
+    assert failures == []
+    assert missing == []
+
+
+def test_a_kept_directory_answers_at_once_after_a_restart(
+    map_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "state"
+    first = live(map_file, Recorder(), state_directory=str(state))
+    first.close()
+    assert (state / "directory.db").exists()
+    map_file.write_text("acme.example: acme\nglobex.example: globex\nlater.example: later\n")
+    with caplog.at_level(logging.INFO):
+        second = live(map_file, Recorder(), state_directory=str(state))
+    try:
+        assert "starting on the last good one kept in" in caplog.text
+        accounts = account_directory(second)
+        assert accounts.owner_of_domain("globex.example") is not None
+        assert accounts.owner_of_domain("later.example") is None  # not read yet
+        second.start()  # re-reads the sources at once, in the background
+        wait_until(
+            lambda: accounts.owner_of_domain("later.example"), 60, "the sources were not re-read"
+        )
+    finally:
+        second.close()
+    assert sorted(p.name for p in state.iterdir()) == ["directory.db"]
+    # Other sources: the kept directory is not theirs, so they are read first.
+    other = tmp_path / "other"
+    other.write_text("other.example: other\n")
+    third = live(other, Recorder(), state_directory=str(state))
+    try:
+        assert account_directory(third).owner_of_domain("globex.example") is None
+        assert account_directory(third).owner_of_domain("other.example") is not None
+    finally:
+        third.close()
+
+
+def test_a_reload_keeps_contested_domains_with_their_owners(map_file: Path) -> None:
+    running = live(map_file, Recorder())
+    map_file.write_text("acme.example: acme\nglobex.example: globex\nacme.example: mallory\n")
+    settings = running.settings
+    reloaded = LiveDirectory(settings, notifiers=[Recorder()])
+    try:
+        reloaded.load(running)
+        owner = account_directory(reloaded).owner_of_domain("acme.example")
+        assert owner is not None and owner.id == "acme"
+    finally:
+        reloaded.close()
+        running.close()
