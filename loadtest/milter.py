@@ -17,6 +17,9 @@ end-of-message work), milter CPU ms per message (utime+stime of the milter proce
 from /proc) and Redis round trips per message (read events Redis processed, from
 INFO stats total_reads_processed: one per request or pipeline).
 
+``--metrics`` instead compares sendwarden with its Prometheus metrics off and on (the
+same configuration otherwise), beside bare Postfix and the C no-op.
+
 Needs root (private Postfix instances) and Debian's postfix and libmilter-dev.
 """
 
@@ -64,6 +67,7 @@ class Setup:
     milter: str  # "none", "c", "pymilter", "sendwarden"
     socket: str = "unix"  # "unix" or "inet"
     data_reply: bool | None = None  # None: as sendwarden does it (inet sockets only)
+    metrics: bool = False  # sendwarden with its Prometheus metrics on (off: listen = "")
 
 
 SETUPS = (
@@ -75,6 +79,13 @@ SETUPS = (
     Setup("pymilter no-op, unix", "pymilter"),
     Setup("sendwarden, unix", "sendwarden"),
     Setup("sendwarden, inet", "sendwarden", "inet"),
+)
+#: --metrics: what Prometheus metrics cost, the same sendwarden with them off and on.
+METRICS_SETUPS = (
+    Setup("postfix alone", "none"),
+    Setup("C no-op, unix", "c"),
+    Setup("sendwarden, unix", "sendwarden"),
+    Setup("sendwarden+metrics, unix", "sendwarden", metrics=True),
 )
 CELLS = ((10, 1), (10, 10), (1, 1), (1, 10))  # (sessions, recipients)
 #: Leaf frames of threads that are idle, not serving a callback.
@@ -113,13 +124,15 @@ def build_c_noop(directory: Path) -> Path:
     return binary
 
 
-def sendwarden_config(directory: Path, socket: str, redis_url: str, key_file: Path) -> Path:
+def sendwarden_config(
+    directory: Path, socket: str, redis_url: str, key_file: Path, metrics: bool = False
+) -> Path:
     accounts = [
         {"id": f"acct{n}", "logins": [login(n)], "domains": [f"d{n}.example"], "networks": []}
         for n in range(ACCOUNTS)
     ]
     return write_config(
-        directory / f"sendwarden-{socket.split(':')[0]}.toml",
+        directory / f"sendwarden-{socket.split(':')[0]}{'-metrics' if metrics else ''}.toml",
         socket=socket,
         redis_url=redis_url,
         accounts=accounts,
@@ -127,6 +140,7 @@ def sendwarden_config(directory: Path, socket: str, redis_url: str, key_file: Pa
         consent={"bulk_distinct_recipients_per_hour": 100_000_000},
         extra={
             "log": {"decisions": False},
+            "metrics": {"listen": f"127.0.0.1:{free_port()}" if metrics else ""},
             # A 2-core machine at load 15 can stall Redis past the default: a 451 is
             # then the right answer, but not what this measures.
             "redis": {"timeout_ms": 5000},
@@ -158,7 +172,8 @@ def start_setup(
     data_reply = setup.socket == "inet" if setup.data_reply is None else setup.data_reply
     steps = protocol_steps(needs_body=True, data_reply=data_reply)
     process: MilterProcess | None = None
-    log_path = directory / f"{setup.milter}-{setup.socket}-{data_reply}.log"
+    suffix = "-metrics" if setup.metrics else ""
+    log_path = directory / f"{setup.milter}-{setup.socket}-{data_reply}{suffix}.log"
     if setup.milter == "c":
         symlists = [f"{stage}={macros}" for stage, macros in MACROS.items()]
         argv = [str(c_binary), socket, hex(steps), hex(_STEP_BITS), *symlists]
@@ -167,7 +182,7 @@ def start_setup(
         argv = [sys.executable, "-m", "loadtest.noop_pymilter", socket, hex(steps)]
         process = MilterProcess(argv=argv, socket=socket, log_path=log_path)
     elif setup.milter == "sendwarden":
-        config = sendwarden_config(directory, socket, redis_url, key_file)
+        config = sendwarden_config(directory, socket, redis_url, key_file, setup.metrics)
         process = MilterProcess(config, log_path=log_path, start_timeout=120)
     if process is not None:
         stack.callback(process.stop)
@@ -280,6 +295,7 @@ def print_cell(
         p99 = percentile(samples.latencies, 0.99) * 1000
         figures[label] = medians[label]
         figures[label + " p99"] = p99
+        figures[label + " cpu"] = statistics.median(samples.cpu_ms) if samples.cpu_ms else 0.0
         cpu = f"{statistics.median(samples.cpu_ms):7.2f}" if samples.cpu_ms else f"{'-':>7}"
         trips = statistics.median(samples.redis_trips) if samples.redis_trips else None
         print(
@@ -319,6 +335,17 @@ def print_goals(figures: dict[tuple[int, int], dict[str, float]]) -> None:
         print(
             f"  end-of-data p99 sendwarden / C no-op, unix, {sessions} session(s), "
             f"{recipients} rcpt: {ratio:.2f} (goal <= 1.5: {verdict})"
+        )
+
+
+def print_metrics_cost(figures: dict[tuple[int, int], dict[str, float]]) -> None:
+    print("\nWhat the metrics cost (ratios from this run; CPU: milter CPU ms per message):")
+    for (sessions, recipients), cell in figures.items():
+        ratio = cell["sendwarden+metrics, unix"] / cell["sendwarden, unix"]
+        cpu = cell["sendwarden+metrics, unix cpu"] / cell["sendwarden, unix cpu"]
+        print(
+            f"  metrics on / off, {sessions} session(s), {recipients} rcpt: throughput "
+            f"{ratio:.2f}, milter CPU per message {cpu:.2f}"
         )
 
 
@@ -378,7 +405,13 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument(
         "--cells", help="only these SESSIONSxRECIPIENTS cells, e.g. 1x1,10x10 (development)"
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="what Prometheus metrics cost: sendwarden with them off and on (unix socket)",
+    )
     args = parser.parse_args(list(argv))
+    setups = METRICS_SETUPS if args.metrics else SETUPS
     rounds, messages, cells = args.rounds, args.messages, CELLS
     if args.cells:
         cells = tuple(
@@ -411,7 +444,7 @@ def main(argv: Sequence[str]) -> None:
         sasl_users = {login(n): PASSWORD for n in range(ACCOUNTS)}
         started: list[Running] = []
         sasldb: Path | None = None
-        for setup in SETUPS:
+        for setup in setups:
             running = start_setup(
                 stack,
                 setup,
@@ -448,9 +481,9 @@ def main(argv: Sequence[str]) -> None:
             print(f"round {round_number + 1}/{rounds} done, load {load_average()}", flush=True)
         if rounds:
             figures = {cell: print_cell(*cell, results[cell], rounds) for cell in cells}
-            print_goals(figures)
+            (print_metrics_cost if args.metrics else print_goals)(figures)
         if args.profile:
-            profile(started[SETUPS.index(Setup("sendwarden, unix", "sendwarden"))], 400, directory)
+            profile(started[setups.index(Setup("sendwarden, unix", "sendwarden"))], 400, directory)
 
 
 if __name__ == "__main__":

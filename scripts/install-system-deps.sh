@@ -2,12 +2,13 @@
 # Install the Debian packages sendwarden and its tests need, only when some are missing.
 # mariadb-server: the tests of the [directory] SQL source start a private MariaDB.
 # postfix is preseeded with "No configuration": tests start private instances from their
-# own config directories and never touch the system's Postfix.
+# own config directories and never touch the system's Postfix. chromium: headless browser
+# tests of the support page (--no-install-recommends keeps it to its libraries).
 set -eu
 # --runtime (make install): only what a production MTA host needs to build and run
 # sendwarden (pymilter compiles against libmilter); no Redis, PostgreSQL or test tools.
 RUNTIME="libmilter-dev python3-venv build-essential python3-dev"
-PACKAGES="redis-server postfix sasl2-bin libsasl2-modules swaks postgresql mariadb-server openssl $RUNTIME"
+PACKAGES="redis-server postfix sasl2-bin libsasl2-modules swaks postgresql mariadb-server openssl chromium $RUNTIME"
 [ "${1:-}" = "--runtime" ] && PACKAGES="$RUNTIME"
 missing=""
 for package in $PACKAGES; do

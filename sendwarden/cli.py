@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "sendwarden.commands.consent",
     "sendwarden.commands.dnsbl",
     "sendwarden.commands.alerts",
+    "sendwarden.commands.report",
 )
 DEFAULT_CONFIG = "/etc/sendwarden/sendwarden.toml"
 Handler = Callable[[argparse.Namespace], int]

@@ -157,6 +157,17 @@ class RedisSettings:
     key_prefix: str = "sw"
 
 
+def _monitor_names(value: Any, key: str) -> tuple[str, ...]:
+    from sendwarden.policy.monitor import MONITORABLE  # local: keeps config import-light
+
+    names = typing.cast(tuple[str, ...], _convert(tuple[str, ...], value, key))
+    for index, name in enumerate(names):
+        if name not in MONITORABLE:
+            known = ", ".join(sorted(MONITORABLE))
+            raise ConfigError(f"{key}[{index}]", f"{name!r} is not a rule or check ({known})")
+    return names
+
+
 @dataclass(frozen=True)
 class PolicySettings:
     local_domains: tuple[str, ...] = parsed(_parse_domains, default=())
@@ -181,6 +192,10 @@ class PolicySettings:
     # "limit" makes it an account of its own under the default limits; "refuse" (for
     # providers that list every sender) refuses its mail with 550 5.7.1.
     unknown_senders: UnknownSenders = "limit"
+    # Rules (or checks) that only watch: the rule runs, its would-be refusal is logged
+    # and counted as "monitor", and the mail passes. For rolling sendwarden out onto
+    # existing customers (``sendwarden report`` shows what would have been refused).
+    monitor_only: tuple[str, ...] = parsed(_monitor_names, default=())
 
 
 def _consent_database(value: Any, key: str) -> str:
@@ -458,6 +473,30 @@ def _absolute_path(value: Any, key: str) -> str:
     return text
 
 
+def _non_negative_number(value: Any, key: str) -> float:
+    number = typing.cast(float, _convert(float, value, key))
+    if number < 0:
+        raise ConfigError(key, f"must be 0 or more, got {number}")
+    return number
+
+
+def _share(value: Any, key: str) -> float:
+    number = _non_negative_number(value, key)
+    if number > 1:
+        raise ConfigError(key, f"a share from 0 to 1 (0.8 = 80%), got {number}")
+    return number
+
+
+def _ip_address_or_empty(value: Any, key: str) -> str:
+    text = typing.cast(str, _convert(str, value, key))
+    if text:
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            raise ConfigError(key, f"{text!r} is not an IP address") from None
+    return text
+
+
 @dataclass(frozen=True)
 class AlertSettings:
     """``sendwarden alerts``: DNSBL listings of the provider's addresses and accounts
@@ -485,6 +524,45 @@ class AlertSettings:
     smtp_login: str = ""
     smtp_password_file: str = parsed(_absolute_path, default="")
     webhook_url: str = parsed(_webhook_url, default="")  # POSTed one JSON object per alert
+    # Early warnings: an account past this share of its hourly limit (0: never) ...
+    near_limit_share: float = parsed(_share, default=0.8)
+    # ... or sending this many times its usual hourly volume (the median of its busy
+    # hours last week; 0: never), once it sends to at least surge_min_recipients.
+    surge_factor: float = parsed(_non_negative_number, default=5.0)
+    surge_min_recipients: int = parsed(_positive, default=50)
+    # This MTA host's outbound address, so a listing of it names the accounts that sent
+    # most through it; empty: recorded as "address unknown".
+    sending_address: str = parsed(_ip_address_or_empty, default="")
+
+
+def _optional_listen(value: Any, key: str) -> str:
+    """``HOST:PORT``, or ``""`` for off."""
+    if value == "":
+        return ""
+    return _listen(value, key)
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus metrics and ``/healthz``, served over plain HTTP (loopback by default:
+    scrape through an SSH tunnel or a reverse proxy from elsewhere). ``""`` turns a
+    process's metrics off, recording included."""
+
+    listen: str = parsed(_optional_listen, default="127.0.0.1:9464")  # the milter
+    api_listen: str = parsed(_optional_listen, default="127.0.0.1:9465")  # sendwarden api
+    proxy_listen: str = parsed(_optional_listen, default="127.0.0.1:9466")  # the SMTP proxy
+    alerts_listen: str = parsed(_optional_listen, default="127.0.0.1:9467")  # sendwarden alerts
+
+
+@dataclass(frozen=True)
+class UiSettings:
+    """The support page under ``/ui`` of ``sendwarden api``. Staff sign in with a staff
+    token, or a reverse proxy that authenticated them passes their name in
+    ``trusted_header``; the header is believed only from ``trusted_proxies``."""
+
+    trusted_header: str = ""  # e.g. "X-Remote-User"; empty: token sign-in only
+    trusted_proxies: tuple[IPNetwork, ...] = parsed(_parse_networks, default=())
+    session_minutes: int = parsed(_positive, default=480)
 
 
 def _directory_sql_url(value: Any, key: str) -> str:
@@ -540,6 +618,7 @@ class Account:
     networks: tuple[IPNetwork, ...] = parsed(_parse_networks, default=())
     recipients_per_hour: int | None = parsed(_positive, default=None)
     allow_subdomains: bool = False  # From/Sender may also use subdomains of its domains
+    monitor_only: bool = False  # every rule only watches this account's mail (roll-out)
     # Not a key: the keys the [[accounts]] table wrote, so that an override of an account
     # from a [directory] source replaces only the settings it actually states.
     keys_given: frozenset[str] = field(
@@ -560,6 +639,8 @@ class Settings:
     dkim: tuple[DkimKey, ...] = parsed(_parse_dkim_keys, default=())
     alerts: AlertSettings = field(default_factory=AlertSettings)
     directory: DirectorySettings = field(default_factory=DirectorySettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    ui: UiSettings = field(default_factory=UiSettings)
     accounts: tuple[Account, ...] = ()
 
     def account(self, account_id: str) -> Account:

@@ -23,6 +23,7 @@ class RuleTrace:
     hits: list[str] = field(default_factory=list)
     passed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    monitored: list[str] = field(default_factory=list)  # rules monitor-only mode let pass
 
     def ran(self, check: str, fired: bool) -> None:
         """A check ran; a check that fired is never listed as passed (at RCPT it may
@@ -43,9 +44,16 @@ def add_note(txn: Transaction, note: str) -> None:
 
 
 def decision_record(
-    txn: Transaction, stage: str, verdict: Verdict, trace: RuleTrace, recipient: str | None = None
+    txn: Transaction,
+    stage: str,
+    verdict: Verdict,
+    trace: RuleTrace,
+    recipient: str | None = None,
+    verdict_label: str | None = None,
 ) -> dict[str, Any]:
-    """The fields of one decision line; a plain dict so tests can assert on it."""
+    """The fields of one decision line; a plain dict so tests can assert on it.
+    ``verdict_label`` overrides the verdict's action (``monitor``: a watched rule's
+    refusal that was let pass; ``reply`` is then the reply it would have had)."""
     record: dict[str, Any] = {
         "ts": round(time.time(), 3),
         "event": "decision",
@@ -61,7 +69,8 @@ def decision_record(
         "mail_from": txn.mail_from,
         "recipients": len(txn.recipients),
         # An abandoned transaction delivered nothing: not a "discard" by a rule.
-        "verdict": "aborted" if stage == "abort" else verdict.action.value,
+        "verdict": verdict_label
+        or ("aborted" if stage == "abort" else verdict.action.value),
         "rule": verdict.rule or None,
         "reply": verdict.reply() or None,
         "hits": trace.hits,
@@ -74,6 +83,8 @@ def decision_record(
         record["removed_recipients"] = list(txn.changes.remove_recipients)
     if trace.notes:
         record["notes"] = trace.notes
+    if trace.monitored:
+        record["monitored"] = trace.monitored
     return record
 
 

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from sendwarden import metrics
 from sendwarden.checks.base import Check
 from sendwarden.config import Settings
 from sendwarden.decisionlog import TRACE as TRACE  # re-exported: checks import it from here
 from sendwarden.decisionlog import RuleTrace, decision_record, decisions_logged, log_decision
 from sendwarden.policy.accounts import AccountDirectory, is_listed, is_trusted
 from sendwarden.policy.facts import Client, Transaction
+from sendwarden.policy.monitor import MONITOR, is_monitored
 from sendwarden.policy.verdict import CONTINUE, Action, Verdict, account_label, tempfail
 from sendwarden.store import StoreError, StoreHealth, watching
 
@@ -42,6 +45,14 @@ class DecisionObserver(Protocol):
     def observe(self, txn: Transaction, stage: str, verdict: Verdict) -> None: ...
 
 
+@runtime_checkable
+class MonitorObserver(Protocol):
+    """Also told of refusals that monitor-only mode let pass (``observe`` is not: the
+    mail was not refused, so refusal counts and alerts must not see them)."""
+
+    def observe_monitored(self, txn: Transaction, stage: str, verdict: Verdict) -> None: ...
+
+
 class Pipeline:
     """The checks of one configuration, in order. Safe to share between threads."""
 
@@ -55,6 +66,8 @@ class Pipeline:
         self.settings = settings
         self.checks = tuple(checks)
         self.observers = tuple(observers)
+        self.monitor_observers = tuple(o for o in observers if isinstance(o, MonitorObserver))
+        self.watched = frozenset(settings.policy.monitor_only)
         self.directory = directory or AccountDirectory(settings.accounts)
         self.needs_body = any(check.needs_body for check in self.checks)
         self.health = StoreHealth(log, "on_store_error decides until it is back")
@@ -91,7 +104,12 @@ class Pipeline:
         """MAIL FROM. Local submissions are judged whole at end of message."""
         if txn.client.local_submission:
             return CONTINUE
-        return self._finish_if_final(txn, "mail", self._run(txn, lambda check: check.at_mail(txn)))
+        started = time.perf_counter()
+        verdict = self._finish_if_final(
+            txn, "mail", self._run(txn, "mail", lambda check: check.at_mail(txn))
+        )
+        _timed("mail", started)
+        return verdict
 
     def rcpt(self, txn: Transaction, recipient: str, queue_id: str = "") -> Verdict:
         """RCPT TO: an accepted recipient is added to the transaction. ``queue_id`` is
@@ -99,10 +117,15 @@ class Pipeline:
         if queue_id and not txn.queue_id:
             txn.queue_id = queue_id
         if not txn.client.local_submission:
-            verdict = self._run(txn, lambda check: check.at_rcpt(txn, recipient))
+            started = time.perf_counter()
+            verdict = self._run(
+                txn, "rcpt", lambda check: check.at_rcpt(txn, recipient), recipient
+            )
             if verdict.is_final:
                 self._decided(txn, "rcpt", verdict, recipient)
+                _timed("rcpt", started)
                 return verdict
+            _timed("rcpt", started)
         txn.recipients.append(recipient)
         return CONTINUE
 
@@ -120,16 +143,19 @@ class Pipeline:
         """End of message: the final verdict, after which checks commit or give back.
         For a local submission the adapter has set ``txn.uid`` by now (None when it
         could not be read: then the unknown local sender sends)."""
+        started = time.perf_counter()
         verdict = CONTINUE
         if txn.client.local_submission:
             verdict = self._local_submission_envelope(txn)
         if not verdict.is_final:
-            verdict = self._run(txn, lambda check: check.at_eom(txn))
+            verdict = self._run(txn, "eom", lambda check: check.at_eom(txn))
         if txn.account is not None and not is_listed(txn.account):
             self._trace(txn).notes.append(
                 f"unlisted sender {txn.account.id} ({txn.account_source}): default limits"
             )
-        return self._finish(txn, "eom", verdict)
+        verdict = self._finish(txn, "eom", verdict)
+        _timed("eom", started)
+        return verdict
 
     def abort(self, txn: Transaction) -> None:
         """The client gave up (RSET, QUIT, lost connection) before end of message."""
@@ -152,16 +178,24 @@ class Pipeline:
         """sendmail(1): Postfix forbids per-recipient replies here, so the MAIL and RCPT
         checks run now and any refusal refuses the whole message."""
         self._resolve_account(txn)
-        verdict = self._run(txn, lambda check: check.at_mail(txn))
+        verdict = self._run(txn, "eom", lambda check: check.at_mail(txn))
         if verdict.is_final:
             return verdict
         for recipient in txn.recipients:
-            verdict = self._run(txn, lambda check: check.at_rcpt(txn, recipient))  # noqa: B023
+            verdict = self._run(
+                txn, "eom", lambda check: check.at_rcpt(txn, recipient), recipient  # noqa: B023
+            )
             if verdict.is_final:
                 return verdict
         return CONTINUE
 
-    def _run(self, txn: Transaction, hook: Callable[[Check], Verdict | None]) -> Verdict:
+    def _run(
+        self,
+        txn: Transaction,
+        stage: str,
+        hook: Callable[[Check], Verdict | None],
+        recipient: str | None = None,
+    ) -> Verdict:
         trace = self._trace(txn)
         for check in self.checks:
             try:
@@ -170,6 +204,12 @@ class Pipeline:
             except StoreError as error:
                 self._failed(txn, error)
                 verdict = self._store_failed(txn, check, error)
+            else:
+                if verdict is not None and is_monitored(
+                    verdict, check.name, self.watched, txn.account
+                ):
+                    self._monitored(txn, stage, verdict, recipient)
+                    verdict = None
             self._answered(txn, seen)
             trace.ran(check.name, verdict is not None and verdict.is_final)
             if verdict is not None and verdict.is_final:
@@ -200,6 +240,26 @@ class Pipeline:
             "try again later; nothing else needs to be done.",
         )
 
+    def _monitored(
+        self, txn: Transaction, stage: str, verdict: Verdict, recipient: str | None
+    ) -> None:
+        """A watched rule would have refused: log and count it as ``monitor``; the mail
+        goes on as if the rule had passed."""
+        trace = self._trace(txn)
+        trace.monitored.append(verdict.rule)
+        if decisions_logged():
+            log_decision(
+                decision_record(txn, stage, verdict, trace, recipient, verdict_label=MONITOR)
+            )
+        recorder = metrics.current()
+        if recorder is not None:
+            recorder.decided(stage, verdict.rule, MONITOR)
+        for observer in self.monitor_observers:
+            try:
+                observer.observe_monitored(txn, stage, verdict)
+            except Exception:  # an observer never changes what happens to the mail
+                log.exception("monitor observer %s failed", type(observer).__name__)
+
     def _finish_if_final(self, txn: Transaction, stage: str, verdict: Verdict) -> Verdict:
         return self._finish(txn, stage, verdict) if verdict.is_final else verdict
 
@@ -229,6 +289,9 @@ class Pipeline:
     ) -> None:
         if decisions_logged():
             log_decision(decision_record(txn, stage, verdict, self._trace(txn), recipient))
+        recorder = metrics.current()
+        if recorder is not None:
+            recorder.decided(stage, verdict.rule, verdict.action.value)
         for observer in self.observers:
             try:
                 observer.observe(txn, stage, verdict)
@@ -245,3 +308,10 @@ class Pipeline:
     def close(self) -> None:
         for check in self.checks:
             check.close()
+
+
+def _timed(stage: str, started: float) -> None:
+    """The stage's decision latency, when metrics are on."""
+    recorder = metrics.current()
+    if recorder is not None:
+        recorder.stage_done(stage, time.perf_counter() - started)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import redis
 
+from sendwarden.alerts.early import VolumeRecorder, VolumeStore
 from sendwarden.alerts.risk import RiskRecorder, RiskStore
 from sendwarden.attachments.fragments import RedisFragments
 from sendwarden.checks.attachments import AttachmentCheck
@@ -22,6 +23,7 @@ from sendwarden.consent.check import consent_check_from_settings
 from sendwarden.directory.live import LiveDirectory, account_directory, live_directory
 from sendwarden.directory.sources import SourceError
 from sendwarden.dkim.signer import signers_from_settings
+from sendwarden.monitoring import MonitorRecorder, MonitorStore
 from sendwarden.pipeline import Pipeline
 from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.ratelimit import counter_from_settings
@@ -39,9 +41,12 @@ class Runtime:
     redis: redis.Redis
     pipeline: Pipeline
     live_directory: LiveDirectory | None = None  # refreshes the [directory] sources
+    volume: VolumeRecorder | None = None
 
     def close(self) -> None:
         self.pipeline.close()
+        if self.volume is not None:
+            self.volume.close()  # its last counts, before the client goes
         self.redis.close()
         if self.live_directory is not None:
             self.live_directory.close()
@@ -124,5 +129,11 @@ def build_runtime(settings: Settings, previous: Runtime | None = None) -> Runtim
     checks = build_checks(settings, client, directory)
     # Counts refusals that put the provider's addresses at risk, for the alert sweep.
     risk = RiskRecorder(RiskStore(client, settings.redis.key_prefix))
-    pipeline = Pipeline(settings, checks, directory, observers=[risk])
-    return Runtime(settings, client, pipeline, live)
+    # Counts what monitor-only mode let pass, for `sendwarden report`.
+    monitor = MonitorRecorder(MonitorStore(client, settings.redis.key_prefix))
+    # Sent volume per account and sending address, for the early warnings.
+    volume = VolumeRecorder(
+        VolumeStore(client, settings.redis.key_prefix), settings.alerts.sending_address
+    )
+    pipeline = Pipeline(settings, checks, directory, observers=[risk, monitor, volume])
+    return Runtime(settings, client, pipeline, live, volume)

@@ -11,6 +11,8 @@ DNSBL_LISTING = "dnsbl-listing"
 ACCOUNT_AT_RISK = "account-at-risk"
 ACCOUNT_SUSPENDED = "account-suspended"
 MONITORING_FAILED = "monitoring-failed"  # a sweep could not look at all
+ACCOUNT_NEAR_LIMIT = "account-near-limit"  # early warning: most of the hourly limit used
+ACCOUNT_SURGE = "account-surge"  # early warning: several times the usual hourly volume
 
 
 @dataclass(frozen=True)

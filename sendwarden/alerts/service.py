@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from sendwarden import metrics
 from sendwarden.alerts.dnsbl import (
     DnsblAnswer,
     DnsblChecker,
@@ -19,6 +20,7 @@ from sendwarden.alerts.dnsbl import (
     monitored_addresses,
     undetermined_keys,
 )
+from sendwarden.alerts.early import EarlyWarnings, VolumeStore
 from sendwarden.alerts.findings import MONITORING_FAILED, Finding
 from sendwarden.alerts.notify import Notifier, deliver, notifiers_from_settings
 from sendwarden.alerts.risk import RiskStore, account_risks, risk_findings
@@ -27,13 +29,14 @@ from sendwarden.alerts.state import ReportedStore
 from sendwarden.config import Settings
 from sendwarden.directory.explain import account_ids as account_ids_of
 from sendwarden.directory.sources import SourceError
+from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store import StoreError
 from sendwarden.store.suspensions import RedisSuspensionStore
 
 log = logging.getLogger(__name__)
 
 #: Keys of the conditions the account sweep reports (undetermined when Redis fails).
-ACCOUNT_KEY_PREFIXES = ("risk:", "suspended:")
+ACCOUNT_KEY_PREFIXES = ("risk:", "suspended:", "near-limit:", "surge:")
 
 
 @dataclass
@@ -67,6 +70,7 @@ class AlertService:
     ) -> None:
         self.settings = settings
         self.alerts = settings.alerts
+        self.client = client
         prefix = settings.redis.key_prefix
         self._checker = checker or checker_from_settings(self.alerts)
         self._notifiers = (
@@ -75,6 +79,9 @@ class AlertService:
         self._risks = RiskStore(client, prefix)
         self._suspensions = RedisSuspensionStore(client, prefix)
         self._reported = ReportedStore(client, prefix)
+        self._early = EarlyWarnings(
+            settings, counter_from_settings(settings, client), VolumeStore(client, prefix, clock)
+        )
         self._clock = clock
 
     def sweep(self) -> SweepReport:
@@ -92,8 +99,12 @@ class AlertService:
                 report.findings, reported, now, self.alerts.remind_after, undetermined
             )
             delivered = []
+            recorder = metrics.current()
             for alert in alerts:
                 failures = deliver(alert, self._notifiers)
+                if recorder is not None:
+                    result = "failed" if failures else "sent"
+                    recorder.alerts.labels(alert.finding.kind, result).inc()
                 if failures:
                     report.failed.append(f"{alert.subject}: {'; '.join(failures)}")
                 else:
@@ -130,7 +141,13 @@ class AlertService:
         addresses = monitored_addresses(self.alerts.monitored_networks)
         if addresses and self.alerts.dnsbl_zones:
             answers = self._checker.check(addresses)
-            report.findings += listing_findings(answers)
+            recorder = metrics.current()
+            if recorder is not None:
+                for answer in answers:
+                    if answer.status in ("listed", "clear"):
+                        listed = 1 if answer.status == "listed" else 0
+                        recorder.dnsbl_listed.labels(answer.address, answer.zone).set(listed)
+            report.findings += self._early.with_top_senders(listing_findings(answers))
             report.findings += zone_failure_findings(answers)
             undetermined |= undetermined_keys(answers)
         try:
@@ -144,6 +161,11 @@ class AlertService:
             report.problems.append(f"account refusals: {error}")
             return undetermined, ACCOUNT_KEY_PREFIXES
         report.findings += risk_findings(risks, self.alerts.risk_refusals_per_hour)
+        try:
+            report.findings += self._early.account_findings()
+        except StoreError as error:
+            report.problems.append(f"account volumes: {error}")
+            return undetermined, ACCOUNT_KEY_PREFIXES
         return undetermined, ()
 
 

@@ -33,6 +33,7 @@ from sendwarden.checks.suspension import refuse_suspended
 from sendwarden.config import Settings
 from sendwarden.policy.consent import is_outbound
 from sendwarden.policy.facts import Transaction
+from sendwarden.policy.monitor import watches
 from sendwarden.policy.ratelimit import (
     RULE,
     over_limit_verdict,
@@ -66,6 +67,7 @@ class Counter(Protocol):
         suspension_reason: str = "",
         reservation: str = "",
         want: int = 0,
+        watch_only: bool = False,
     ) -> Decision: ...
 
     def refund(self, account_id: str, reservations: Mapping[str, int]) -> int: ...
@@ -177,10 +179,12 @@ class RecipientRateCheck(Check):
         assert account is not None
         if self._owed:
             self._owed.pay(self._counter.refund)
+        # A watched rule suspends nobody: monitor-only mode must not stop a customer's mail.
+        watched = watches(RULE, RULE, self._settings.policy.monitor_only, account)
         reservation = new_reservation_id()
         try:
             decision = self._counter.reserve(
-                account.id, cost, limit, self._reason(limit), reservation, want
+                account.id, cost, limit, self._reason(limit), reservation, want, watched
             )
         except StoreError:
             # Redis may still count it. Accepted uncounted (on_store_error = "accept"):

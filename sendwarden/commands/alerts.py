@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+from sendwarden import metrics
 from sendwarden.alerts.findings import Finding
 from sendwarden.alerts.notify import deliver, iso_time, notifiers_from_settings
 from sendwarden.alerts.risk import RiskStore, account_risks
@@ -20,6 +21,7 @@ from sendwarden.config import ConfigError, Settings, load_settings
 from sendwarden.decisionlog import configure_logging
 from sendwarden.directory.explain import account_ids
 from sendwarden.directory.sources import SourceError
+from sendwarden.health import redis_check
 from sendwarden.store.redis import connect
 from sendwarden.store.suspensions import RedisSuspensionStore
 
@@ -65,7 +67,15 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    service.run(stop)
+    client = service.client
+    server = metrics.serve(
+        settings.metrics.alerts_listen, lambda _: {"redis": redis_check(lambda: client)}
+    )
+    try:
+        service.run(stop)
+    finally:
+        if server is not None:
+            server.close()
     return 0
 
 

@@ -10,13 +10,27 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+from collections.abc import Callable
+from datetime import datetime
 from types import FrameType
 from typing import Any
 
+import redis
+
+from sendwarden import metrics
+from sendwarden.alerts.risk import RiskStore
 from sendwarden.cli import add_actions, add_command
 from sendwarden.commands import token
-from sendwarden.config import ConfigError, config_warnings, load_settings, split_listen
+from sendwarden.config import ConfigError, Settings, config_warnings, load_settings, split_listen
+from sendwarden.consent.model import ConsentStore
 from sendwarden.decisionlog import configure_logging
+from sendwarden.health import ConsentProbe, standard_checks
+from sendwarden.monitoring import MonitorStore
+from sendwarden.ratelimit import counter_from_settings
+from sendwarden.store.redis import connect
+from sendwarden.store.suspensions import suspension_store_from_settings
+from sendwarden.ui.history import SuspensionDesk, utc_now
+from sendwarden.ui.routes import Sessions, UiContext
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +68,19 @@ def run(args: argparse.Namespace) -> int:
     for warning in config_warnings(settings):
         log.warning("%s", warning)
     store = open_from_settings(settings.consent)
+    client = connect(settings.redis)
+    probe = ConsentProbe(lambda: settings.consent)
+    metrics_server = metrics.serve(
+        settings.metrics.api_listen,
+        lambda recorder: standard_checks(lambda: client, probe, recorder),
+    )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that
     # was there before: make that one a clean exit, so the store is closed and the
     # status is 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    ui = ui_context(settings, store, client)
     try:
-        app = create_app(settings.api.tokens, store)
+        app = create_app(settings.api.tokens, store, ui=ui)
 
         def reload(signum: int, frame: FrameType | None) -> None:
             """SIGHUP: new tokens from the config file; a bad file keeps the old ones.
@@ -85,5 +106,33 @@ def run(args: argparse.Namespace) -> int:
             server_header=False,
         )
     finally:
+        if metrics_server is not None:
+            metrics_server.close()
+        probe.close()
+        ui.desk.store.close()
+        client.close()
         store.close()
     return 0
+
+
+def ui_context(
+    settings: Settings,
+    store: ConsentStore,
+    client: redis.Redis,
+    clock: Callable[[], datetime] = utc_now,
+) -> UiContext:
+    """What the support page at /ui reads and changes (``clock``: when changes happen)."""
+    from sendwarden.consent.api import TokenRing
+
+    prefix = settings.redis.key_prefix
+    return UiContext(
+        settings=settings,
+        consent=store,
+        counter=counter_from_settings(settings, client),
+        risks=RiskStore(client, prefix),
+        monitor=MonitorStore(client, prefix),
+        # Suspensions and their history live in the durable database (opened on first use).
+        desk=SuspensionDesk(suspension_store_from_settings(settings, client), clock),
+        identify=TokenRing(settings.api.tokens).identify,
+        sessions=Sessions(lifetime=settings.ui.session_minutes * 60.0),
+    )

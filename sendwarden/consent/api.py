@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -417,13 +417,43 @@ def reload_tokens(app: FastAPI, tokens: Iterable[ApiToken]) -> None:
     app.state.sendwarden = dataclasses.replace(ctx, tokens=TokenRing(tokens))
 
 
+SWAGGER_STATIC = "/static/swagger"
+
+
+def _self_hosted_docs(app: FastAPI) -> None:
+    """``/docs`` from Swagger UI files served by this app (the Swagger UI 5 bundle that
+    the fastapi-offline package ships; swagger-ui-bundle's 4.x cannot read OpenAPI
+    3.1), not a CDN: the page works on a network with no internet."""
+    from importlib import resources
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    static = resources.files("fastapi_offline") / "static"
+    app.mount(SWAGGER_STATIC, StaticFiles(directory=str(static)), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - docs",
+            swagger_js_url=f"{SWAGGER_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{SWAGGER_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{SWAGGER_STATIC}/favicon.png",
+        )
+
+
 def create_app(
     tokens: Iterable[ApiToken],
     store: ConsentStore,
     clock: Clock = lambda: datetime.now(UTC),
+    ui: Any = None,
 ) -> FastAPI:
-    """The API over one consent store. The caller owns the store (and closes it)."""
+    """The API over one consent store. The caller owns the store (and closes it).
+    ``ui``: a :class:`sendwarden.ui.routes.UiContext` to serve the support page too."""
     app = FastAPI(
+        docs_url=None,  # served by _self_hosted_docs, without a CDN
+        redoc_url=None,  # ReDoc has no self-hostable bundle here; /docs covers it
         title="sendwarden consent API",
         version=__version__,
         description="Consent records for bulk mail: signup and unsubscribe pages write them, "
@@ -435,4 +465,15 @@ def create_app(
     app.add_middleware(AuthenticateFirst)
     app.include_router(router)
     app.add_exception_handler(StoreError, _store_unavailable)
+    _self_hosted_docs(app)
+    if ui is not None:
+        from fastapi.staticfiles import StaticFiles
+
+        from sendwarden.ui import routes
+
+        app.state.sendwarden_ui = ui
+        app.include_router(routes.router)
+        app.mount(
+            "/ui/static", StaticFiles(directory=str(routes.UI_FILES / "static")), name="ui-static"
+        )
     return app

@@ -12,7 +12,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from sendwarden.consent.ledger import ChainHead
 
 
 class EventKind(StrEnum):
@@ -65,6 +68,10 @@ class ConsentStore(Protocol):
 
     def append(self, events: Iterable[NewEvent]) -> int:
         """Append events in one transaction (all or nothing); returns how many."""
+        ...
+
+    def head(self) -> ChainHead:
+        """The newest event's sequence number (the ledger's size) and hash."""
         ...
 
     def history(self, recipient: str, account: str | None = None) -> list[StoredEvent]:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
+from sendwarden import metrics
 from sendwarden.addresses import normalise_address
 from sendwarden.consent.ledger import (
     ChainHead,
@@ -36,6 +37,7 @@ from sendwarden.store import StoreError, answered
 from sendwarden.store.deadline import WATCHDOG
 
 BACKEND = "consent database"  # how replies and logs name this store
+METRICS_BACKEND = "consent"  # the backend label of the store metrics
 #: Stored columns, in the order rows are inserted and selected.
 COLUMNS = (
     "seq", "account", "recipient", "list_id", "kind", "occurred_at", "confirmed_at",
@@ -262,9 +264,11 @@ class SqlConsentStore(ABC, Generic[Conn]):
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
-        """Any driver failure becomes a StoreError naming what was being done."""
+        """Any driver failure becomes a StoreError naming what was being done (and every
+        call is counted and timed for the metrics)."""
         try:
-            yield
+            with metrics.store_call(METRICS_BACKEND, (StoreError, *self.driver_errors)):
+                yield
         except self.driver_errors as error:
             detail = (
                 str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

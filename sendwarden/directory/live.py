@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sendwarden import metrics
 from sendwarden.alerts.findings import Finding
 from sendwarden.alerts.notify import Notifier, deliver, notifiers_from_settings
 from sendwarden.alerts.rules import Alert
@@ -299,6 +300,7 @@ class LiveDirectory:
         self.lookups = DirectoryLookups(self.config, snapshot)  # the swap: one assignment
         self._signatures = signatures
         self.last_refresh = self._clock()
+        metrics.directory_loaded(report.accounts)  # size and age on /metrics, when on
         log.info("directory loaded in %.2fs: %s", time.monotonic() - started, report.summary())
         self._log_new_conflicts(report.conflicts)
         if previous is not None and previous.path != snapshot.path:

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import Milter
 
+from sendwarden import metrics
 from sendwarden.addresses import strip_brackets
 from sendwarden.milter.generations import Lease
 from sendwarden.milter.pickup import submitting_uid
@@ -161,6 +162,9 @@ class SendwardenMilter(Milter.Base):  # type: ignore[misc]
         # Fixed for the connection's life; given back when the connection closes.
         self.pipeline, self._release_pipeline = _pipeline_source()
         self.session = PolicySession(self.pipeline)
+        self._metrics = metrics.current()
+        if self._metrics is not None:
+            self._metrics.connections.inc()
 
     @property
     def client(self) -> Client:
@@ -248,6 +252,9 @@ class SendwardenMilter(Milter.Base):  # type: ignore[misc]
             return self.abort()  # guarded: never raises
         finally:
             self._release_pipeline()
+            if self._metrics is not None:  # once, however often close() is called
+                self._metrics.connections.dec()
+                self._metrics = None
 
     def _apply(self, changes: MessageChanges) -> None:
         """Header and recipient edits the checks asked for (end of message only)."""

@@ -20,7 +20,9 @@ from types import FrameType
 import Milter
 import milter as libmilter
 
+from sendwarden import metrics
 from sendwarden.config import ConfigError, Settings, load_settings
+from sendwarden.health import ConsentProbe, standard_checks
 from sendwarden.milter.adapter import SendwardenMilter, set_pipeline_source
 from sendwarden.milter.generations import Generations
 from sendwarden.runtime import Runtime, build_runtime
@@ -49,11 +51,17 @@ class MilterServer:
             settings = load_settings(self.config_path)
         except ConfigError as error:
             log.error("reload refused, keeping the running configuration: %s", error)
+            recorder = metrics.current()
+            if recorder is not None:
+                recorder.reloads.labels("refused").inc()
             return False
         if settings.milter.socket != self.runtime.settings.milter.socket:
             log.warning("milter.socket changed; the new socket takes effect only after a restart")
         runtime = build_runtime(settings, self.runtime)
         self.generations.replace(runtime)
+        recorder = metrics.current()
+        if recorder is not None:
+            recorder.loaded_configuration(reload=True)
         log.info(
             "configuration reloaded from %s (%d earlier ones still finish connections)",
             self.config_path,
@@ -65,6 +73,22 @@ class MilterServer:
 
     def serve(self) -> int:
         settings = self.runtime.settings
+        probe = ConsentProbe(lambda: self.runtime.settings.consent)
+        metrics_server = metrics.serve(
+            settings.metrics.listen,
+            lambda recorder: standard_checks(lambda: self.runtime.redis, probe, recorder),
+        )
+        if metrics_server is not None:
+            metrics_server.metrics.loaded_configuration(reload=False)
+        try:
+            return self._serve(settings)
+        finally:
+            if metrics_server is not None:
+                metrics_server.close()
+                metrics.install(None)
+            probe.close()
+
+    def _serve(self, settings: Settings) -> int:
         spec = settings.milter.socket
         _prepare_socket_path(spec)
         Milter.factory = SendwardenMilter  # steps negotiated per connection

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import os
 import string
+import time
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import redis
 from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
+from sendwarden import metrics
 from sendwarden.config import Settings
 from sendwarden.policy.suspension import RATE_LIMIT_SUSPENDER
 from sendwarden.ratelimit.window import (
@@ -215,10 +217,12 @@ class RecipientCounter:
         suspension_reason: str = "",
         reservation: str = "",
         want: int = 0,
+        watch_only: bool = False,
     ) -> Decision:
         """Count ``cost`` recipients if they fit under ``limit`` in the rolling window,
-        atomically; otherwise count nothing (and maybe suspend the account). A
-        suspended account is refused whatever its count (``Decision.suspension``).
+        atomically; otherwise count nothing (and maybe suspend the account, unless
+        ``watch_only``: monitor-only mode strikes and suspends nobody). A suspended
+        account is refused whatever its count (``Decision.suspension``).
 
         ``want`` > ``cost`` reserves a batch: up to ``want`` when that many fit, at
         least ``cost`` (``Decision.granted``); what the transaction does not use is
@@ -230,15 +234,28 @@ class RecipientCounter:
         keys = self._keys.get(account_id) or self.keys(account_id)
         now = self._clock() if self._clock else ""
         reservation = reservation or new_reservation_id()
+        recorder = metrics.current()
+        started = time.perf_counter() if recorder is not None else 0.0
         try:  # not redis_errors(): a context manager costs more than the rest of this method
             reply = self._reserve(
-                keys, cost, limit, suspension_reason, now, reservation, max(want, cost)
+                keys,
+                cost,
+                limit,
+                suspension_reason,
+                now,
+                reservation,
+                max(want, cost),
+                "1" if watch_only else "",
             )
         except redis.RedisError as error:
+            if recorder is not None:
+                recorder.store_done("redis", time.perf_counter() - started, True)
             raise StoreError(
                 "redis", f"counting recipients of account {account_id}: {error}"
             ) from error
         answered("redis")
+        if recorder is not None:
+            recorder.store_done("redis", time.perf_counter() - started, False)
         admitted, used, bucket, free, script_now, suspended, granted, suspension = reply
         return Decision(
             admitted == 1,

@@ -25,6 +25,7 @@
 -- A suspended account (KEYS[3] set, by staff or by this script) is refused here
 -- too, whatever the count: the milter's MAIL-time suspension check may read a
 -- briefly cached answer, this one never is.
+-- ARGV[7] watch           '1': monitor-only mode, a refusal strikes and suspends nobody
 --
 -- Idempotence: every admitted reservation is recorded under its id in its bucket's
 -- record hash (kept record_ttl seconds). A retry of an id already recorded
@@ -170,8 +171,9 @@ local function iso8601(seconds)
 end
 
 local suspended = 0
-if cost <= limit and not over then
-  -- The first refusal of an episode (since the last admission) is one strike.
+if cost <= limit and not over and ARGV[7] ~= '1' then
+  -- The first refusal of an episode (since the last admission) is one strike. A watched
+  -- refusal (monitor-only mode) starts no episode and strikes nothing.
   redis.call('HSET', rate_key, 'o', 1)
   if suspend_after > 0 then
     local period_us = suspend_period * 1000000

@@ -11,6 +11,7 @@ node.
 from __future__ import annotations
 
 import contextlib
+import time
 import typing
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
@@ -20,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
+from sendwarden import metrics
 from sendwarden.config import RedisSettings
 from sendwarden.store import StoreError, answered
 
@@ -99,9 +101,16 @@ def account_key(prefix: str, account_id: str, name: str) -> str:
 
 @contextlib.contextmanager
 def redis_errors(what: str) -> Iterator[None]:
-    """Turn any redis-py failure into a StoreError naming what was being done."""
+    """Turn any redis-py failure into a StoreError naming what was being done (and count
+    and time the call for the metrics)."""
+    recorder = metrics.current()  # inline, not a second context manager: the hot path
+    started = time.perf_counter() if recorder is not None else 0.0
     try:
         yield
     except redis.RedisError as error:
+        if recorder is not None:
+            recorder.store_done(BACKEND, time.perf_counter() - started, True)
         raise StoreError(BACKEND, f"{what}: {error}") from error
     answered(BACKEND)
+    if recorder is not None:
+        recorder.store_done(BACKEND, time.perf_counter() - started, False)

@@ -193,12 +193,13 @@ class DurableSuspensionStore:
                          suspension.reason)  # fmt: skip
         self.cache.suspend(account_id, suspension)
 
-    def lift(self, account_id: str, by: str = "", reason: str = "") -> bool:
-        """Lift (recording who and why); False if the account was not suspended."""
+    def lift(self, account_id: str, by: str = "", reason: str = "", at: str = "") -> bool:
+        """Lift (recording who and why, at ``at`` or now); False if the account was not
+        suspended."""
         if self.records.current(account_id) is None:
             self.cache.lift(account_id)  # a stale cache entry goes too
             return False
-        self.records.add(account_id, "lifted", utc_now_text(), by, reason)
+        self.records.add(account_id, "lifted", at or utc_now_text(), by, reason)
         self.cache.lift(account_id, by, reason)
         return True
 

@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from sendwarden.consent.model import ConsentStore
 from sendwarden.consent.store import open_consent_store
 from tests.support.mariadb import MariaDBError, MariaDBServer, find_mariadbd
 from tests.support.postgres import PostgresError, PostgresServer, find_bindir
+from tests.support.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +67,11 @@ def consent_store(consent_database_url: str) -> Iterator[ConsentStore]:
     store = open_consent_store(consent_database_url, timeout_ms=5000)
     yield store
     store.close()
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client of the test's Redis (modules may define their own ``client``)."""
+    client = redis.Redis(host=redis_server.host, port=redis_server.port)
+    yield client
+    client.close()

@@ -187,6 +187,18 @@ def test_no_suspension_when_disabled(client: redis.Redis) -> None:
     assert client.exists("sw:{acme}:suspended", "sw:{acme}:strikes") == 0
 
 
+def test_watch_only_refusals_strike_and_suspend_nobody(client: redis.Redis) -> None:
+    """Monitor-only mode: the limit still says "over", but the account is not suspended
+    (and gathers no strikes that a later, enforced refusal would complete)."""
+    clock = ManualClock(START_US)
+    counter = RecipientCounter(client, "sw", clock=clock, suspension=SuspensionPolicy(after=1))
+    assert counter.reserve("acme", 1, 1, "too many", watch_only=True).admitted
+    refused = counter.reserve("acme", 1, 1, "too many", watch_only=True)
+    assert not refused.admitted and not refused.suspended
+    assert client.exists("sw:{acme}:suspended", "sw:{acme}:strikes") == 0
+    assert counter.reserve("acme", 1, 1, "too many").suspended  # enforced again: it counts
+
+
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -121,6 +121,14 @@ class Rig:
         lines = [line for line in self.milter.log().splitlines() if line.startswith("{")]
         return [record for record in map(json.loads, lines) if record.get("event") == "decision"]
 
+    def command(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """``sendwarden ARGS -c CONFIG`` on the rig's config (e.g. ``"report", "--json"``)."""
+        assert self.config_path is not None, "only a sendwarden rig has a config"
+        return subprocess.run(
+            [sys.executable, "-m", "sendwarden", *args, "-c", str(self.config_path)],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+
     def events(self) -> list[dict[str, Any]]:
         """The no-op milter's recorded callbacks (empty for other milters)."""
         return noop_milter.read_events(self.events_path) if self.events_path else []

@@ -56,6 +56,8 @@ def build_config(
             "bulk_recipient_threshold": 50,
             **dict(consent or {}),
         },
+        # Off unless a test asks: parallel milters would all want the default port.
+        "metrics": {"listen": "", "api_listen": ""},
         "accounts": [dict(a) for a in (accounts if accounts is not None else [DEFAULT_ACCOUNT])],
     }
     for table, values in (extra or {}).items():

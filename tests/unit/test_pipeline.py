@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
@@ -44,21 +42,6 @@ def build(
     recorder = RecordingCheck()
     checks = [SuspensionCheck(suspensions), RelayCheck(settings.policy.local_domains), recorder]
     return Pipeline(settings, checks), suspensions, recorder
-
-
-@pytest.fixture
-def decisions(caplog: pytest.LogCaptureFixture) -> Iterator[list[dict[str, object]]]:
-    caplog.set_level(logging.INFO, logger="sendwarden.decisions")
-    records: list[dict[str, object]] = []
-
-    class Collector(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(json.loads(record.getMessage()))
-
-    handler = Collector()
-    logging.getLogger("sendwarden.decisions").addHandler(handler)
-    yield records
-    logging.getLogger("sendwarden.decisions").removeHandler(handler)
 
 
 def test_authenticated_message_passes_every_stage(decisions: list[dict[str, object]]) -> None:

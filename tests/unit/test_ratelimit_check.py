@@ -156,6 +156,7 @@ class MemoryCounter:
         suspension_reason: str = "",
         reservation: str = "",
         want: int = 0,
+        watch_only: bool = False,
     ) -> Decision:
         self.calls += 1
         if self.down:
@@ -168,8 +169,9 @@ class MemoryCounter:
         suspended = False
         granted = 0
         if not admission.admitted:
-            self.strikes += 1
-            suspended = self.suspend_after > 0 and self.strikes >= self.suspend_after
+            if not watch_only:
+                self.strikes += 1
+                suspended = self.suspend_after > 0 and self.strikes >= self.suspend_after
         else:
             extra = min(want - cost, limit - admission.used)
             if extra > 0:  # the batch: as many more as fit, in the same bucket
