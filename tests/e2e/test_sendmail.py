@@ -71,7 +71,8 @@ def test_suspended_account_gets_550_at_mail(rig: Rig) -> None:
     assert refused.value.smtp_code == 550
     # Sendmail puts the address before a MAIL/RCPT reply's text: "5.7.1 <addr>... text".
     assert refused.value.smtp_error.startswith(b"5.7.1 <carol@initech.example>... Account ")
-    assert b"Account initech is suspended since" in refused.value.smtp_error
+    assert b"Account initech is suspended by the provider" in refused.value.smtp_error
+    assert b"spam complaints" not in refused.value.smtp_error  # staff reasons stay internal
 
 
 def test_rate_limit_defers_the_recipient_over_the_limit_with_451(rig: Rig) -> None:
