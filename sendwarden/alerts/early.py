@@ -12,6 +12,9 @@ its own thread, so a message costs no extra round trip):
 - ``PREFIX:sent:{ADDRESS}``: recipients per minute and account through one sending
   address (``alerts.sending_address`` of the MTA host; ``*`` when unset), kept two
   hours: who sent through an address before it was listed.
+- ``PREFIX:active``: the last minute each account sent, kept two hours: the accounts
+  the sweep looks at besides the config's, so accounts that only the directory knows,
+  and proven senders no account lists, are warned about too.
 
 The sweep (:class:`EarlyWarnings`) reads them with the rate limiter's own count of
 the rolling hour, and turns what it sees into findings for the alert rules.
@@ -30,7 +33,7 @@ from dataclasses import dataclass, replace
 import redis
 
 from sendwarden.alerts.findings import ACCOUNT_NEAR_LIMIT, ACCOUNT_SURGE, DNSBL_LISTING, Finding
-from sendwarden.config import Settings
+from sendwarden.config import Account, Settings
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.verdict import Action, Verdict
 from sendwarden.ratelimit.counter import RecipientCounter
@@ -65,6 +68,9 @@ class VolumeStore:
     def sent_key(self, address: str) -> str:
         return f"{self._prefix}:sent:{{{address or ANY_ADDRESS}}}"
 
+    def active_key(self) -> str:
+        return f"{self._prefix}:active"
+
     def add(self, address: str, counts: dict[tuple[int, str], int]) -> None:
         """Add ``{(epoch minute, account): recipients}`` in one round trip."""
         with redis_errors("recording sent volume"):
@@ -75,8 +81,24 @@ class VolumeStore:
                 pipe.hincrby(volume_key, str(minute * MINUTE // HOUR), count)
                 pipe.expire(volume_key, VOLUME_KEEP)
                 pipe.hincrby(sent_key, f"{minute}\t{account_id}", count)
+            pipe.hset(
+                self.active_key(),
+                mapping={account_id: minute for minute, account_id in sorted(counts)},
+            )
             pipe.expire(sent_key, SENT_KEEP)
+            pipe.expire(self.active_key(), SENT_KEEP)
             pipe.execute()
+
+    def active_accounts(self) -> list[str]:
+        """The accounts that sent accepted mail in the last hour (from any MTA host)."""
+        oldest_minute = int(self._clock()) // MINUTE - HOUR // MINUTE
+        with redis_errors("reading the accounts active this hour"):
+            fields = typing.cast(dict[bytes, bytes], self._client.hgetall(self.active_key()))
+        return sorted(
+            name.decode(errors="replace")
+            for name, minute in fields.items()
+            if minute.isdigit() and int(minute) >= oldest_minute
+        )
 
     def usual_hourly(self, account_ids: Sequence[str]) -> dict[str, float]:
         """The median recipients of each account's busy hours in the last week, the
@@ -188,22 +210,30 @@ class EarlyWarnings:
     counter: RecipientCounter
     volumes: VolumeStore
 
-    def account_findings(self) -> list[Finding]:
-        """Accounts near their limit or far above their usual volume; raises StoreError."""
+    def account_findings(
+        self, find: Callable[[str], Account | None] | None = None
+    ) -> list[Finding]:
+        """Accounts near their limit or far above their usual volume: the config's, and
+        every account that sent this hour (``find`` gives an id's account, for its limit:
+        the directory's; unknown ids have the default limit); raises StoreError."""
         alerts = self.settings.alerts
-        accounts = self.settings.accounts
-        if not accounts or (alerts.near_limit_share <= 0 and alerts.surge_factor <= 0):
+        if alerts.near_limit_share <= 0 and alerts.surge_factor <= 0:
             return []
-        usual = self.volumes.usual_hourly([account.id for account in accounts])
+        configured = {account.id: account for account in self.settings.accounts}
+        ids = list(dict.fromkeys([*configured, *self.volumes.active_accounts()]))
+        if not ids:
+            return []
+        usual = self.volumes.usual_hourly(ids)
         findings = []
-        for account in accounts:
-            used = self.counter.usage(account.id).used
+        for account_id in ids:
+            account = configured.get(account_id) or (find(account_id) if find else None)
+            used = self.counter.usage(account_id).used
             limit = self.settings.recipients_per_hour(account)
-            near = near_limit_finding(account.id, used, limit, alerts.near_limit_share)
+            near = near_limit_finding(account_id, used, limit, alerts.near_limit_share)
             if near is not None:
                 findings.append(near)
             surge = surge_finding(
-                account.id, used, usual.get(account.id), alerts.surge_factor,
+                account_id, used, usual.get(account_id), alerts.surge_factor,
                 alerts.surge_min_recipients,
             )  # fmt: skip
             if surge is not None:

@@ -3,6 +3,7 @@ hear (:mod:`sendwarden.alerts.rules`), tell it, remember what it was told."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -27,8 +28,9 @@ from sendwarden.alerts.risk import RiskStore, account_risks, risk_findings
 from sendwarden.alerts.rules import after_delivery, due_alerts
 from sendwarden.alerts.state import ReportedStore
 from sendwarden.config import Settings
-from sendwarden.directory.explain import account_ids as account_ids_of
+from sendwarden.directory.explain import ids_in, open_directory
 from sendwarden.directory.sources import SourceError
+from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.ratelimit import counter_from_settings
 from sendwarden.store import StoreError
 from sendwarden.store.suspensions import RedisSuspensionStore
@@ -150,22 +152,26 @@ class AlertService:
             report.findings += self._early.with_top_senders(listing_findings(answers))
             report.findings += zone_failure_findings(answers)
             undetermined |= undetermined_keys(answers)
-        try:
-            account_ids = account_ids_of(self.settings)
-        except SourceError as error:  # the config's accounts are still looked at
-            report.problems.append(f"account directory: {error}")
-            account_ids = [account.id for account in self.settings.accounts]
-        try:
-            risks = account_risks(self._risks, self._suspensions, account_ids)
-        except StoreError as error:
-            report.problems.append(f"account refusals: {error}")
-            return undetermined, ACCOUNT_KEY_PREFIXES
-        report.findings += risk_findings(risks, self.alerts.risk_refusals_per_hour)
-        try:
-            report.findings += self._early.account_findings()
-        except StoreError as error:
-            report.problems.append(f"account volumes: {error}")
-            return undetermined, ACCOUNT_KEY_PREFIXES
+        with contextlib.ExitStack() as stack:
+            try:
+                directory = stack.enter_context(open_directory(self.settings))
+                account_ids = ids_in(directory)
+                find = directory.accounts.get
+            except SourceError as error:  # the config's accounts are still looked at
+                report.problems.append(f"account directory: {error}")
+                account_ids = [account.id for account in self.settings.accounts]
+                find = AccountDirectory(self.settings.accounts).get
+            try:
+                risks = account_risks(self._risks, self._suspensions, account_ids)
+            except StoreError as error:
+                report.problems.append(f"account refusals: {error}")
+                return undetermined, ACCOUNT_KEY_PREFIXES
+            report.findings += risk_findings(risks, self.alerts.risk_refusals_per_hour)
+            try:
+                report.findings += self._early.account_findings(find)
+            except StoreError as error:
+                report.problems.append(f"account volumes: {error}")
+                return undetermined, ACCOUNT_KEY_PREFIXES
         return undetermined, ()
 
 

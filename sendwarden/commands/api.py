@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
                 log.error("reload refused, keeping the running tokens: api.tokens is empty")
                 return
             reload_tokens(app, fresh.api.tokens)
+            ui.identify = app.state.sendwarden.tokens.identify  # staff sign-in at /ui too
             log.info("tokens reloaded from %s (%d tokens)", args.config, len(fresh.api.tokens))
 
         signal.signal(signal.SIGHUP, reload)

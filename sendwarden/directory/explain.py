@@ -68,9 +68,14 @@ def open_directory(settings: Settings) -> Iterator[OpenDirectory]:
 def account_ids(settings: Settings) -> list[str]:
     """Every account id: the config's and the sources' (SourceError when one is bad)."""
     with open_directory(settings) as directory:
-        ids = dict.fromkeys(account.id for account in settings.accounts)
-        if directory.snapshot is not None:
-            ids.update(dict.fromkeys(directory.snapshot.account_ids()))
+        return ids_in(directory)
+
+
+def ids_in(directory: OpenDirectory) -> list[str]:
+    """Every account id of an open directory: the config's and the sources'."""
+    ids = dict.fromkeys(account.id for account in directory.settings.accounts)
+    if directory.snapshot is not None:
+        ids.update(dict.fromkeys(directory.snapshot.account_ids()))
     return list(ids)
 
 

@@ -216,7 +216,8 @@ def test_sighup_reloads_the_tokens(
 ) -> None:
     config = served_api.config_path
     new, new_lines = mint(capsys, config, "--account", "acme", "--name", "second")
-    config.write_text(config.read_text() + "\n" + new_lines)
+    staff, staff_lines = mint(capsys, config, "--staff", "--name", "sam")
+    config.write_text(config.read_text() + "\n" + new_lines + "\n" + staff_lines)
     served_api.process.send_signal(signal.SIGHUP)
     record = {"recipient": "erin@example.org"}
     with httpx.Client(base_url=served_api.base, timeout=10) as client:
@@ -228,6 +229,9 @@ def test_sighup_reloads_the_tokens(
                 break
             time.sleep(0.1)
         assert answer.status_code == 201, answer.text
+        # The support page signs staff in with the reloaded tokens too.
+        login = client.post("/ui/login", data={"token": staff}, follow_redirects=False)
+        assert login.status_code == 303, login.text
         # A broken file on the next SIGHUP: refused, logged, the running tokens stay.
         config.write_text("[api\n")
         served_api.process.send_signal(signal.SIGHUP)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -125,3 +126,39 @@ def test_quiet_accounts_and_thin_history_raise_nothing(
     recorder.close()
     report = AlertService(settings, client).sweep()
     assert report.sent == [] and not report.problems
+
+
+def test_accounts_the_config_does_not_list_are_warned_about_too(
+    redis_server: RedisServer, dns: DnsServer, smtp_sink: SmtpSink, client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """A customer only the provider's domain map knows, and a proven login no account
+    lists, are near their limits as much as a configured account would be."""
+    domain_map = tmp_path / "userdomains"
+    domain_map.write_text("delta.example: delta\n")
+    settings = settings_from_mapping(
+        {
+            "redis": {"url": redis_server.url},
+            "policy": {"recipients_per_hour": 10},
+            "directory": {"domain_map": str(domain_map)},
+            "alerts": {
+                "near_limit_share": 0.8,
+                "mail_to": ["abuse@hosting.example"],
+                "smtp_server": f"127.0.0.1:{smtp_sink.port}",
+            },
+        }
+    )
+    counter = counter_from_settings(settings, client)
+    recorder = VolumeRecorder(VolumeStore(client, "sw"), ADDRESS, interval=60)
+    for account in ("delta", "login:mallory@freemail.example", "quiet"):
+        recipients = 2 if account == "quiet" else 9
+        assert counter.reserve(account, recipients, 10).admitted
+        sent(recorder, account, recipients)
+    recorder.close()
+    report = AlertService(settings, client).sweep()
+    assert not report.failed and not report.problems, report
+    subjects = sorted(str(mail.message["Subject"]) for mail in smtp_sink.wait_for(2))
+    assert subjects == [
+        "[sendwarden] Account delta has used 90% of its hourly limit",
+        "[sendwarden] Account login:mallory@freemail.example has used 90% of its hourly limit",
+    ]
