@@ -133,6 +133,9 @@ class DirectoryLookups:
     def owner_of_exact_domain(self, domain: str) -> Account | None:
         return self._owned(self.config.owner_of_exact_domain(domain), "domain", domain)
 
+    def owner_of_exact_look(self, look: str) -> Account | None:
+        return self._owned(self.config.owner_of_exact_look(look), "look", look)
+
 
 def _union(first: Sequence[object], second: Sequence[object]) -> tuple:  # type: ignore[type-arg]
     return tuple(dict.fromkeys([*first, *second]))

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sendwarden.directory.sources import SourceData, SourceError, check_account_id
+from sendwarden.policy.rendering import domain_skeleton
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
@@ -45,6 +46,7 @@ CREATE TABLE uids (uid INTEGER PRIMARY KEY, account INTEGER NOT NULL, name TEXT,
 CREATE TABLE system_users (name TEXT PRIMARY KEY, account INTEGER NOT NULL, src INTEGER,
     place INTEGER) WITHOUT ROWID;
 CREATE TABLE conflicts (kind TEXT, key TEXT, claimants TEXT, kept TEXT);
+CREATE TABLE looks (look TEXT PRIMARY KEY, account INTEGER NOT NULL) WITHOUT ROWID;
 """
 #: An account's domains, logins and uids are also kept on its own row (one line each),
 #: so building an account is one read, and no index on the big tables is needed.
@@ -275,6 +277,15 @@ def write_snapshot(
             "INSERT INTO domains VALUES (?, ?, ?, ?)",
             ((key, *owner) for key, owner in sorted(claims["domain"].owner.items())),
         )
+        # The UTS #39 skeleton of every domain, so a look-alike of a customer's domain
+        # is found as theirs (the first owner, in domain order, of a shared skeleton).
+        insert(
+            "INSERT OR IGNORE INTO looks VALUES (?, ?)",
+            (
+                (domain_skeleton(str(key)), owner[0])
+                for key, owner in sorted(claims["domain"].owner.items())
+            ),
+        )
         insert(
             "INSERT INTO logins VALUES (?, ?, ?, ?, ?)",
             (
@@ -345,6 +356,7 @@ _OWNER_QUERIES = {
     "domain": "SELECT a.id FROM domains d JOIN accounts a ON a.idx = d.account WHERE d.domain = ?",
     "login": "SELECT a.id FROM logins l JOIN accounts a ON a.idx = l.account WHERE l.login = ?",
     "uid": "SELECT a.id FROM uids u JOIN accounts a ON a.idx = u.account WHERE u.uid = ?",
+    "look": "SELECT a.id FROM looks l JOIN accounts a ON a.idx = l.account WHERE l.look = ?",
     "system user": (
         "SELECT a.id FROM system_users s JOIN accounts a ON a.idx = s.account WHERE s.name = ?"
     ),
@@ -363,6 +375,12 @@ class Snapshot:
         self._sources = {
             row[0]: row[1:] for row in self._connection.execute("SELECT * FROM sources")
         }
+        # A snapshot kept by an older version has no look-alike index until it is rebuilt.
+        self._has_looks = bool(
+            self._connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'looks'"
+            ).fetchone()
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -382,7 +400,10 @@ class Snapshot:
             return list(self._connection.execute(sql, parameters).fetchall())
 
     def owner(self, kind: str, key: object) -> str | None:
-        """The account id owning a domain, casefolded login, uid or Unix user name."""
+        """The account id owning a domain, a domain's skeleton ("look"), casefolded
+        login, uid or Unix user name."""
+        if kind == "look" and not self._has_looks:
+            return None
         row = self._one(_OWNER_QUERIES[kind], (key,))
         return None if row is None else str(row[0])
 

@@ -88,6 +88,9 @@ class AccountLookups(Protocol):
 
     def owner_of_exact_domain(self, domain: str) -> Account | None: ...
 
+    def owner_of_exact_look(self, look: str) -> Account | None:
+        """The owner of a domain whose confusable skeleton is exactly ``look``."""
+
 
 class ConfiguredAccounts:
     """Index of the config's accounts by each identity they own, built once per load."""
@@ -128,18 +131,14 @@ class ConfiguredAccounts:
     def owner_of_exact_domain(self, domain: str) -> Account | None:
         return self._by_domain.get(domain)
 
-    def owner_of_look(self, look: str) -> Account | None:
-        """The account of a domain with this skeleton, or of a parent's (index built once)."""
+    def owner_of_exact_look(self, look: str) -> Account | None:
+        """The account of a domain with this skeleton (index built on first use)."""
         looks = self._by_look
         if looks is None:
-            looks = self._by_look = {
-                domain_skeleton(domain): account for domain, account in self._by_domain.items()
-            }
-        while look:
-            if (account := looks.get(look)) is not None:
-                return account
-            _, _, look = look.partition(".")
-        return None
+            looks = self._by_look = {}
+            for domain, account in self._by_domain.items():
+                looks.setdefault(domain_skeleton(domain), account)
+        return looks.get(look)
 
 
 class AccountDirectory:
@@ -200,8 +199,13 @@ class AccountDirectory:
         """The account owning a domain a reader cannot tell from one with this
         confusable skeleton (:func:`~sendwarden.policy.rendering.domain_skeleton`),
         or from a parent of it: acme.example with a Cyrillic a (U+0430) is acme's.
-        Over the configured accounts' domains (a source's domains match exactly only)."""
-        return self._configured.owner_of_look(look)
+        Over the config's domains and the directory's."""
+        lookups = self.current
+        while look:
+            if (account := lookups.owner_of_exact_look(look)) is not None:
+                return account
+            _, _, look = look.partition(".")
+        return None
 
     def resolve(
         self,

@@ -3,6 +3,7 @@ owner keeping a contested domain, the shrink guard, and logins that need no list
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ from sendwarden.directory.snapshot import ShrinkRefused, Snapshot, write_snapsho
 from sendwarden.directory.sources import SourceData, parse_domain_map
 from sendwarden.directory.sql import rows_to_data
 from sendwarden.policy.accounts import AccountDirectory, ConfiguredAccounts
+from sendwarden.policy.facts import Client, Transaction
+from sendwarden.policy.identity import RULE_IMPERSONATION, identity_verdict
+from sendwarden.policy.rendering import domain_skeleton
 
 MAP = "acme.example: acme\nshop.example: acme\nglobex.example: globex\n"
 
@@ -162,3 +166,43 @@ def test_without_a_snapshot_the_config_alone_answers() -> None:
     d = directory(None, [{"id": "acme", "domains": ["acme.example"]}])
     assert d.by_login("anyone@acme.example") == d.get("acme")
     assert d.get("nobody") is None
+
+
+@pytest.mark.parametrize(
+    "from_",
+    [
+        "ceo@gl\u043ebex.example",  # Cyrillic o: a look-alike of a domain only the map has
+        "news@mail.gl\u043ebex.example",  # a subdomain of the look-alike
+        "ceo@shop.ex\u0430mple",  # Cyrillic a in the suffix
+    ],
+)
+def test_look_alikes_of_a_sources_domains_are_that_customers(
+    tmp_path: Path, from_: str
+) -> None:
+    """An unlisted proven sender may not use a domain a reader cannot tell from one
+    that only the provider's own records (not the config) give to a customer."""
+    d = directory(snapshot(tmp_path, parse_domain_map(MAP, "/etc/userdomains")))
+    look = domain_skeleton(from_.rpartition("@")[2])
+    owner = d.owner_of_look(look)
+    assert owner is not None and owner.id in ("acme", "globex")
+    client = Client(ipaddress.ip_address("192.0.2.7"), "host.example")
+    txn = Transaction(client=client, trusted=True, mail_from="news@other.example")
+    attribution = d.resolve(login=None, uid=None, client_address=client.address, trusted=True)
+    txn.account, txn.account_source = attribution.account, attribution.source
+    txn.headers = [("From", from_), ("To", "x@remote.example"), ("Subject", "hi")]
+    verdict = identity_verdict(txn, d)
+    assert verdict is not None and verdict.rule == RULE_IMPERSONATION
+
+
+def test_a_snapshot_without_the_look_index_answers_nobody(tmp_path: Path) -> None:
+    """A snapshot kept by an older version (no ``looks`` table) is read, not a crash."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    write_snapshot(path, [parse_domain_map(MAP, "/etc/userdomains")])
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP TABLE looks")
+    connection.close()
+    d = directory(Snapshot(path))
+    assert d.owner_of_look(domain_skeleton("gl\u043ebex.example")) is None
+    assert d.owner_of_domain("globex.example") == d.get("globex")
