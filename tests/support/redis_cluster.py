@@ -15,7 +15,7 @@ from typing import Self
 
 import redis
 
-from tests.support.ports import free_port
+from tests.support.ports import PORT_ATTEMPTS, free_port
 from tests.support.redis_server import RedisServer
 from tests.support.service import wait_until
 
@@ -27,6 +27,9 @@ class RedisCluster:
 
     def __init__(self, masters: int = 3, *, node_timeout_ms: int = 1000) -> None:
         self.node_timeout_ms = node_timeout_ms
+        self._new_nodes(masters)
+
+    def _new_nodes(self, masters: int) -> None:
         self.nodes = [self._node() for _ in range(masters * 2)]
         self.masters = self.nodes[:masters]
         self.replicas = self.nodes[masters:]
@@ -55,6 +58,20 @@ class RedisCluster:
         return redis.Redis(host=node.host, port=node.port, socket_timeout=2)
 
     def start(self) -> Self:
+        """Start and join the nodes; started again on new ports when they do not meet
+        (a bus port is chosen before its node binds it, and another process may take
+        it in between)."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                return self._start_once()
+            except TimeoutError:
+                if attempt == PORT_ATTEMPTS:
+                    raise
+                self.close()
+                self._new_nodes(len(self.masters))
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> Self:
         for node in self.nodes:
             node.start()
         clients = [self.client(node) for node in self.nodes]
