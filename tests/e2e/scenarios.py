@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import SMTP
 from typing import Any
 
 import pytest
 
+from sendwarden.consent.model import ConsentStore, EventKind, NewEvent
 from tests.support.rig import Rig, running_rig
 from tests.support.sendwarden_config import DEFAULT_ACCOUNT
 
@@ -25,6 +27,29 @@ ACCOUNTS: list[dict[str, Any]] = [
 ]
 MALLORY = "mallory@freemail.example"  # a real SASL login that no account lists
 USERS = {ALICE: "alice-secret", BOB: "bob-secret", CAROL: "carol-secret", MALLORY: "m-secret"}
+SIGNED_UP = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
+
+
+def record_consent(
+    ledger: ConsentStore, kind: EventKind, recipients: Sequence[str], days: int = 0
+) -> None:
+    """Acme's readers opted in (double opt-in) or unsubscribed (one click), ``days``
+    after the sign-up day, in the ledger the milter reads."""
+    ledger.append(
+        NewEvent(
+            account="acme",
+            recipient=recipient,
+            kind=kind,
+            occurred_at=SIGNED_UP + timedelta(days=days),
+            recorded_by="e2e",
+            method="double-opt-in" if kind is EventKind.GRANTED else "one-click",
+            confirmed_at=SIGNED_UP + timedelta(days=days, minutes=5)
+            if kind is EventKind.GRANTED
+            else None,
+            source="https://acme.example/newsletter",
+        )
+        for recipient in recipients
+    )
 
 
 def too_deep(levels: int = 25) -> bytes:

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import smtplib
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 
 import pytest
 
-from sendwarden.consent.model import ConsentStore, EventKind, NewEvent
+from sendwarden.consent.model import ConsentStore, EventKind
 from sendwarden.consent.store import open_consent_store
+from tests.e2e.scenarios import record_consent
 from tests.support.rig import Rig, running_rig
 
 LOGIN = "alice@acme.example"
 SENDER = "news@acme.example"
-SIGNED_UP = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
 ONE_CLICK = "<https://acme.example/unsubscribe/abc>, <mailto:leave@acme.example>"
 
 
@@ -58,24 +57,6 @@ def readers(request: pytest.FixtureRequest) -> list[str]:
 
 def subscribers(count: int, domain: str) -> list[str]:
     return [f"reader{index}@{domain}" for index in range(count)]
-
-
-def record(ledger: ConsentStore, kind: EventKind, recipients: Sequence[str], days: int = 0) -> None:
-    ledger.append(
-        NewEvent(
-            account="acme",
-            recipient=recipient,
-            kind=kind,
-            occurred_at=SIGNED_UP + timedelta(days=days),
-            recorded_by="e2e",
-            method="double-opt-in" if kind is EventKind.GRANTED else "one-click",
-            confirmed_at=SIGNED_UP + timedelta(days=days, minutes=5)
-            if kind is EventKind.GRANTED
-            else None,
-            source="https://acme.example/newsletter",
-        )
-        for recipient in recipients
-    )
 
 
 def newsletter(unsubscribe: bool = True, list_unsubscribe: str = ONE_CLICK) -> bytes:
@@ -117,7 +98,7 @@ def refusal(rig: Rig, recipients: Sequence[str], body: bytes) -> str:
 def test_bulk_mail_with_every_consent_is_delivered(
     rig: Rig, ledger: ConsentStore, readers: list[str]
 ) -> None:
-    record(ledger, EventKind.GRANTED, readers)
+    record_consent(ledger, EventKind.GRANTED, readers)
     send(rig, readers, newsletter())
     assert delivered_recipients(rig, 60) == set(readers)
 
@@ -125,7 +106,7 @@ def test_bulk_mail_with_every_consent_is_delivered(
 def test_bulk_mail_with_one_recipient_lacking_consent_is_refused(
     rig: Rig, ledger: ConsentStore, readers: list[str]
 ) -> None:
-    record(ledger, EventKind.GRANTED, readers[:-1])
+    record_consent(ledger, EventKind.GRANTED, readers[:-1])
     text = refusal(rig, readers, newsletter())
     assert text.startswith("5.7.1 Bulk mail from account acme refused: 1 of 60 recipients")
     assert readers[59] in text
@@ -135,8 +116,8 @@ def test_bulk_mail_with_one_recipient_lacking_consent_is_refused(
 def test_bulk_mail_to_a_revoked_recipient_is_refused(
     rig: Rig, ledger: ConsentStore, readers: list[str]
 ) -> None:
-    record(ledger, EventKind.GRANTED, readers)
-    record(ledger, EventKind.REVOKED, [readers[17]], days=30)
+    record_consent(ledger, EventKind.GRANTED, readers)
+    record_consent(ledger, EventKind.REVOKED, [readers[17]], days=30)
     text = refusal(rig, readers, newsletter())
     assert "1 of 60 recipients have no active consent" in text
     assert readers[17] in text
@@ -156,7 +137,7 @@ def test_small_personal_mail_needs_no_consent(rig: Rig) -> None:
 def test_bulk_mail_without_list_unsubscribe_is_refused(
     rig: Rig, ledger: ConsentStore, readers: list[str]
 ) -> None:
-    record(ledger, EventKind.GRANTED, readers)
+    record_consent(ledger, EventKind.GRANTED, readers)
     text = refusal(rig, readers, newsletter(unsubscribe=False))
     assert text.startswith(
         "5.7.1 Bulk mail from account acme must carry a List-Unsubscribe header (RFC 8058"
@@ -168,7 +149,7 @@ def test_bulk_mail_whose_list_unsubscribe_has_no_usable_uri_is_refused(
     rig: Rig, ledger: ConsentStore, readers: list[str]
 ) -> None:
     """Schemes with nothing behind them are no way out, even with every consent on record."""
-    record(ledger, EventKind.GRANTED, readers)
+    record_consent(ledger, EventKind.GRANTED, readers)
     text = refusal(rig, readers, newsletter(list_unsubscribe="<https:>, <mailto:>"))
     assert text.startswith("5.7.1 Bulk mail from account acme must carry a List-Unsubscribe")
     assert "names no usable one: <https:>, <mailto:>" in " ".join(text.split())
@@ -182,7 +163,7 @@ def test_remove_mode_delivers_only_to_recipients_with_consent(
     ledger = open_ledger(rig)
     try:
         readers = subscribers(60, "remove-mode.example")
-        record(ledger, EventKind.GRANTED, readers[:57])
+        record_consent(ledger, EventKind.GRANTED, readers[:57])
         send(rig, readers, newsletter())
         assert delivered_recipients(rig, 57) == set(readers[:57])
         headers = rig.sink.messages[0].message
@@ -198,7 +179,7 @@ def test_sendmail_submission_is_judged_at_end_of_message(
 ) -> None:
     """sendmail(1) (PHP mail()) reaches only non_smtpd_milters: the refusal comes back
     to the sender as a bounce, and no reader gets the message."""
-    record(ledger, EventKind.GRANTED, readers[:-1])
+    record_consent(ledger, EventKind.GRANTED, readers[:-1])
     result = rig.sendmail(newsletter(), SENDER, readers, uid=65534)
     assert result.returncode == 0, result.stderr
     (bounce,) = rig.sink.wait_for(1, timeout=30)

@@ -12,15 +12,15 @@ import contextlib
 import re
 import smtplib
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dkim
 import pytest
 
-from sendwarden.consent.model import EventKind, NewEvent
+from sendwarden.consent.model import EventKind
 from sendwarden.consent.store import open_consent_store
 from sendwarden.dkim.keys import generate_key, public_key_record
+from tests.e2e.scenarios import record_consent
 from tests.support.dns_server import TxtDnsServer
 from tests.support.rig import Rig, start_rig
 from tests.support.sink import Delivered
@@ -56,32 +56,18 @@ def signing_rig(dns_server: tuple[TxtDnsServer, Path]) -> Iterator[Rig]:
             config_extra={"dkim": dkim_table},
         )
         try:
-            record_consent(rig, "carol@remote.example")  # the awkward mail has List-Unsubscribe
+            opt_in(rig, "carol@remote.example")  # the awkward mail has List-Unsubscribe
             yield rig
         finally:
             print(rig.report())
 
 
-def record_consent(rig: Rig, recipient: str) -> None:
+def opt_in(rig: Rig, recipient: str) -> None:
     """Carol opted in to acme's mailings, in the ledger the milter reads."""
     assert rig.config_path is not None
     ledger = open_consent_store(f"sqlite:///{rig.config_path.parent / 'consent.db'}")
-    signed_up = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
     try:
-        ledger.append(
-            [
-                NewEvent(
-                    account="acme",
-                    recipient=recipient,
-                    kind=EventKind.GRANTED,
-                    occurred_at=signed_up,
-                    recorded_by="e2e",
-                    method="double-opt-in",
-                    confirmed_at=signed_up + timedelta(minutes=5),
-                    source="https://acme.example/newsletter",
-                )
-            ]
-        )
+        record_consent(ledger, EventKind.GRANTED, [recipient])
     finally:
         ledger.close()
 

@@ -15,13 +15,13 @@ import smtplib
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 
-from sendwarden.consent.model import EventKind, NewEvent
+from sendwarden.consent.model import EventKind
 from sendwarden.consent.store import open_consent_store
+from tests.e2e.scenarios import record_consent
 from tests.support.postgres import PostgresServer, find_bindir
 from tests.support.rig import Rig, start_rig
 from tests.support.service import wait_until
@@ -58,20 +58,7 @@ def postgres_rig() -> Iterator[Rig]:
         with psycopg.connect(server.url(), autocommit=True) as admin:
             admin.execute(f'ALTER DATABASE "{name}" SET client_min_messages = debug5')
         ledger = open_consent_store(url)
-        signed_up = datetime(2026, 1, 10, tzinfo=UTC)
-        ledger.append(
-            NewEvent(
-                account="acme",
-                recipient=reader,
-                kind=EventKind.GRANTED,
-                occurred_at=signed_up,
-                recorded_by="e2e",
-                method="double-opt-in",
-                confirmed_at=signed_up + timedelta(minutes=5),
-                source="https://acme.example/newsletter",
-            )
-            for reader in READERS
-        )
+        record_consent(ledger, EventKind.GRANTED, READERS)
         ledger.close()
         rig = start_rig(
             stack,
