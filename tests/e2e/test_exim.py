@@ -12,6 +12,8 @@ here, so what is refused is sendwarden's doing.
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import smtplib
 import subprocess
 import sys
@@ -248,3 +250,48 @@ def test_stopped_proxy_leaves_mail_queued_then_delivers(make_rig: Callable[..., 
     mta.run_queue()
     (delivered,) = rig.sink.wait_for(1, timeout=30)
     assert delivered.rcpt_tos == ("bob@remote.example",)
+
+
+def test_sighup_reloads_the_proxy_and_a_bad_file_keeps_the_running_rules(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """The proxy reloads as the milter does: new rules for the proxy's own judgement
+    (attachment cap, at delivery) and for its policy socket (unlisted logins, at RCPT);
+    a file that does not load is refused with a log line and the running rules stay."""
+    rig = make_rig(**EXIM_RIG, policy={"unknown_senders": "limit", "max_attachment_bytes": MIB})
+    assert rig.milter is not None and rig.config_path is not None and rig.milter.pid
+    with rig.smtp(MALLORY) as client:  # unlisted logins counted and limited: delivered
+        assert client.sendmail(MALLORY, ["bob@remote.example"], message(MALLORY)) == {}
+    with rig.smtp(ALICE) as client:
+        assert client.sendmail(ALICE, ["bob@remote.example"], with_file(MIB // 2)) == {}
+    rig.sink.wait_for(2, timeout=30)
+    config = rig.config_path.read_text()
+    stricter = config.replace('unknown_senders = "limit"', 'unknown_senders = "refuse"')
+    stricter = stricter.replace(
+        f"max_attachment_bytes = {MIB}", f"max_attachment_bytes = {MIB // 4}"
+    )
+    assert stricter.count("refuse") == 1 and f"= {MIB // 4}" in stricter
+    rig.config_path.write_text(stricter)
+    os.kill(rig.milter.pid, signal.SIGHUP)
+    rig.milter.wait_for_log("configuration reloaded")
+
+    def shows_the_new_rules() -> None:
+        with rig.smtp(MALLORY) as client, pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            client.sendmail(MALLORY, ["bob@remote.example"], message(MALLORY))
+        code, text = refused.value.recipients["bob@remote.example"]
+        assert code == 550 and text.startswith(b"5.7.1 Sender refused")
+        rig.sink.clear()
+        with rig.smtp(ALICE) as client:
+            assert client.sendmail(ALICE, ["bob@remote.example"], with_file(MIB // 2)) == {}
+        assert b"552 5.3.4" in bounce_to(rig, ALICE).data
+        assert not [m for m in rig.sink.messages if m.mail_from == ALICE]
+
+    shows_the_new_rules()
+    rig.config_path.write_text(stricter + "\n[policy\n")  # broken TOML
+    os.kill(rig.milter.pid, signal.SIGHUP)
+    rig.milter.wait_for_log("reload refused, keeping the running configuration")
+    assert rig.milter.pid  # still running
+    shows_the_new_rules()
+    with rig.smtp(ALICE) as client:  # and passing mail still passes
+        assert client.sendmail(ALICE, ["bob@remote.example"], message()) == {}
+    wait_until(lambda: [m for m in rig.sink.messages if m.mail_from == ALICE], 30, "not delivered")
