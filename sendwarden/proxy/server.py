@@ -50,7 +50,7 @@ from sendwarden.proxy.identity import (
 )
 from sendwarden.proxy.message import SplitMessage, apply_changes, split_message
 from sendwarden.proxy.policy_socket import answer, before_queue_pipeline, serve_policy_socket
-from sendwarden.proxy.relay import NextHop, Outgoing, Relay
+from sendwarden.proxy.relay import IDLE_SECONDS, NextHop, Outgoing, RelayPool
 from sendwarden.replies import smtp_reply
 from sendwarden.runtime import Runtime, build_runtime
 from sendwarden.session import INTERNAL_ERROR, PolicySession
@@ -81,7 +81,7 @@ def _split_params(arg: str, ours: tuple[str, ...]) -> tuple[str, dict[str, str]]
 
 
 class ProxySMTP(SMTP):
-    """One MTA connection. Keeps the connection's policy session and next-hop relay,
+    """One MTA connection. Keeps the connection's policy session and next-hop pool,
     and the parameters aiosmtpd would refuse (AUTH=, DSN) before it sees them."""
 
     line_length_limit = 1 << 16
@@ -92,7 +92,7 @@ class ProxySMTP(SMTP):
         # The configuration this connection keeps, whatever a reload does meanwhile.
         pipeline, self.release = handler.generations.lease()
         self.policy = PolicySession(pipeline)
-        self.relay = Relay(handler.next_hop)
+        self.relays = handler.relays
         self.auth_param: str | None = None
         self.mail_params: dict[str, str] = {}
         self.rcpt_params: dict[str, str] = {}
@@ -128,11 +128,11 @@ class ProxySMTP(SMTP):
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
-        policy, relay, release = self.policy, self.relay, self.release
+        policy, release = self.policy, self.release
         try:
-            self.proxy.executor.submit(_end_connection, policy, relay, release)
+            self.proxy.executor.submit(_end_connection, policy, release)
         except RuntimeError:  # the proxy is shutting down: end it here
-            _end_connection(policy, relay, release)
+            _end_connection(policy, release)
 
 
 def _reverse_path(address: str | None) -> str:
@@ -140,14 +140,13 @@ def _reverse_path(address: str | None) -> str:
     return "" if address in (None, "<>") else str(address).strip("<>")
 
 
-def _end_connection(policy: PolicySession, relay: Relay, release: Callable[[], None]) -> None:
+def _end_connection(policy: PolicySession, release: Callable[[], None]) -> None:
     try:
         policy.abort()
     except Exception:
         log.exception("ending a policy session failed")
     finally:
         release()
-    relay.close()
 
 
 class ProxyHandler:
@@ -167,13 +166,17 @@ class ProxyHandler:
         )
 
     def _use(self, settings: Settings, secret: str) -> None:
-        """What new connections get (each connection keeps its own relay and lease)."""
+        """What new connections get (each connection keeps its own pool and lease)."""
         proxy = settings.proxy
         self.settings = settings
         self.secret = secret
         host, _, port = proxy.next_hop.rpartition(":")
         self.next_hop = NextHop(host.strip("[]"), int(port), proxy.next_hop_login,
                                 secret, float(proxy.timeout))  # fmt: skip
+        previous = getattr(self, "relays", None)
+        self.relays = RelayPool(self.next_hop)
+        if previous is not None:
+            previous.close()
         current = self.generations.current.pipeline
         self._before_queue = (current, before_queue_pipeline(current))
 
@@ -350,7 +353,11 @@ class ProxyHandler:
         )
         if not outgoing.recipients:
             return "250 2.0.0 OK: no recipient left to deliver to"
-        return server.relay.send(outgoing)
+        relay = server.relays.acquire()
+        try:
+            return relay.send(outgoing)
+        finally:
+            server.relays.release(relay)
 
     def _replay_envelope(
         self, server: ProxySMTP, envelope: Envelope, message: SplitMessage
@@ -449,6 +456,13 @@ async def serve(
         loop.add_signal_handler(signum, stopping.set)
     # Loading Redis, the directory... blocks: off the event loop, one reload at a time.
     loop.add_signal_handler(signal.SIGHUP, lambda: handler.executor.submit(handler.reload_once))
+
+    async def close_idle_relays() -> None:  # each idle one holds a next-hop process
+        while True:
+            await asyncio.sleep(IDLE_SECONDS)
+            handler.executor.submit(handler.relays.close_idle)
+
+    reaper = asyncio.create_task(close_idle_relays())
     log.info("sendwarden proxy (%s mode) listening on %s, relaying to %s",
              proxy.mta, listen, proxy.next_hop)  # fmt: skip
     if ready is not None:
@@ -457,11 +471,13 @@ async def serve(
         await stopping.wait()
     finally:
         log.info("sendwarden proxy stopping")
+        reaper.cancel()
         server.close()
         await server.wait_closed()
         if policy_server is not None:
             policy_server.close()
             await policy_server.wait_closed()
         handler.executor.shutdown(wait=True)
+        handler.relays.close()
         handler.generations.close()
         log.info("sendwarden proxy stopped")

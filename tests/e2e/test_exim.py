@@ -246,6 +246,20 @@ def test_dsn_parameters_pass_through_the_proxy(rig: Rig) -> None:
     assert b"relayed" in report.data.lower()
 
 
+def test_a_dsn_recipient_after_the_cutthrough_began_is_asked_to_come_again(rig: Rig) -> None:
+    """The cutthrough RCPT cannot carry NOTIFY: such a recipient gets 452 (a transaction
+    of its own), never a silent loss of its DSN request; the others are delivered."""
+    with rig.smtp(ALICE) as client:
+        assert client.ehlo_or_helo_if_needed() is None
+        assert client.mail(ALICE)[0] == 250
+        assert client.rcpt("first@remote.example")[0] == 250
+        code, text = client.rcpt("second@remote.example", ["NOTIFY=SUCCESS"])
+        assert code == 452 and text.startswith(b"4.5.3 Delivery status notifications")
+        assert client.data(message())[0] == 250
+    (delivered,) = rig.sink.wait_for(1, timeout=30)
+    assert delivered.rcpt_tos == ("first@remote.example",)
+
+
 def test_stopped_proxy_leaves_mail_queued_then_delivers(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig(**EXIM_RIG)
     assert rig.milter is not None and rig.redis is not None
