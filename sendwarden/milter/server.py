@@ -91,6 +91,7 @@ class MilterServer:
 
     def _serve(self, settings: Settings) -> int:
         spec = settings.milter.socket
+        tune_garbage_collector()  # before the socket opens: the MTA may connect at once
         _prepare_socket_path(spec)
         Milter.factory = SendwardenMilter  # steps negotiated per connection
         _register(settings.milter.name)
@@ -107,7 +108,6 @@ class MilterServer:
             os.umask(previous_umask)
         _after_open(spec, socket_mode)
         identity = _socket_identity(spec)
-        tune_garbage_collector()
 
         failure: list[BaseException] = []
 
