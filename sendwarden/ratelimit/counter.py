@@ -135,6 +135,17 @@ class RecentBatch:
     count: bool = True  # return the distinct count before adding
 
 
+class Settlement(NamedTuple):
+    """The answer of the end-of-message round trip (:meth:`RecipientCounter.settle`)."""
+
+    given: int  # batch recipients given back
+    distinct: int  # the account's distinct recipients before this message (when asked)
+    admitted: bool = True  # the provisional recipients were counted (or there were none)
+    bucket: int = 0  # where they were counted: a refund gives them back there
+    used: int = -1  # the window's count after it all (-1: not read)
+    suspension: bytes = b""  # the suspension that refused them (the account's JSON)
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     """An account's window as ``sendwarden ratelimit status`` shows it."""
@@ -192,7 +203,7 @@ class RecipientCounter:
         self._reserve = LuaScript(client, templated_script("reserve.lua", constants))
         self._refund = LuaScript(client, templated_script("refund.lua", constants))
         self._reset = LuaScript(client, templated_script("reset.lua", constants))
-        self._settle = LuaScript(client, load_script("settle.lua"))
+        self._settle = LuaScript(client, templated_script("settle.lua", constants))
         self._usage = LuaScript(client, load_script("usage.lua"))
         self._keys: dict[str, list[str]] = {}
 
@@ -275,20 +286,34 @@ class RecipientCounter:
         account_id: str,
         reservation: tuple[str, int, int] | None,
         recent: RecentBatch | None = None,
-    ) -> tuple[int, int]:
+        extra: tuple[str, int, int] | None = None,
+        fill: int = 0,
+    ) -> Settlement:
         """End of message in one round trip: ``reservation`` ``(id, bucket, keep)``
-        keeps only ``keep`` of what it reserved (the rest is given back); ``recent``
-        counts, then records, the message's distinct recipients. Returns (recipients
-        given back, distinct recipients before this message). Safe to repeat."""
-        rate_key, _, _, _, records = self.keys(account_id)
-        keys = [rate_key, records, *(recent.keys if recent else ())]
+        keeps only ``keep`` of what it reserved (the rest is given back); ``extra``
+        ``(id, count, limit)`` reserves ``count`` recipients accepted provisionally,
+        all or none (none when they no longer fit under ``limit`` or the account is
+        suspended: ``Settlement.admitted`` is False and the message must be deferred);
+        ``fill`` > 0 caches "not suspended" for that many seconds if Redis has no entry
+        for the account; ``recent`` counts, then records, the message's distinct
+        recipients (not when the extra was refused). Safe to repeat."""
+        rate_key, _, suspended_key, void_key, records = self.keys(account_id)
+        keys = [rate_key, records, suspended_key, void_key, *(recent.keys if recent else ())]
         reservation_id, bucket, keep = reservation or ("", 0, 0)
-        args: list[EncodableT] = [reservation_id, bucket, keep]
+        extra_id, count, limit = extra or ("", 0, 0)
+        args: list[EncodableT] = [
+            reservation_id, bucket, keep, extra_id, count, limit,
+            (self._clock() if self._clock else "") if extra_id else "",
+            fill or "",
+        ]  # fmt: skip
         if recent is not None:
             args += ["1" if recent.count else "0", recent.ttl, *recent.add]
         with redis_errors(f"settling the recipients of account {account_id}"):
-            given, distinct = typing.cast(list[int], self._settle(keys, *args))
-        return int(given), int(distinct)
+            reply = typing.cast(list[Any], self._settle(keys, *args))
+        given, distinct, admitted, extra_bucket, used, suspension = reply
+        return Settlement(
+            int(given), int(distinct), admitted == 1, int(extra_bucket), int(used), suspension
+        )
 
     def refund(self, account_id: str, reservations: Mapping[str, int]) -> int:
         """Give back reservations ``{id: bucket}`` (``UNKNOWN_BUCKET`` when the
@@ -348,6 +373,7 @@ __all__ = [
     "Decision",
     "RecentBatch",
     "RecipientCounter",
+    "Settlement",
     "SuspensionPolicy",
     "Usage",
     "counter_from_settings",
