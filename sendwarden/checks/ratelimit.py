@@ -352,6 +352,11 @@ class RecipientRateCheck(Check):
             self._owed.add(txn.account.id, reservations.ids)
             raise
 
+    def close(self) -> None:
+        close = getattr(self._counter, "close", None)
+        if callable(close):
+            close()
+
     def pay_owed(self) -> int:
         """Give back now what earlier outages left owed (otherwise paid before the
         next reservation); returns the recipients given back. Raises StoreError."""

@@ -34,7 +34,7 @@ from sendwarden.ratelimit.window import (
     live_buckets,
 )
 from sendwarden.store import StoreError, answered
-from sendwarden.store.redis import account_key, redis_errors
+from sendwarden.store.redis import DirectCalls, account_key, redis_errors
 
 Clock = Callable[[], int]  # microseconds since the epoch
 
@@ -94,19 +94,26 @@ def lua_string(text: str) -> str:
 
 class LuaScript:
     """A package Lua script called by EVALSHA: one round trip, and after a Redis
-    restart (script cache empty) it is loaded again once."""
+    restart (script cache empty) it is loaded again once. ``direct``: send it through
+    redis-py's connection API (:class:`DirectCalls`), not the client's."""
 
-    def __init__(self, client: redis.Redis, source: str) -> None:
+    def __init__(self, client: redis.Redis, source: str, direct: DirectCalls | None = None) -> None:
         self._client = client
+        self._direct = direct
         self.source = source
         self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
 
     def __call__(self, keys: list[str], *args: EncodableT) -> Any:
         try:
-            return self._client.evalsha(self.sha, len(keys), *keys, *args)
+            return self._evalsha(keys, args)
         except NoScriptError:
             self.sha = str(self._client.script_load(self.source))
-            return self._client.evalsha(self.sha, len(keys), *keys, *args)
+            return self._evalsha(keys, args)
+
+    def _evalsha(self, keys: list[str], args: tuple[EncodableT, ...]) -> Any:
+        if self._direct is not None:
+            return self._direct("EVALSHA", self.sha, len(keys), *keys, *args)
+        return self._client.evalsha(self.sha, len(keys), *keys, *args)
 
 
 class Decision(NamedTuple):
@@ -200,12 +207,23 @@ class RecipientCounter:
             "suspend_period": self._suspension.period,
             "by": lua_string(self._suspension.by),
         }
-        self._reserve = LuaScript(client, templated_script("reserve.lua", constants))
-        self._refund = LuaScript(client, templated_script("refund.lua", constants))
+        # The two scripts of every message (and the refund of a refused one) skip the
+        # client's per-call work; the others are for the CLI.
+        self._direct = DirectCalls.for_client(client)
+        self._reserve = LuaScript(
+            client, templated_script("reserve.lua", constants), self._direct
+        )
+        self._refund = LuaScript(client, templated_script("refund.lua", constants), self._direct)
         self._reset = LuaScript(client, templated_script("reset.lua", constants))
-        self._settle = LuaScript(client, templated_script("settle.lua", constants))
+        self._settle = LuaScript(client, templated_script("settle.lua", constants), self._direct)
         self._usage = LuaScript(client, load_script("usage.lua"))
         self._keys: dict[str, list[str]] = {}
+
+    def close(self) -> None:
+        """Close the connections of the per-message scripts (the client's own pool is
+        its owner's to close)."""
+        if self._direct is not None:
+            self._direct.close()
 
     def keys(self, account_id: str) -> list[str]:
         """The account's rate hash, strike set, suspension key, void hash and the base
