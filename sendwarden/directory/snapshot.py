@@ -294,21 +294,22 @@ def write_snapshot(
             "INSERT INTO meta VALUES (?, ?)",
             [("fingerprint", fingerprint), ("built", str(time.time()))],
         )
+        every = range(len(ids))
+        sources_of, places_of = zip(*origin, strict=True) if origin else ((), ())
         insert(
             "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                (
-                    index,
-                    account_id,
-                    src,
-                    place,
-                    limits.get(index),
-                    _flag(subdomains.get(index)),
-                    SEPARATOR.join(owned["domain"].get(index, ())),
-                    SEPARATOR.join(owned["login"].get(index, ())),
-                    SEPARATOR.join(owned["uid"].get(index, ())),
-                )
-                for index, (account_id, (src, place)) in enumerate(zip(ids, origin, strict=True))
+            zip(  # column by column, no Python code per account (a bool is stored as 1/0)
+                every,
+                ids,
+                sources_of,
+                places_of,
+                map(limits.get, every),
+                map(subdomains.get, every),
+                *(
+                    map(SEPARATOR.join, map(owned[kind].get, every, repeat(())))
+                    for kind in ("domain", "login", "uid")
+                ),
+                strict=True,
             ),
         )
         # Indexes after the rows: one sort instead of an insert per row in random order.
@@ -348,10 +349,6 @@ def write_snapshot(
         connection.close()
     os.replace(partial, target)
     return report
-
-
-def _flag(value: bool | None) -> int | None:
-    return None if value is None else int(value)
 
 
 def _check_shrink(report: BuildReport, previous: Snapshot | None, max_shrink_percent: int) -> None:
