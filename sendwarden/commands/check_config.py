@@ -23,6 +23,7 @@ from sendwarden.config import ConfigError, Settings, config_warnings, load_setti
 from sendwarden.consent.store import parse_database_url
 from sendwarden.directory.explain import open_directory
 from sendwarden.directory.sources import SourceError
+from sendwarden.policy.accounts import is_listed
 
 SERVICE_CHECKS = "--service-checks"
 
@@ -58,6 +59,13 @@ def run(args: argparse.Namespace) -> int:
                 snapshot = directory.snapshot
                 counts = snapshot.counts() if snapshot is not None else {}
                 conflicts = snapshot.conflicts() if snapshot is not None else []
+                for token in settings.api.tokens:  # an account the sources may know
+                    if token.account and not is_listed(directory.accounts.get(token.account)):
+                        raise ConfigError(
+                            f"api.tokens[{token.name}].account",
+                            f"no account with id {token.account!r} in the config or the "
+                            "directory",
+                        )
         except SourceError as error:
             raise ConfigError("directory", str(error)) from None
         accounts = (

@@ -34,6 +34,9 @@ from sendwarden.directory.sources import SourceData, SourceError, check_account_
 from sendwarden.policy.rendering import domain_skeletons
 
 SCHEMA = """
+CREATE TABLE logins (login TEXT PRIMARY KEY, account INTEGER NOT NULL, shown TEXT,
+    src INTEGER, place INTEGER) WITHOUT ROWID;
+CREATE TABLE looks (look TEXT PRIMARY KEY, account INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE sources (n INTEGER PRIMARY KEY, source TEXT, label TEXT, place_kind TEXT);
 CREATE TABLE accounts (idx INTEGER PRIMARY KEY, id TEXT NOT NULL, src INTEGER,
@@ -42,14 +45,11 @@ CREATE TABLE accounts (idx INTEGER PRIMARY KEY, id TEXT NOT NULL, src INTEGER,
 CREATE TABLE also (account INTEGER, src INTEGER, place INTEGER);
 CREATE TABLE domains (domain TEXT PRIMARY KEY, account INTEGER NOT NULL, src INTEGER,
     place INTEGER) WITHOUT ROWID;
-CREATE TABLE logins (login TEXT PRIMARY KEY, account INTEGER NOT NULL, shown TEXT,
-    src INTEGER, place INTEGER) WITHOUT ROWID;
 CREATE TABLE uids (uid INTEGER PRIMARY KEY, account INTEGER NOT NULL, name TEXT,
     src INTEGER, place INTEGER);
 CREATE TABLE system_users (name TEXT PRIMARY KEY, account INTEGER NOT NULL, src INTEGER,
     place INTEGER) WITHOUT ROWID;
 CREATE TABLE conflicts (kind TEXT, key TEXT, claimants TEXT, kept TEXT);
-CREATE TABLE looks (look TEXT PRIMARY KEY, account INTEGER NOT NULL) WITHOUT ROWID;
 """
 #: An account's domains, logins and uids are also kept on its own row (one line each),
 #: so building an account is one read, and no index on the big tables is needed.
@@ -278,15 +278,10 @@ def write_snapshot(
     target = Path(path)
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
+    domain_rows = list(claims["domain"].sorted_rows())
     connection = sqlite3.connect(partial)
     try:
-        # The file is nobody's until it is complete and renamed into place: no journal,
-        # no syncs (a crash leaves a ".partial" file that the next build removes).
-        connection.executescript(
-            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA page_size = 8192; "
-            "PRAGMA locking_mode = EXCLUSIVE; PRAGMA cache_size = -65536; "
-            "PRAGMA temp_store = MEMORY;"
-        )
+        connection.executescript(_BUILDING)
         connection.executescript(SCHEMA)
         insert = connection.executemany
         insert("INSERT INTO sources VALUES (?, ?, ?, ?)", source_rows)
@@ -316,18 +311,8 @@ def write_snapshot(
         connection.execute("CREATE UNIQUE INDEX accounts_id ON accounts (id)")
         insert("INSERT INTO also VALUES (?, ?, ?)", also)
         connection.execute("CREATE INDEX also_account ON also (account)")
-        domain_rows = list(claims["domain"].sorted_rows())
         insert("INSERT INTO domains VALUES (?, ?, ?, ?)", domain_rows)
-        # The UTS #39 skeleton of every domain, so a look-alike of a customer's domain
-        # is found as theirs (the first owner, in domain order, of a shared skeleton).
-        looks = dict(
-            zip(
-                reversed(domain_skeletons([row[0] for row in domain_rows])),
-                reversed([row[1] for row in domain_rows]),
-                strict=True,
-            )
-        )
-        insert("INSERT INTO looks VALUES (?, ?)", sorted(looks.items()))
+        insert("INSERT INTO looks VALUES (?, ?)", _looks(domain_rows))
         insert("INSERT INTO logins VALUES (?, ?, ?, ?, ?)", claims["login"].sorted_rows())
         insert(
             "INSERT INTO uids VALUES (?, ?, ?, ?, ?)",
@@ -345,10 +330,36 @@ def write_snapshot(
             ),
         )
         connection.commit()
+    except BaseException:
+        connection.close()
+        partial.unlink(missing_ok=True)
+        raise
     finally:
         connection.close()
     os.replace(partial, target)
     return report
+
+
+def _looks(domain_rows: list[Row]) -> list[tuple[str, int]]:
+    """The UTS #39 skeleton of every domain, so that a look-alike of a customer's domain
+    is found as theirs (the first owner, in domain order, of a shared skeleton)."""
+    looks = dict(
+        zip(
+            reversed(domain_skeletons([row[0] for row in domain_rows])),
+            reversed([row[1] for row in domain_rows]),
+            strict=True,
+        )
+    )
+    return sorted(looks.items())
+
+
+#: How the file being built is written: nobody reads it until it is complete and renamed
+#: into place, so no journal and no syncs (a crash leaves a ".partial" file that the
+#: next build removes).
+_BUILDING = (
+    "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA page_size = 8192; "
+    "PRAGMA locking_mode = EXCLUSIVE; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
+)
 
 
 def _check_shrink(report: BuildReport, previous: Snapshot | None, max_shrink_percent: int) -> None:
