@@ -21,7 +21,8 @@ def register(subparsers: Any) -> None:
         "proxy",
         run,
         config=True,
-        help="run the SMTP policy proxy (Exim, Postfix smtpd_proxy_filter) in the foreground",
+        help="run the SMTP policy proxy (Exim, Postfix smtpd_proxy_filter) in the foreground "
+        "(SIGHUP reloads, SIGTERM stops)",
     )
 
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from sendwarden.proxy.server import serve  # imports aiosmtpd only when needed
 
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, config_path=args.config))
     except (OSError, ValueError) as error:
         print(f"sendwarden proxy: {error}", file=sys.stderr)
         return 1

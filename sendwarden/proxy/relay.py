@@ -1,18 +1,30 @@
-"""The way back into the MTA: one SMTP client per proxy connection, reused for its
-messages. The proxy answers the MTA with the next hop's own reply, so it says 250 only
-once the next hop has the message (the proxy keeps no queue); DSN parameters pass."""
+"""The way back into the MTA: SMTP connections to the next hop, shared by the proxy's
+connections through a small pool (Exim's return port forks a process for each
+connection it accepts: one per message would double the cost of the way back). The
+proxy answers the MTA with the next hop's own reply, so it says 250 only once the next
+hop has the message (the proxy keeps no queue); DSN parameters pass."""
 
 from __future__ import annotations
 
 import base64
 import logging
 import smtplib
+import socket
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
 MECHANISM = "X-SENDWARDEN"
+#: Messages per next-hop connection: Exim queues (instead of delivering at once) what
+#: comes after smtp_accept_queue_per_connection (10 by default) messages on one connection.
+MESSAGES_PER_CONNECTION = 10
+#: Idle connections kept, and for how long: each holds one of the next hop's processes.
+MAX_IDLE = 4
+IDLE_SECONDS = 5.0
+QUIT_TIMEOUT = 1.0  # seconds for the next hop's 221 (the message is already handed over)
 NEXT_HOP_DOWN = "451 4.4.1 The policy proxy cannot reach the next hop; please try again later."
 
 
@@ -43,9 +55,15 @@ class Relay:
     def __init__(self, hop: NextHop) -> None:
         self.hop = hop
         self._client: smtplib.SMTP | None = None
+        self.sent = 0  # messages on the current connection
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
 
     def send(self, message: Outgoing) -> str:
         """The next hop's reply to the message, as one SMTP reply line."""
+        self.sent += 1
         for attempt in (1, 2):  # a reused connection may have been closed meanwhile
             try:
                 return self._send_once(message)
@@ -71,6 +89,7 @@ class Relay:
                 client.close()
                 raise
             self._client = client
+            self.sent = 1
         return self._client
 
     def _login(self, client: smtplib.SMTP) -> None:
@@ -122,12 +141,66 @@ class Relay:
         return wanted
 
     def close(self) -> None:
+        """QUIT together with our FIN, then the 221, as Exim's own smtp transport ends:
+        Exim 4.94-4.98 holds its 221 back for 200 ms until the client has closed its
+        side (Exim bug 3142, fixed in 4.99), which a plain ``quit()`` would wait out,
+        holding a worker thread."""
         client, self._client = self._client, None
-        if client is not None:
-            try:
-                client.quit()
-            except (OSError, smtplib.SMTPException):
-                client.close()
+        self.sent = 0
+        if client is None:
+            return
+        try:
+            client.send("QUIT\r\n")
+            if client.sock is not None:
+                client.sock.shutdown(socket.SHUT_WR)
+                client.sock.settimeout(QUIT_TIMEOUT)
+            client.getreply()
+        except (OSError, smtplib.SMTPException):
+            pass
+        finally:
+            client.close()
+
+
+class RelayPool:
+    """Next-hop connections the proxy's connections take in turn, one message at a time:
+    at most ``MESSAGES_PER_CONNECTION`` messages each, at most ``MAX_IDLE`` kept idle,
+    for ``IDLE_SECONDS``."""
+
+    def __init__(self, hop: NextHop) -> None:
+        self.hop = hop
+        self._lock = threading.Lock()
+        self._idle: list[tuple[float, Relay]] = []  # (when it became idle, relay)
+        self._closed = False
+
+    def acquire(self) -> Relay:
+        self.close_idle()
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()[1]
+        return Relay(self.hop)
+
+    def release(self, relay: Relay) -> None:
+        """Back after a message: kept for the next one, or closed."""
+        if relay.connected and relay.sent < MESSAGES_PER_CONNECTION:
+            with self._lock:
+                if not self._closed and len(self._idle) < MAX_IDLE:
+                    self._idle.append((time.monotonic(), relay))
+                    return
+        relay.close()
+
+    def close_idle(self, older_than: float = IDLE_SECONDS) -> None:
+        deadline = time.monotonic() - older_than
+        with self._lock:
+            stale = [relay for since, relay in self._idle if since <= deadline]
+            self._idle = [(since, relay) for since, relay in self._idle if since > deadline]
+        for relay in stale:
+            relay.close()
+
+    def close(self) -> None:
+        """No more connections kept (a reload or the end); those in use close on release."""
+        with self._lock:
+            self._closed = True
+        self.close_idle(older_than=-1.0)
 
 
 def _line(code: int, text: bytes | str) -> str:

@@ -13,6 +13,10 @@ Two ways in:
   (XFORWARD for the client, smtpd's Received header for the login), so MAIL and RCPT
   are collected and the message is judged whole at end of data, like a sendmail(1)
   submission in the milter.
+
+SIGHUP reloads the configuration as the milter does: a connection keeps the rules it
+started with, new ones get the new file (and secret); a file that does not load is
+refused with a log line and the running configuration stays.
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ import ipaddress
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
-from sendwarden.config import Settings
+from sendwarden.config import ConfigError, Settings, load_settings
+from sendwarden.milter.generations import Generations
 from sendwarden.policy.facts import Client
 from sendwarden.policy.verdict import Action, Verdict
 from sendwarden.proxy.identity import (
@@ -44,7 +50,7 @@ from sendwarden.proxy.identity import (
 )
 from sendwarden.proxy.message import SplitMessage, apply_changes, split_message
 from sendwarden.proxy.policy_socket import answer, before_queue_pipeline, serve_policy_socket
-from sendwarden.proxy.relay import NextHop, Outgoing, Relay
+from sendwarden.proxy.relay import IDLE_SECONDS, NextHop, Outgoing, RelayPool
 from sendwarden.replies import smtp_reply
 from sendwarden.runtime import Runtime, build_runtime
 from sendwarden.session import INTERNAL_ERROR, PolicySession
@@ -75,7 +81,7 @@ def _split_params(arg: str, ours: tuple[str, ...]) -> tuple[str, dict[str, str]]
 
 
 class ProxySMTP(SMTP):
-    """One MTA connection. Keeps the connection's policy session and next-hop relay,
+    """One MTA connection. Keeps the connection's policy session and next-hop pool,
     and the parameters aiosmtpd would refuse (AUTH=, DSN) before it sees them."""
 
     line_length_limit = 1 << 16
@@ -83,8 +89,10 @@ class ProxySMTP(SMTP):
     def __init__(self, handler: ProxyHandler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.proxy = handler
-        self.policy = PolicySession(handler.runtime.pipeline)
-        self.relay = Relay(handler.next_hop)
+        # The configuration this connection keeps, whatever a reload does meanwhile.
+        pipeline, self.release = handler.generations.lease()
+        self.policy = PolicySession(pipeline)
+        self.relays = handler.relays
         self.auth_param: str | None = None
         self.mail_params: dict[str, str] = {}
         self.rcpt_params: dict[str, str] = {}
@@ -120,11 +128,11 @@ class ProxySMTP(SMTP):
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
-        policy, relay = self.policy, self.relay
+        policy, release = self.policy, self.release
         try:
-            self.proxy.executor.submit(_end_connection, policy, relay)
+            self.proxy.executor.submit(_end_connection, policy, release)
         except RuntimeError:  # the proxy is shutting down: end it here
-            _end_connection(policy, relay)
+            _end_connection(policy, release)
 
 
 def _reverse_path(address: str | None) -> str:
@@ -132,29 +140,92 @@ def _reverse_path(address: str | None) -> str:
     return "" if address in (None, "<>") else str(address).strip("<>")
 
 
-def _end_connection(policy: PolicySession, relay: Relay) -> None:
+def _end_connection(policy: PolicySession, release: Callable[[], None]) -> None:
     try:
         policy.abort()
     except Exception:
         log.exception("ending a policy session failed")
-    relay.close()
+    finally:
+        release()
 
 
 class ProxyHandler:
     """aiosmtpd hooks; the pipeline runs on worker threads (it blocks on Redis)."""
 
-    def __init__(self, settings: Settings, runtime: Runtime, secret: str) -> None:
+    def __init__(
+        self, settings: Settings, runtime: Runtime, secret: str,
+        config_path: str | Path | None = None,
+    ) -> None:  # fmt: skip
+        self.config_path = config_path
+        self.generations: Generations[Runtime] = Generations(runtime)
+        self.postfix_mode = settings.proxy.mta == "postfix"  # fixed: the listener's kind
+        self._reloading = threading.Lock()
+        self._use(settings, secret)
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.proxy.workers, thread_name_prefix="sw-proxy"
+        )
+
+    def _use(self, settings: Settings, secret: str) -> None:
+        """What new connections get (each connection keeps its own pool and lease)."""
         proxy = settings.proxy
         self.settings = settings
-        self.runtime = runtime
         self.secret = secret
-        self.postfix_mode = proxy.mta == "postfix"
         host, _, port = proxy.next_hop.rpartition(":")
         self.next_hop = NextHop(host.strip("[]"), int(port), proxy.next_hop_login,
                                 secret, float(proxy.timeout))  # fmt: skip
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=proxy.workers, thread_name_prefix="sw-proxy"
-        )
+        previous = getattr(self, "relays", None)
+        self.relays = RelayPool(self.next_hop)
+        if previous is not None:
+            previous.close()
+        current = self.generations.current.pipeline
+        self._before_queue = (current, before_queue_pipeline(current))
+
+    @property
+    def runtime(self) -> Runtime:
+        """The configuration new connections get."""
+        return self.generations.current
+
+    def reload_once(self) -> bool:
+        with self._reloading:
+            return self.reload()
+
+    def reload(self) -> bool:
+        """SIGHUP: the configuration file (and secret) again, for new connections; a
+        file that does not load, or a secret that cannot be read, keeps the old one."""
+        if self.config_path is None:
+            log.error("reload refused: the proxy was not started from a configuration file")
+            return False
+        try:
+            settings = load_settings(self.config_path)
+            secret = read_secret(settings)
+            check_settings(settings, secret)
+            if (settings.proxy.mta == "postfix") != self.postfix_mode:
+                raise ConfigError("proxy.mta", "changed: that takes a restart")
+            runtime = build_runtime(settings, self.runtime)
+        except (ConfigError, OSError, ValueError) as error:
+            log.error("reload refused, keeping the running configuration: %s", error)
+            return False
+        old = self.settings.proxy
+        for key in ("listen", "policy_listen", "workers"):
+            if getattr(settings.proxy, key) != getattr(old, key):
+                log.warning("proxy.%s changed; it takes effect only after a restart", key)
+        self.generations.replace(runtime)
+        self._use(settings, secret)
+        log.info("configuration reloaded from %s (%d earlier ones still finish connections)",
+                 self.config_path, self.generations.retired_in_use)  # fmt: skip
+        return True
+
+    def policy_answer(self, line: str) -> str:
+        """One ${readsocket} request (worker thread), under the configuration current
+        when it arrived."""
+        (source, before_queue), secret = self._before_queue, self.secret
+        pipeline, release = self.generations.lease()
+        try:
+            if source is not pipeline:  # a reload in between
+                before_queue = before_queue_pipeline(pipeline)
+            return answer(before_queue, secret, line)
+        finally:
+            release()
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -282,7 +353,11 @@ class ProxyHandler:
         )
         if not outgoing.recipients:
             return "250 2.0.0 OK: no recipient left to deliver to"
-        return server.relay.send(outgoing)
+        relay = server.relays.acquire()
+        try:
+            return relay.send(outgoing)
+        finally:
+            server.relays.release(relay)
 
     def _replay_envelope(
         self, server: ProxySMTP, envelope: Envelope, message: SplitMessage
@@ -311,6 +386,11 @@ class ProxyHandler:
 # -- running it -------------------------------------------------------------------
 
 
+def check_settings(settings: Settings, secret: str) -> None:
+    if settings.proxy.mta == "exim" and not secret:
+        raise ValueError('proxy.secret_file is required with proxy.mta = "exim"')
+
+
 def read_secret(settings: Settings) -> str:
     """The shared secret (empty when none is configured)."""
     path = settings.proxy.secret_file
@@ -322,13 +402,15 @@ def read_secret(settings: Settings) -> str:
     return secret
 
 
-async def serve(settings: Settings, ready: Callable[[], None] | None = None) -> None:
-    """Serve until SIGTERM/SIGINT."""
+async def serve(
+    settings: Settings, ready: Callable[[], None] | None = None,
+    config_path: str | Path | None = None,
+) -> None:  # fmt: skip
+    """Serve until SIGTERM/SIGINT; SIGHUP reloads ``config_path``."""
     secret = read_secret(settings)
-    if settings.proxy.mta == "exim" and not secret:
-        raise ValueError('proxy.secret_file is required with proxy.mta = "exim"')
+    check_settings(settings, secret)
     runtime = build_runtime(settings)
-    handler = ProxyHandler(settings, runtime, secret)
+    handler = ProxyHandler(settings, runtime, secret, config_path)
     proxy = settings.proxy
 
     def factory() -> ProxySMTP:
@@ -360,11 +442,10 @@ async def serve(settings: Settings, ready: Callable[[], None] | None = None) -> 
         server = await loop.create_server(factory, host.strip("[]"), int(port))
     policy_server = None
     if proxy.policy_listen:
-        before_queue = before_queue_pipeline(runtime.pipeline)
         policy_host, _, policy_port = proxy.policy_listen.rpartition(":")
 
         def respond(line: str) -> asyncio.Future[str]:
-            return loop.run_in_executor(handler.executor, answer, before_queue, secret, line)
+            return loop.run_in_executor(handler.executor, handler.policy_answer, line)
 
         policy_server = await serve_policy_socket(policy_host.strip("[]"), int(policy_port),
                                                   respond)  # fmt: skip
@@ -373,6 +454,15 @@ async def serve(settings: Settings, ready: Callable[[], None] | None = None) -> 
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    # Loading Redis, the directory... blocks: off the event loop, one reload at a time.
+    loop.add_signal_handler(signal.SIGHUP, lambda: handler.executor.submit(handler.reload_once))
+
+    async def close_idle_relays() -> None:  # each idle one holds a next-hop process
+        while True:
+            await asyncio.sleep(IDLE_SECONDS)
+            handler.executor.submit(handler.relays.close_idle)
+
+    reaper = asyncio.create_task(close_idle_relays())
     log.info("sendwarden proxy (%s mode) listening on %s, relaying to %s",
              proxy.mta, listen, proxy.next_hop)  # fmt: skip
     if ready is not None:
@@ -381,11 +471,13 @@ async def serve(settings: Settings, ready: Callable[[], None] | None = None) -> 
         await stopping.wait()
     finally:
         log.info("sendwarden proxy stopping")
+        reaper.cancel()
         server.close()
         await server.wait_closed()
         if policy_server is not None:
             policy_server.close()
             await policy_server.wait_closed()
         handler.executor.shutdown(wait=True)
-        runtime.close()
+        handler.relays.close()
+        handler.generations.close()
         log.info("sendwarden proxy stopped")

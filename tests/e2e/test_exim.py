@@ -12,6 +12,8 @@ here, so what is refused is sendwarden's doing.
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import smtplib
 import subprocess
 import sys
@@ -134,33 +136,47 @@ def test_rate_limit_defers_the_recipient_over_the_limit_in_exims_queue(rig: Rig)
     assert mta.queue_count() >= 1  # kept in Exim's queue: nothing lost
 
 
-def test_forged_from_bounces_with_550(rig: Rig) -> None:
-    with rig.smtp(ALICE) as client:
-        client.sendmail(ALICE, ["bob@remote.example"], message("ceo@globex.example"))
+def refused_at_data(rig: Rig, login: str, recipients: list[str], data: bytes) -> tuple[int, bytes]:
+    """The client's reply to DATA (Exim cut the message through to the proxy while the
+    client was connected: the proxy's verdict is that reply), and nothing of it was
+    queued, delivered or bounced."""
+    queued = exim_of(rig).queue_count()  # the shared rig's queue may hold others' mail
+    with rig.smtp(login) as client, pytest.raises(smtplib.SMTPDataError) as refused:
+        client.sendmail(login, recipients, data)
+    assert exim_of(rig).queue_count() == queued
+    assert rig.sink.messages == []
+    return refused.value.smtp_code, b" ".join(refused.value.smtp_error.split())
+
+
+def test_forged_from_is_refused_at_data_with_550(rig: Rig) -> None:
+    code, text = refused_at_data(rig, ALICE, ["bob@remote.example"], message("ceo@globex.example"))
+    assert code == 550 and text.startswith(b"5.7.1 Forged sender refused")
+    record = wait_for_decision(sendwarden_log(rig), stage="eom", login=ALICE, rule="forged-sender")
+    assert record["verdict"] == "reject"
+
+
+def test_forged_from_of_a_local_submission_bounces_with_the_same_text(rig: Rig) -> None:
+    submitted = exim_of(rig).sendmail(message("ceo@globex.example"), ALICE, ["bob@remote.example"])
+    assert submitted.returncode == 0, submitted.stderr  # accepted; judged at delivery
     bounce = bounce_to(rig, ALICE)
     assert b"550 5.7.1 Forged sender refused" in bounce.data.replace(b"\r\n ", b" ")
 
 
-def test_file_over_the_cap_bounces_with_552(rig: Rig) -> None:
-    with rig.smtp(ALICE) as client:
-        client.sendmail(ALICE, ["bob@remote.example"], with_file(21 * MIB))
-    bounce = bounce_to(rig, ALICE, timeout=60)
-    assert b"552 5.3.4" in bounce.data
+def test_file_over_the_cap_is_refused_at_data_with_552(rig: Rig) -> None:
+    code, text = refused_at_data(rig, ALICE, ["bob@remote.example"], with_file(21 * MIB))
+    assert code == 552 and text.startswith(b"5.3.4")
 
 
-def test_bulk_without_consent_bounces_with_550(rig: Rig) -> None:
+def test_bulk_without_consent_is_refused_at_data_with_550(rig: Rig) -> None:
     readers = [f"reader{number}@bulk.example" for number in range(60)]
     body = message(ALICE, subject="news", List_Unsubscribe="<mailto:leave@acme.example>")
-    with rig.smtp(ALICE) as client:
-        client.sendmail(ALICE, readers, body)
-    bounce = bounce_to(rig, ALICE)
-    assert b"550 5.7.1" in bounce.data and b"consent" in bounce.data
+    code, text = refused_at_data(rig, ALICE, readers, body)
+    assert code == 550 and text.startswith(b"5.7.1") and b"consent" in text
 
 
-def test_mime_nested_too_deep_bounces_with_554_5_6_0(rig: Rig) -> None:
-    with rig.smtp(ALICE) as client:
-        client.sendmail(ALICE, ["bob@remote.example"], too_deep())
-    assert b"554 5.6.0" in bounce_to(rig, ALICE).data
+def test_mime_nested_too_deep_is_refused_at_data_with_554_5_6_0(rig: Rig) -> None:
+    code, text = refused_at_data(rig, ALICE, ["bob@remote.example"], too_deep())
+    assert code == 554 and text.startswith(b"5.6.0")
 
 
 def test_unlisted_login_refused_at_rcpt_when_the_provider_refuses_them(
@@ -230,6 +246,20 @@ def test_dsn_parameters_pass_through_the_proxy(rig: Rig) -> None:
     assert b"relayed" in report.data.lower()
 
 
+def test_a_dsn_recipient_after_the_cutthrough_began_is_asked_to_come_again(rig: Rig) -> None:
+    """The cutthrough RCPT cannot carry NOTIFY: such a recipient gets 452 (a transaction
+    of its own), never a silent loss of its DSN request; the others are delivered."""
+    with rig.smtp(ALICE) as client:
+        assert client.ehlo_or_helo_if_needed() is None
+        assert client.mail(ALICE)[0] == 250
+        assert client.rcpt("first@remote.example")[0] == 250
+        code, text = client.rcpt("second@remote.example", ["NOTIFY=SUCCESS"])
+        assert code == 452 and text.startswith(b"4.5.3 Delivery status notifications")
+        assert client.data(message())[0] == 250
+    (delivered,) = rig.sink.wait_for(1, timeout=30)
+    assert delivered.rcpt_tos == ("first@remote.example",)
+
+
 def test_stopped_proxy_leaves_mail_queued_then_delivers(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig(**EXIM_RIG)
     assert rig.milter is not None and rig.redis is not None
@@ -248,3 +278,46 @@ def test_stopped_proxy_leaves_mail_queued_then_delivers(make_rig: Callable[..., 
     mta.run_queue()
     (delivered,) = rig.sink.wait_for(1, timeout=30)
     assert delivered.rcpt_tos == ("bob@remote.example",)
+
+
+def test_sighup_reloads_the_proxy_and_a_bad_file_keeps_the_running_rules(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """The proxy reloads as the milter does: new rules for the proxy's own judgement
+    (attachment cap, at delivery) and for its policy socket (unlisted logins, at RCPT);
+    a file that does not load is refused with a log line and the running rules stay."""
+    rig = make_rig(**EXIM_RIG, policy={"unknown_senders": "limit", "max_attachment_bytes": MIB})
+    assert rig.milter is not None and rig.config_path is not None and rig.milter.pid
+    with rig.smtp(MALLORY) as client:  # unlisted logins counted and limited: delivered
+        assert client.sendmail(MALLORY, ["bob@remote.example"], message(MALLORY)) == {}
+    with rig.smtp(ALICE) as client:
+        assert client.sendmail(ALICE, ["bob@remote.example"], with_file(MIB // 2)) == {}
+    rig.sink.wait_for(2, timeout=30)
+    config = rig.config_path.read_text()
+    stricter = config.replace('unknown_senders = "limit"', 'unknown_senders = "refuse"')
+    stricter = stricter.replace(
+        f"max_attachment_bytes = {MIB}", f"max_attachment_bytes = {MIB // 4}"
+    )
+    assert stricter.count("refuse") == 1 and f"= {MIB // 4}" in stricter
+    rig.config_path.write_text(stricter)
+    os.kill(rig.milter.pid, signal.SIGHUP)
+    rig.milter.wait_for_log("configuration reloaded")
+
+    def shows_the_new_rules() -> None:
+        with rig.smtp(MALLORY) as client, pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            client.sendmail(MALLORY, ["bob@remote.example"], message(MALLORY))
+        code, text = refused.value.recipients["bob@remote.example"]
+        assert code == 550 and text.startswith(b"5.7.1 Sender refused")
+        rig.sink.clear()
+        code, _ = refused_at_data(rig, ALICE, ["bob@remote.example"], with_file(MIB // 2))
+        assert code == 552
+
+    shows_the_new_rules()
+    rig.config_path.write_text(stricter + "\n[policy\n")  # broken TOML
+    os.kill(rig.milter.pid, signal.SIGHUP)
+    rig.milter.wait_for_log("reload refused, keeping the running configuration")
+    assert rig.milter.pid  # still running
+    shows_the_new_rules()
+    with rig.smtp(ALICE) as client:  # and passing mail still passes
+        assert client.sendmail(ALICE, ["bob@remote.example"], message()) == {}
+    wait_until(lambda: [m for m in rig.sink.messages if m.mail_from == ALICE], 30, "not delivered")

@@ -180,3 +180,35 @@ def test_policy_socket_says_dunno_to_what_it_cannot_decide_and_to_strangers() ->
     stranger = exim_value("esmtp", "", "101", "192.0.2.9")
     for line in (f"wrong {stranger} <x@y.z> <b@remote.example>", "", f"{SECRET} junk <a> <b>"):
         assert answer(pipeline, SECRET, line) == "DUNNO"
+
+
+def test_relay_pool_shares_next_hop_connections_up_to_exims_per_connection_limit() -> None:
+    """Against a real SMTP server (the test sink): messages share connections, at most
+    MESSAGES_PER_CONNECTION each (Exim would queue the ones after), every one answered
+    250 and delivered once; idle connections are closed."""
+    from sendwarden.proxy.relay import MESSAGES_PER_CONNECTION, NextHop, Outgoing, RelayPool
+    from tests.support.sink import SmtpSink
+
+    sink = SmtpSink().start()
+    try:
+        pool = RelayPool(NextHop("127.0.0.1", sink.port, timeout=10))
+        count = MESSAGES_PER_CONNECTION + 2
+        for number in range(count):
+            relay = pool.acquire()
+            message = Outgoing("a@acme.example", [], [(f"r{number}@x.example", [])],
+                               b"Subject: s\r\n\r\nbody\r\n")  # fmt: skip
+            try:
+                assert relay.send(message).startswith("250")
+            finally:
+                pool.release(relay)
+        delivered = sink.wait_for(count, timeout=10)
+        assert sorted(m.rcpt_tos[0] for m in delivered) == sorted(
+            f"r{number}@x.example" for number in range(count)
+        )
+        peers = [m.peer for m in delivered]
+        assert len(set(peers)) == 2
+        assert max(peers.count(peer) for peer in set(peers)) == MESSAGES_PER_CONNECTION
+        pool.close()
+        assert pool.acquire().connected is False  # nothing idle kept after close
+    finally:
+        sink.stop()
