@@ -42,6 +42,12 @@ def register(subparsers: Any) -> None:
         help="check as the service user (e.g. postfix:sendwarden, the units' User= and "
         "Group=): files it cannot read or write are errors (needs root, or to be that user)",
     )
+    parser.add_argument(
+        "--skip-directory",
+        action="store_true",
+        help="do not read the [directory] sources (a service's start: the milter reads them "
+        "itself, refuses to start on a bad one, and starts at once on a kept directory)",
+    )
     parser.add_argument(SERVICE_CHECKS, action="store_true", help=argparse.SUPPRESS)
 
 
@@ -52,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     if args.service_checks:
         _check_service_files(settings)
     accounts = f"{len(settings.accounts)} accounts"
-    if settings.directory.has_sources:
+    if settings.directory.has_sources and args.skip_directory:
+        accounts += " (the directory's sources not read)"
+    elif settings.directory.has_sources:
         # The sources are read as the milter would read them: a bad line is named here.
         try:
             with open_directory(settings) as directory:

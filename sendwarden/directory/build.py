@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,7 @@ class EarlyBuild:
     workdir: Path
     own_workdir: bool  # a temporary directory, removed with the directory
     child: BuildChild
+    started: float = dataclasses.field(default_factory=time.monotonic)
 
     def discard(self, *, remove_workdir: bool = True) -> None:
         """Stop it and remove what it wrote (and its temporary directory, unless a

@@ -295,7 +295,7 @@ class LiveDirectory:
         out = self.workdir / f"snapshot-{os.getpid()}-{id(self):x}-{self._generation}.db"
         previous = self.lookups.snapshot
         settled_against = before or previous
-        started = time.monotonic()
+        started = time.monotonic() if early is None else early.started
         if early is None:
             child = BuildChild(
                 self.directory_settings,
