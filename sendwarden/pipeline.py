@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
@@ -28,9 +29,14 @@ log = logging.getLogger(__name__)
 ABORTED = Verdict(Action.DISCARD, rule="aborted")
 
 
+#: Session ids need no secrecy: a generator seeded once from the system, not a
+#: system call (and a hand-over of the GIL) per connection.
+_session_ids = random.Random(os.urandom(16))
+
+
 def new_session_id() -> str:
     """A short random id for one SMTP session (unique enough to grep a day's log)."""
-    return os.urandom(6).hex()
+    return f"{_session_ids.getrandbits(48):012x}"
 
 
 STORE_RULE = "store-unavailable"
@@ -197,24 +203,26 @@ class Pipeline:
         recipient: str | None = None,
     ) -> Verdict:
         trace = self._trace(txn)
-        for check in self.checks:
+        with watching() as seen:  # once per stage, not per check: it is on every RCPT
             try:
-                with watching() as seen:
-                    verdict = hook(check)
-            except StoreError as error:
-                self._failed(txn, error)
-                verdict = self._store_failed(txn, check, error)
-            else:
-                if verdict is not None and is_monitored(
-                    verdict, check.name, self.watched, txn.account
-                ):
-                    self._monitored(txn, stage, verdict, recipient)
-                    verdict = None
-            self._answered(txn, seen)
-            trace.ran(check.name, verdict is not None and verdict.is_final)
-            if verdict is not None and verdict.is_final:
-                return verdict
-        return CONTINUE
+                for check in self.checks:
+                    try:
+                        verdict = hook(check)
+                    except StoreError as error:
+                        self._failed(txn, error)
+                        verdict = self._store_failed(txn, check, error)
+                    else:
+                        if verdict is not None and is_monitored(
+                            verdict, check.name, self.watched, txn.account
+                        ):
+                            self._monitored(txn, stage, verdict, recipient)
+                            verdict = None
+                    trace.ran(check.name, verdict is not None and verdict.is_final)
+                    if verdict is not None and verdict.is_final:
+                        return verdict
+                return CONTINUE
+            finally:
+                self._answered(txn, seen)
 
     def _failed(self, txn: Transaction, error: StoreError) -> None:
         txn.scratch.setdefault(STORE_FAILED, set()).add(error.backend)
@@ -266,15 +274,15 @@ class Pipeline:
     def _finish(
         self, txn: Transaction, stage: str, verdict: Verdict, log_it: bool = True
     ) -> Verdict:
-        for check in self.checks:
-            try:
-                with watching() as seen:
+        with watching() as seen:
+            for check in self.checks:
+                try:
                     check.after_verdict(txn, verdict)
-            except StoreError as error:
-                self._failed(txn, error)
-            except Exception:
-                log.exception("%s failed to settle a transaction", check.name)
-            self._answered(txn, seen)
+                except StoreError as error:
+                    self._failed(txn, error)
+                except Exception:
+                    log.exception("%s failed to settle a transaction", check.name)
+        self._answered(txn, seen)
         # A backend that answered in this transaction and never failed in it is up:
         # per backend, so mail that touched only Redis says nothing of the database.
         answered = txn.scratch.get(ANSWERED)

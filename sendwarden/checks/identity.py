@@ -24,7 +24,7 @@ from sendwarden.policy.forged_headers import (
     find_forged_headers,
     forged_header_verdict,
 )
-from sendwarden.policy.identity import MalformedHeader, identity_verdict, read_identity
+from sendwarden.policy.identity import MalformedHeader, identity_verdict, transaction_identity
 from sendwarden.policy.verdict import Verdict
 
 NAME = "identity"
@@ -82,6 +82,6 @@ def _strip(txn: Transaction, forged: list[ForgedHeader]) -> None:
 
 def _from_text(txn: Transaction) -> str:
     try:
-        return ", ".join(mailbox.address for mailbox in read_identity(txn.headers).from_mailboxes)
+        return ", ".join(mailbox.address for mailbox in transaction_identity(txn).from_mailboxes)
     except MalformedHeader:
         return "(unreadable)"

@@ -1,24 +1,30 @@
 """Recipient rate limit: reserve at RCPT, give back when the message is not accepted.
 
-SMTP recipients are reserved in batches: MAIL reserves up to ``FIRST_BATCH``
-recipients in one round trip (as many as fit, maybe none; never more than 2 % of
-the account's limit), and the same script refuses a suspended account there; the
-RCPTs use the batch up without a round trip, and a message with more recipients
-reserves again at RCPT, twice as many each time (within the same 2 %). The end of
-message gives back what the batches did not use, in the same round trip that
-counts and records the message's distinct recipients for the consent rule; so a
-message of up to ``FIRST_BATCH`` recipients costs two round trips in all. The
-count stays exact: a recipient is deferred only when the window is full or other
-transactions of the account hold reservations they have not used yet, and never
-more than the limit is counted.
+An SMTP message costs two Redis round trips whatever its number of recipients:
+MAIL reserves a first batch of up to ``FIRST_BATCH`` recipients (as many as fit,
+maybe none; never more than 2 % of the account's limit) and learns how much room
+the account's window has left; the same script refuses a suspended account there.
+The RCPTs use the batch up, then are accepted provisionally within that room,
+without a round trip. The end of message, in one script, gives back what the batch
+did not use and reserves the provisional recipients all at once (and counts and
+records the message's distinct recipients for the consent rule). When they no
+longer fit there (other transactions of the account took the room meanwhile), the
+message is deferred (451 4.7.1) and everything it reserved is given back: the
+client sends it again later, nothing is lost. Only an account at its limit costs
+more: once the room seen is used up, each RCPT reserves for real (the provisional
+recipients with it), and is deferred when the window is full. The count stays
+exact: never more than the limit is counted, and a recipient (or message) is
+deferred only when the window is full or other transactions of the account hold
+reservations they have not used yet.
 sendmail(1) mail is judged whole at end of message: all its recipients are
-reserved in one round trip, or none. A transaction that ends without being
-accepted (refused later, aborted, connection lost) returns what it reserved, by
-reservation id, to the very buckets it reserved in; when Redis is down at that
-moment, the refund is owed and paid before the next reservation. A reservation
-whose answer never came (Redis timed out) may still be counted late: unless its
-recipient was accepted anyway (``on_store_error = "accept"``) it is owed back at
-once, and the refund script's ids make sure nothing is given back twice.
+reserved in one round trip (the MAIL checks' turn, which also reads the
+suspension), or none. A transaction that ends without being accepted (refused
+later, aborted, connection lost) returns what it reserved, by reservation id, to
+the very buckets it reserved in; when Redis is down at that moment, the refund is
+owed and paid before the next reservation. A reservation whose answer never came
+(Redis timed out) may still be counted late: unless its recipient was accepted
+anyway (``on_store_error = "accept"``) it is owed back at once, and the refund
+script's ids make sure nothing is given back twice.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Protocol
 from sendwarden.checks.base import Check
 from sendwarden.checks.suspension import refuse_suspended
 from sendwarden.config import Settings
+from sendwarden.decisionlog import add_note
 from sendwarden.policy.consent import is_outbound
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.monitor import watches
@@ -47,6 +54,7 @@ from sendwarden.ratelimit.counter import (
     UNKNOWN_BUCKET,
     Decision,
     RecentBatch,
+    Settlement,
     new_reservation_id,
 )
 from sendwarden.ratelimit.owed import OwedRefunds
@@ -77,7 +85,9 @@ class Counter(Protocol):
         account_id: str,
         reservation: tuple[str, int, int] | None,
         recent: RecentBatch | None = None,
-    ) -> tuple[int, int]: ...
+        extra: tuple[str, int, int] | None = None,
+        fill: int = 0,
+    ) -> Settlement: ...
 
 
 class SuspensionCache(Protocol):
@@ -85,6 +95,8 @@ class SuspensionCache(Protocol):
 
     def seen_unsuspended(self, account_id: str) -> None: ...
     def seen_suspended(self, account_id: str) -> None: ...
+    def seen_absent(self, account_id: str) -> None: ...
+    def take_fill(self, account_id: str) -> int: ...
 
 
 class RecentRecipients(Protocol):
@@ -107,6 +119,11 @@ class Reservations:
     # The latest batch: (id, bucket, recipients it reserved), and how many are unused.
     batch: tuple[str, int, int] | None = None
     unused: int = 0
+    # Room the window had when a script last looked, less what was accepted since
+    # beyond the batch; and those recipients, accepted provisionally (end of message
+    # reserves them, or defers the message).
+    room: int = 0
+    provisional: int = 0
 
 
 class SuspensionRecorder(Protocol):
@@ -139,31 +156,42 @@ class RecipientRateCheck(Check):
         self._owed = OwedRefunds()
 
     def at_mail(self, txn: Transaction) -> Verdict | None:
-        """The first batch, and the account's suspension, in one round trip."""
+        """The first batch, and the account's suspension, in one round trip. For
+        sendmail(1) mail (whose MAIL checks run at end of message, recipients known)
+        the whole message is reserved here, in the round trip that reads the
+        suspension."""
         account = txn.account
-        if account is None or txn.client.local_submission:
-            return None  # sendmail(1) mail is reserved whole at end of message
+        if account is None:
+            return None
         limit = self._settings.recipients_per_hour(account)
-        return self._reserve(txn, self._reservations(txn), 0, self._batch(0, limit), limit)
+        reservations = self._reservations(txn)
+        if txn.client.local_submission:
+            cost = len(txn.recipients)
+            if not cost or reservations.whole_message:
+                return None
+            if cost > limit:
+                return too_many_recipients_verdict(account.id, limit, cost)
+            return self._reserve(txn, reservations, cost, cost, limit)
+        return self._reserve(txn, reservations, 0, self._batch(0, limit), limit)
 
     def at_rcpt(self, txn: Transaction, recipient: str) -> Verdict | None:
         account = txn.account
         if account is None:  # a stranger's inbound mail spends no account's quota
             return None
         reservations = self._reservations(txn)
-        limit = self._settings.recipients_per_hour(account)
         if txn.client.local_submission:
-            if reservations.whole_message:
-                return None
-            cost = want = len(txn.recipients)
-            if cost > limit:
-                return too_many_recipients_verdict(account.id, limit, cost)
-        else:
-            if reservations.unused:  # reserved by this transaction's batch already
-                reservations.unused -= 1
-                return None
-            cost = 1
-            want = self._batch(len(reservations.ids), limit)
+            return None  # reserved whole by the MAIL checks' turn (or Redis failed there)
+        if reservations.unused:  # reserved by this transaction's batch already
+            reservations.unused -= 1
+            return None
+        if reservations.room > 0:  # room the window had: end of message reserves it
+            reservations.room -= 1
+            reservations.provisional += 1
+            return None
+        # The room seen is used up: reserve for real, the provisional ones with this one.
+        limit = self._settings.recipients_per_hour(account)
+        cost = reservations.provisional + 1
+        want = reservations.provisional + self._batch(len(reservations.ids), limit)
         return self._reserve(txn, reservations, cost, want, limit)
 
     @staticmethod
@@ -200,15 +228,22 @@ class RecipientRateCheck(Check):
             if self._suspension_cache is not None:
                 self._suspension_cache.seen_suspended(account.id)
             return refuse_suspended(txn, account.id, parse_suspension(decision.suspension))
-        if self._suspension_cache is not None and decision.suspension == NOT_SUSPENDED:
-            self._suspension_cache.seen_unsuspended(account.id)
+        if self._suspension_cache is not None:
+            if decision.suspension == NOT_SUSPENDED:
+                self._suspension_cache.seen_unsuspended(account.id)
+            elif not decision.suspension:  # Redis has no entry: the durable store decides
+                self._suspension_cache.seen_absent(account.id)
         if decision.admitted:
             if decision.granted:
                 reservations.ids[reservation] = decision.bucket
             reservations.whole_message = txn.client.local_submission
-            if not txn.client.local_submission and decision.granted:
-                reservations.batch = (reservation, decision.bucket, decision.granted)
-                reservations.unused = decision.granted - cost
+            if not txn.client.local_submission:
+                reservations.room = max(0, limit - decision.used)
+                if cost:  # the provisional recipients are counted now
+                    reservations.provisional = 0
+                if decision.granted:
+                    reservations.batch = (reservation, decision.bucket, decision.granted)
+                    reservations.unused = decision.granted - cost
             return None
         suspended_after = None
         if decision.suspended:
@@ -236,28 +271,71 @@ class RecipientRateCheck(Check):
             verdict = suspension_verdict(txn.account.id, reservations.suspension)
             if verdict is not None:
                 return verdict
-        self._settle(txn, reservations if isinstance(reservations, Reservations) else None)
-        return None
+        return self._settle(txn, reservations if isinstance(reservations, Reservations) else None)
 
-    def _settle(self, txn: Transaction, reservations: Reservations | None) -> None:
+    def _settle(self, txn: Transaction, reservations: Reservations | None) -> Verdict | None:
         """One round trip: give back the batch's unused recipients (assuming the message
-        is accepted; a refusal refunds the rest) and count and record the message's
-        distinct recipients for the consent rule, when there is either to do."""
-        assert txn.account is not None
+        is accepted; a refusal refunds the rest), reserve the provisional ones (or defer
+        the message when they no longer fit), cache "not suspended" for an account the
+        durable store was just asked about, and count and record the message's distinct
+        recipients for the consent rule, when there is any of that to do."""
+        account = txn.account
+        assert account is not None
         keep: tuple[str, int, int] | None = None
-        if reservations is not None and reservations.batch and reservations.unused:
-            reservation_id, bucket, granted = reservations.batch
-            keep = (reservation_id, bucket, granted - reservations.unused)
+        extra: tuple[str, int, int] | None = None
+        limit = 0
+        if reservations is not None:
+            if reservations.batch and reservations.unused:
+                reservation_id, bucket, granted = reservations.batch
+                keep = (reservation_id, bucket, granted - reservations.unused)
+            if reservations.provisional:
+                limit = self._settings.recipients_per_hour(account)
+                extra = (new_reservation_id(), reservations.provisional, limit)
         recent = None
         if self._recent is not None and txn.recipients and is_outbound(txn):
-            recent = self._recent.batch(txn.account.id, txn.recipients)
-        if keep is None and recent is None:
-            return
-        _, distinct = self._counter.settle(txn.account.id, keep, recent)
+            recent = self._recent.batch(account.id, txn.recipients)
+        fill = self._suspension_cache.take_fill(account.id) if self._suspension_cache else 0
+        if keep is None and recent is None and extra is None and not fill:
+            return None
+        if self._owed:
+            self._owed.pay(self._counter.refund)
+        try:
+            settled = self._counter.settle(account.id, keep, recent, extra, fill)
+        except StoreError:
+            if extra is not None and reservations is not None:
+                # It may have been counted: kept if the message is accepted anyway
+                # (on_store_error = "accept"), refunded with the rest otherwise.
+                reservations.ids[extra[0]] = UNKNOWN_BUCKET
+            raise
         if reservations is not None:
             reservations.unused = 0
+            if extra is not None:
+                reservations.provisional = 0
+                if settled.admitted:
+                    reservations.ids[extra[0]] = settled.bucket
+        if not settled.admitted:
+            return self._refused_at_end(txn, settled, limit)
         if recent is not None:
-            txn.recent_recipients = distinct
+            txn.recent_recipients = settled.distinct
+        return None
+
+    def _refused_at_end(self, txn: Transaction, settled: Settlement, limit: int) -> Verdict:
+        """The provisional recipients no longer fit (or the account was suspended
+        meanwhile): the whole message is deferred, and what it reserved given back."""
+        account = txn.account
+        assert account is not None
+        if settled.suspension and settled.suspension != NOT_SUSPENDED:
+            if self._suspension_cache is not None:
+                self._suspension_cache.seen_suspended(account.id)
+            verdict = refuse_suspended(txn, account.id, parse_suspension(settled.suspension))
+            assert verdict is not None
+            return verdict
+        add_note(
+            txn,
+            f"{settled.used} of {limit} recipients counted at end of message: the "
+            "recipients accepted beyond the batch no longer fit; the message is deferred",
+        )
+        return over_limit_verdict(account.id, limit, None, 0.0)  # no time: frees_at unknown
 
     def after_verdict(self, txn: Transaction, verdict: Verdict) -> None:
         reservations = txn.scratch.pop(self.name, None)
@@ -273,6 +351,11 @@ class RecipientRateCheck(Check):
         except StoreError:  # it may still have run: paying again is safe (ids)
             self._owed.add(txn.account.id, reservations.ids)
             raise
+
+    def close(self) -> None:
+        close = getattr(self._counter, "close", None)
+        if callable(close):
+            close()
 
     def pay_owed(self) -> int:
         """Give back now what earlier outages left owed (otherwise paid before the

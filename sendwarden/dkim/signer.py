@@ -33,7 +33,7 @@ from sendwarden.dkim.keys import KeyFileError, parse_private_key
 from sendwarden.policy.accounts import is_listed
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.forged_headers import headers_after_removal
-from sendwarden.policy.identity import MalformedHeader, account_owns, read_identity
+from sendwarden.policy.identity import MalformedHeader, account_owns, transaction_identity
 from sendwarden.policy.verdict import Verdict
 
 NAME = "dkim-sign"
@@ -191,7 +191,7 @@ class DkimSigner(Check):
 
 def _from_domains(txn: Transaction) -> list[str]:
     try:
-        return [mailbox.domain for mailbox in read_identity(txn.headers).from_mailboxes]
+        return [mailbox.domain for mailbox in transaction_identity(txn).from_mailboxes]
     except MalformedHeader:
         return []
 
@@ -205,4 +205,14 @@ def signers_from_settings(keys: Sequence[DkimKey]) -> list[Check]:
     """The signer when any key is configured, else nothing (and no body step)."""
     if not keys:
         return []
-    return [DkimSigner(SigningKey.from_config(entry) for entry in keys)]
+    # One OpenSSL key object per key file content, however many domains sign with it:
+    # OpenSSL prepares a key (Montgomery contexts, blinding) on its first signature,
+    # which doubles that signature's cost, and parsing each copy again slows the start.
+    loaded: dict[bytes, SigningKey] = {}
+    signing: list[SigningKey] = []
+    for entry in keys:
+        first = loaded.get(entry.key_file.pem)
+        if first is None:
+            first = loaded[entry.key_file.pem] = SigningKey.from_config(entry)
+        signing.append(SigningKey(entry.domain, entry.selector, first.signing_key))
+    return [DkimSigner(signing)]

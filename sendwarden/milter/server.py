@@ -9,6 +9,7 @@ a bad new config is refused with a log line and the old one stays).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -92,6 +93,7 @@ class MilterServer:
 
     def _serve(self, settings: Settings) -> int:
         spec = settings.milter.socket
+        tune_garbage_collector()  # before the socket opens: the MTA may connect at once
         _prepare_socket_path(spec)
         Milter.factory = SendwardenMilter  # steps negotiated per connection
         _register(settings.milter.name)
@@ -150,6 +152,24 @@ class MilterServer:
 
     def _on_reload(self, signum: int, frame: FrameType | None) -> None:
         self.reload()
+
+
+#: Container objects allocated between two young-generation collections (Python's
+#: default is 700: with a message allocating thousands, the collector ran several
+#: times per message, 8 % of the milter's CPU in a perf profile).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def tune_garbage_collector() -> None:
+    """Freeze what start-up built (configuration, accounts, keys, scripts: it lives as
+    long as the process), so no collection walks it again, and collect young objects
+    less often. Reference counting still frees almost everything a message allocates
+    at once; the collector is only for cycles. Not repeated on reload: a frozen
+    configuration would never be collected once replaced."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def _register(name: str) -> None:

@@ -197,6 +197,27 @@ def read_identity(headers: Sequence[tuple[str, str]]) -> IdentityHeaders:
     return IdentityHeaders(from_mailboxes, sender, shown, tuple(resent))
 
 
+_READ = "_identity"  # txn.scratch: (headers seen, what read_identity made of them)
+
+
+def transaction_identity(txn: Transaction) -> IdentityHeaders:
+    """:func:`read_identity` of the transaction's headers, read once per message
+    (the identity rule and the DKIM signer both need it, at the body and at the end)
+    and again only if headers were added since. Raises MalformedHeader."""
+    cached = txn.scratch.get(_READ)
+    if isinstance(cached, tuple) and cached[0] == len(txn.headers):
+        result = cached[1]
+    else:
+        try:
+            result = read_identity(txn.headers)
+        except MalformedHeader as error:
+            result = error
+        txn.scratch[_READ] = (len(txn.headers), result)
+    if isinstance(result, MalformedHeader):
+        raise MalformedHeader(str(result))
+    return typing.cast(IdentityHeaders, result)
+
+
 def _single(name: str, value: str) -> Mailbox:
     mailboxes = parse_mailboxes(name, value)
     if len(mailboxes) > 1:
@@ -232,7 +253,7 @@ def identity_verdict(
     if account is None or not (txn.identified or txn.trusted):
         return None
     try:
-        identity = read_identity(txn.headers)
+        identity = transaction_identity(txn)
     except MalformedHeader as error:
         return malformed_verdict(txn, str(error))
     if is_listed(account):

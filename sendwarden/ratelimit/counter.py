@@ -34,7 +34,7 @@ from sendwarden.ratelimit.window import (
     live_buckets,
 )
 from sendwarden.store import StoreError, answered
-from sendwarden.store.redis import account_key, redis_errors
+from sendwarden.store.redis import DirectCalls, account_key, redis_errors
 
 Clock = Callable[[], int]  # microseconds since the epoch
 
@@ -73,9 +73,12 @@ def templated_script(
     name: str, constants: Mapping[str, object], package: str | None = __package__
 ) -> str:
     """A package Lua script with ``constants`` written in at load time (``$window``...)
-    and the shared ``$script_time`` function (script_time.lua)."""
+    and the shared functions ``$script_time`` (script_time.lua) and
+    ``$count_reservation`` (count_reservation.lua)."""
     return string.Template(load_script(name, package)).substitute(
-        constants, script_time=load_script("script_time.lua")
+        constants,
+        script_time=load_script("script_time.lua"),
+        count_reservation=load_script("count_reservation.lua"),
     )
 
 
@@ -94,19 +97,26 @@ def lua_string(text: str) -> str:
 
 class LuaScript:
     """A package Lua script called by EVALSHA: one round trip, and after a Redis
-    restart (script cache empty) it is loaded again once."""
+    restart (script cache empty) it is loaded again once. ``direct``: send it through
+    redis-py's connection API (:class:`DirectCalls`), not the client's."""
 
-    def __init__(self, client: redis.Redis, source: str) -> None:
+    def __init__(self, client: redis.Redis, source: str, direct: DirectCalls | None = None) -> None:
         self._client = client
+        self._direct = direct
         self.source = source
         self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
 
     def __call__(self, keys: list[str], *args: EncodableT) -> Any:
         try:
-            return self._client.evalsha(self.sha, len(keys), *keys, *args)
+            return self._evalsha(keys, args)
         except NoScriptError:
             self.sha = str(self._client.script_load(self.source))
-            return self._client.evalsha(self.sha, len(keys), *keys, *args)
+            return self._evalsha(keys, args)
+
+    def _evalsha(self, keys: list[str], args: tuple[EncodableT, ...]) -> Any:
+        if self._direct is not None:
+            return self._direct("EVALSHA", self.sha, len(keys), *keys, *args)
+        return self._client.evalsha(self.sha, len(keys), *keys, *args)
 
 
 class Decision(NamedTuple):
@@ -133,6 +143,17 @@ class RecentBatch:
     add: Sequence[str]  # recipients to record in keys[0]
     ttl: int  # seconds keys[0] lives
     count: bool = True  # return the distinct count before adding
+
+
+class Settlement(NamedTuple):
+    """The answer of the end-of-message round trip (:meth:`RecipientCounter.settle`)."""
+
+    given: int  # batch recipients given back
+    distinct: int  # the account's distinct recipients before this message (when asked)
+    admitted: bool = True  # the provisional recipients were counted (or there were none)
+    bucket: int = 0  # where they were counted: a refund gives them back there
+    used: int = -1  # the window's count after it all (-1: not read)
+    suspension: bytes = b""  # the suspension that refused them (the account's JSON)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,12 +210,23 @@ class RecipientCounter:
             "suspend_period": self._suspension.period,
             "by": lua_string(self._suspension.by),
         }
-        self._reserve = LuaScript(client, templated_script("reserve.lua", constants))
-        self._refund = LuaScript(client, templated_script("refund.lua", constants))
+        # The two scripts of every message (and the refund of a refused one) skip the
+        # client's per-call work; the others are for the CLI.
+        self._direct = DirectCalls.for_client(client)
+        self._reserve = LuaScript(
+            client, templated_script("reserve.lua", constants), self._direct
+        )
+        self._refund = LuaScript(client, templated_script("refund.lua", constants), self._direct)
         self._reset = LuaScript(client, templated_script("reset.lua", constants))
-        self._settle = LuaScript(client, load_script("settle.lua"))
+        self._settle = LuaScript(client, templated_script("settle.lua", constants), self._direct)
         self._usage = LuaScript(client, load_script("usage.lua"))
         self._keys: dict[str, list[str]] = {}
+
+    def close(self) -> None:
+        """Close the connections of the per-message scripts (the client's own pool is
+        its owner's to close)."""
+        if self._direct is not None:
+            self._direct.close()
 
     def keys(self, account_id: str) -> list[str]:
         """The account's rate hash, strike set, suspension key, void hash and the base
@@ -275,20 +307,34 @@ class RecipientCounter:
         account_id: str,
         reservation: tuple[str, int, int] | None,
         recent: RecentBatch | None = None,
-    ) -> tuple[int, int]:
+        extra: tuple[str, int, int] | None = None,
+        fill: int = 0,
+    ) -> Settlement:
         """End of message in one round trip: ``reservation`` ``(id, bucket, keep)``
-        keeps only ``keep`` of what it reserved (the rest is given back); ``recent``
-        counts, then records, the message's distinct recipients. Returns (recipients
-        given back, distinct recipients before this message). Safe to repeat."""
-        rate_key, _, _, _, records = self.keys(account_id)
-        keys = [rate_key, records, *(recent.keys if recent else ())]
+        keeps only ``keep`` of what it reserved (the rest is given back); ``extra``
+        ``(id, count, limit)`` reserves ``count`` recipients accepted provisionally,
+        all or none (none when they no longer fit under ``limit`` or the account is
+        suspended: ``Settlement.admitted`` is False and the message must be deferred);
+        ``fill`` > 0 caches "not suspended" for that many seconds if Redis has no entry
+        for the account; ``recent`` counts, then records, the message's distinct
+        recipients (not when the extra was refused). Safe to repeat."""
+        rate_key, _, suspended_key, void_key, records = self.keys(account_id)
+        keys = [rate_key, records, suspended_key, void_key, *(recent.keys if recent else ())]
         reservation_id, bucket, keep = reservation or ("", 0, 0)
-        args: list[EncodableT] = [reservation_id, bucket, keep]
+        extra_id, count, limit = extra or ("", 0, 0)
+        args: list[EncodableT] = [
+            reservation_id, bucket, keep, extra_id, count, limit,
+            (self._clock() if self._clock else "") if extra_id else "",
+            fill or "",
+        ]  # fmt: skip
         if recent is not None:
             args += ["1" if recent.count else "0", recent.ttl, *recent.add]
         with redis_errors(f"settling the recipients of account {account_id}"):
-            given, distinct = typing.cast(list[int], self._settle(keys, *args))
-        return int(given), int(distinct)
+            reply = typing.cast(list[Any], self._settle(keys, *args))
+        given, distinct, admitted, extra_bucket, used, suspension = reply
+        return Settlement(
+            int(given), int(distinct), admitted == 1, int(extra_bucket), int(used), suspension
+        )
 
     def refund(self, account_id: str, reservations: Mapping[str, int]) -> int:
         """Give back reservations ``{id: bucket}`` (``UNKNOWN_BUCKET`` when the
@@ -348,6 +394,7 @@ __all__ = [
     "Decision",
     "RecentBatch",
     "RecipientCounter",
+    "Settlement",
     "SuspensionPolicy",
     "Usage",
     "counter_from_settings",

@@ -187,6 +187,18 @@ class DurableSuspensionStore:
             self.cache.suspend(account_id, suspension)
         return suspension
 
+    def get_absent(self, account_id: str) -> Suspension | None:
+        """For an account Redis was just seen to have no entry for (by the rate
+        limit's MAIL script): the database's answer, without asking Redis again. A
+        suspension is put in Redis at once; "not suspended" is left for the caller to
+        cache in a round trip it makes anyway (CachedSuspensions.take_fill)."""
+        if self._unrecorded and time.monotonic() >= self._retry_at:
+            self._record_pending()
+        suspension = self.records.current(account_id)
+        if suspension is not None:
+            self.cache.suspend(account_id, suspension)
+        return suspension
+
     def suspend(self, account_id: str, suspension: Suspension) -> None:
         """Record (durably first), then put in effect on every host through Redis."""
         self.records.add(account_id, "suspended", suspension.since, suspension.by,
@@ -296,6 +308,12 @@ class CachedSuspensions:
     Never the last word: every reservation script refuses a suspended account
     whatever this cache says, and every reservation's answer refreshes it.
     "Suspended" is never cached, so a lifted suspension takes effect at once.
+
+    When the reservation found no entry in Redis at all (a new account, or its
+    "not suspended" entry expired), the durable store is asked without a Redis GET,
+    and "not suspended" is written to Redis by the rate limit's end-of-message round
+    trip (:meth:`take_fill`; only if the key is still absent then, so a suspension
+    made meanwhile is never overwritten): no round trip of its own either way.
     """
 
     def __init__(
@@ -305,10 +323,21 @@ class CachedSuspensions:
         self._ttl = ttl
         self._clock = clock
         self._clear_until: dict[str, float] = {}
+        self._absent_until: dict[str, float] = {}  # Redis had no entry, seen just now
+        self._to_fill: set[str] = set()  # "not suspended" to write to Redis
 
     def get(self, account_id: str) -> Suspension | None:
-        if self._clear_until.get(account_id, 0.0) > self._clock():
+        now = self._clock()
+        if self._clear_until.get(account_id, 0.0) > now:
             return None
+        get_absent = getattr(self._store, "get_absent", None)
+        if self._absent_until.pop(account_id, 0.0) > now and get_absent is not None:
+            suspension = typing.cast(Suspension | None, get_absent(account_id))
+            if suspension is None:
+                self.seen_unsuspended(account_id)
+                if len(self._to_fill) < MAX_CACHED:
+                    self._to_fill.add(account_id)
+            return suspension
         suspension = self._store.get(account_id)
         if suspension is None:
             self.seen_unsuspended(account_id)
@@ -324,6 +353,21 @@ class CachedSuspensions:
 
     def seen_suspended(self, account_id: str) -> None:
         self._clear_until.pop(account_id, None)
+        self._absent_until.pop(account_id, None)
+
+    def seen_absent(self, account_id: str) -> None:
+        """A reservation just found no suspension entry for the account in Redis."""
+        if len(self._absent_until) >= MAX_CACHED:
+            self._absent_until.clear()
+        self._absent_until[account_id] = self._clock() + self._ttl
+
+    def take_fill(self, account_id: str) -> int:
+        """Seconds to cache "not suspended" for the account in Redis (0: nothing to
+        write): once, after the durable store said so (see the class docstring)."""
+        if account_id in self._to_fill:
+            self._to_fill.discard(account_id)
+            return NEGATIVE_TTL_SECONDS
+        return 0
 
     def suspend(self, account_id: str, suspension: Suspension) -> None:
         self._clear_until.pop(account_id, None)

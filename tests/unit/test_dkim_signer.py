@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+from pathlib import Path
 
 import dkim
 import pytest
@@ -19,6 +20,7 @@ from sendwarden.dkim.signer import (
     dkim_signature,
     headers_after_changes,
     key_for_domain,
+    signers_from_settings,
 )
 from sendwarden.pipeline import Pipeline
 from sendwarden.policy.accounts import AccountDirectory
@@ -293,3 +295,28 @@ def test_a_refused_message_is_never_signed(settings: Settings) -> None:
     assert pipeline.eom(txn).action is Action.REJECT
     assert txn.changes.add_headers == []
     assert pipeline.needs_body  # the signer asked for the body step
+
+
+def test_domains_sharing_a_key_file_share_one_loaded_key(tmp_path: Path) -> None:
+    """OpenSSL prepares a key on its first signature (twice that signature's cost):
+    one loaded key per key file content, whatever the number of domains using it."""
+    shared, other = tmp_path / "shared.key", tmp_path / "other.key"
+    shared.write_bytes(TEST_KEY)
+    other.write_bytes(TEST_KEY.replace(b"\n", b"\r\n"))  # another file, other bytes
+    settings = settings_from_mapping(
+        {
+            "dkim": [
+                {"domain": "acme.example", "selector": "s1", "key_file": str(shared)},
+                {"domain": "initech.example", "selector": "s2", "key_file": str(shared)},
+                {"domain": "globex.example", "selector": "s3", "key_file": str(other)},
+            ]
+        }
+    )
+    (signer,) = signers_from_settings(settings.dkim)
+    assert isinstance(signer, DkimSigner)
+    keys = signer._keys
+    assert [(k.domain, k.selector) for k in keys.values()] == [
+        ("acme.example", "s1"), ("initech.example", "s2"), ("globex.example", "s3"),
+    ]  # fmt: skip
+    assert keys["acme.example"].signing_key is keys["initech.example"].signing_key
+    assert keys["globex.example"].signing_key is not keys["acme.example"].signing_key

@@ -21,6 +21,7 @@ from sendwarden.policy.identity import (
     parse_mailboxes,
     read_identity,
     shown_addresses,
+    transaction_identity,
 )
 from sendwarden.policy.rendering import rendered
 from sendwarden.policy.verdict import Action
@@ -365,3 +366,20 @@ def test_shown_addresses_finds_only_dotted_domains() -> None:
 def test_read_identity_keeps_the_sender() -> None:
     identity = read_identity([("From", "a@b.example"), ("Sender", "Sec <s@b.example>")])
     assert identity.sender is not None and identity.sender.address == "s@b.example"
+
+
+def test_the_identity_is_read_once_per_message_and_again_when_headers_come(
+    settings: Settings,
+) -> None:
+    """The identity rule and the DKIM signer share one reading; a header added
+    later (a second From) is not missed, and a malformed reading stays malformed."""
+    txn = txn_for(settings, [("From", "Alice <alice@acme.example>")])
+    first = transaction_identity(txn)
+    assert transaction_identity(txn) is first
+    assert [m.address for m in first.from_mailboxes] == ["alice@acme.example"]
+    txn.headers.append(("From", "Mallory <m@globex.example>"))
+    for _ in range(2):
+        with pytest.raises(MalformedHeader, match="2 From headers"):
+            transaction_identity(txn)
+    verdict = identity_verdict(txn, AccountDirectory(settings.accounts))
+    assert verdict is not None and verdict.rule == RULE_MALFORMED

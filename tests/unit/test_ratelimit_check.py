@@ -27,7 +27,7 @@ from sendwarden.policy.ratelimit import (
     too_many_recipients_verdict,
 )
 from sendwarden.policy.verdict import Action
-from sendwarden.ratelimit.counter import Decision, RecentBatch
+from sendwarden.ratelimit.counter import Decision, RecentBatch, Settlement
 from sendwarden.ratelimit.window import MICROSECONDS, BucketWindow
 from sendwarden.store import StoreError
 from tests.unit.fakes import MemorySuspensions
@@ -180,7 +180,7 @@ class MemoryCounter:
             self.reservations[reservation] = (admission.bucket, granted)
         return Decision(
             admission.admitted,
-            admission.used,
+            admission.used + max(granted - cost, 0),  # as the script: the batch included
             limit,
             admission.bucket,
             admission.frees_at,
@@ -195,7 +195,9 @@ class MemoryCounter:
         account_id: str,
         reservation: tuple[str, int, int] | None,
         recent: RecentBatch | None = None,
-    ) -> tuple[int, int]:
+        extra: tuple[str, int, int] | None = None,
+        fill: int = 0,
+    ) -> Settlement:
         self.settles += 1
         if self.down:
             raise StoreError("redis", "connection refused")
@@ -207,7 +209,17 @@ class MemoryCounter:
                 given = cost - keep
                 self.windows[account_id].refund(recorded_bucket, given)
                 self.reservations[reservation_id] = (recorded_bucket, keep)
-        return given, 0
+        if extra is None:
+            return Settlement(given, 0)
+        extra_id, count, limit = extra
+        if account_id in self.suspended:
+            return Settlement(given, 0, False, suspension=self.suspended[account_id])
+        window = self.windows.setdefault(account_id, BucketWindow(limit, lambda: self.now_us))
+        admission = window.reserve(count)  # all or nothing, no strike
+        if not admission.admitted:
+            return Settlement(given, 0, False, used=window.used())
+        self.reservations[extra_id] = (admission.bucket, count)
+        return Settlement(given, 0, True, admission.bucket, admission.used)
 
     def refund(self, account_id: str, reservations: Mapping[str, int]) -> int:
         if self.down:
@@ -279,7 +291,7 @@ def test_aborted_or_refused_transactions_give_their_quota_back() -> None:
     pipeline.mail(txn)
     pipeline.rcpt(txn, "a@example.net")
     pipeline.rcpt(txn, "b@example.net")
-    assert counter.used("acme") == 2
+    assert counter.used("acme") == 1  # MAIL's batch of one; b is reserved at the end
     pipeline.abort(txn)
     assert counter.used("acme") == 0
     assert smtp_send(pipeline, "alice@acme.example", ["a@x.net", "b@x.net", "c@x.net"]) == [""] * 4
@@ -348,8 +360,37 @@ def test_a_batch_reserves_ahead_and_gives_back_what_it_did_not_use() -> None:
     counter.calls = 0
     replies = smtp_send(pipeline, "alice@acme.example", [f"s{i}@x.net" for i in range(11)])
     assert replies == [""] * 12
-    assert counter.calls == 2  # 10, then 20 more reserved
+    assert (counter.calls, counter.settles) == (1, 2)  # the 11th reserved at the end
     assert counter.used("acme") == 14
+
+
+@pytest.mark.parametrize("count", [11, 35, 100, 600])
+def test_any_number_of_recipients_within_the_room_costs_two_round_trips(count: int) -> None:
+    pipeline, counter, _ = build(limit=1000)
+    assert smtp_send(pipeline, "alice@acme.example", ["first@x.net"]) == ["", ""]
+    counter.calls = counter.settles = 0
+    replies = smtp_send(pipeline, "alice@acme.example", [f"r{i}@x.net" for i in range(count)])
+    assert replies == [""] * (count + 1)
+    assert (counter.calls, counter.settles) == (1, 1)
+    assert counter.used("acme") == 1 + count
+
+
+def test_provisional_recipients_that_no_longer_fit_defer_the_message_and_cost_nothing() -> None:
+    """Another transaction of the account took the room meanwhile: the end of message
+    cannot count them, so the message is deferred (the client sends it again) and
+    everything it reserved goes back; the other transaction's count stays."""
+    pipeline, counter, _ = build(limit=30)
+    first = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="alice@acme.example")
+    assert not pipeline.mail(first).is_final
+    for n in range(20):
+        assert not pipeline.rcpt(first, f"a{n}@x.net").is_final
+    assert smtp_send(pipeline, "alice@acme.example", [f"b{n}@x.net" for n in range(15)]) == [
+        ""
+    ] * 16
+    verdict = pipeline.eom(first)
+    assert verdict.reply().startswith("451 4.7.1 Account acme has reached its limit of 30")
+    assert counter.used("acme") == 15
+    assert counter.strikes == 0  # inside its limit when its recipients were accepted
 
 
 def test_a_small_limit_is_never_held_ahead() -> None:
@@ -358,7 +399,8 @@ def test_a_small_limit_is_never_held_ahead() -> None:
     pipeline.mail(txn)
     for n in range(3):
         pipeline.rcpt(txn, f"r{n}@x.net")
-        assert counter.used("acme") == n + 1
+        assert counter.used("acme") == 1  # one at MAIL; the rest counted at the end
+        assert _unused(txn) == 0  # nothing held that could defer another transaction
     pipeline.abort(txn)
     assert counter.used("acme") == 0
 
@@ -397,11 +439,12 @@ def interleavings(draw: st.DrawFn) -> tuple[int, list[tuple[str, int]]]:
 def test_batches_never_count_more_than_the_limit_nor_defer_without_cause(
     case: tuple[int, list[tuple[str, int]]],
 ) -> None:
-    """Concurrent transactions of one account reserving in batches: the window never
-    holds more than the limit; a recipient is deferred only when the accepted
-    recipients plus what *other* transactions hold unused fill the limit; and once
-    every transaction ended, the window holds exactly the accepted messages'
-    recipients."""
+    """Concurrent transactions of one account reserving in batches and accepting
+    recipients provisionally within the room last seen: the window never holds more
+    than the limit; a recipient is deferred only when the accepted recipients plus
+    what *other* transactions hold unused fill the limit, and a message at its end
+    only when they exceed it; and once every transaction ended, the window holds
+    exactly the accepted messages' recipients."""
     limit, steps = case
     pipeline, counter, _ = build(limit=limit)
     open_txns: dict[int, Transaction] = {}
@@ -422,10 +465,15 @@ def test_batches_never_count_more_than_the_limit_nor_defer_without_cause(
             if verdict.is_final:
                 assert delivered + in_flight + held_by_others >= limit
         elif action == "eom":
+            held = sum(_unused(other) for j, other in open_txns.items() if j != k)
+            in_flight = sum(len(other.recipients) for other in open_txns.values())
             del open_txns[k]
             if txn.recipients:
-                assert not pipeline.eom(txn).is_final
-                delivered += len(txn.recipients)
+                if pipeline.eom(txn).is_final:
+                    # its provisional recipients no longer fit: the window is full
+                    assert delivered + in_flight + held > limit
+                else:
+                    delivered += len(txn.recipients)
             else:
                 pipeline.abort(txn)
         else:
