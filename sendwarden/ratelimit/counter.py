@@ -73,9 +73,12 @@ def templated_script(
     name: str, constants: Mapping[str, object], package: str | None = __package__
 ) -> str:
     """A package Lua script with ``constants`` written in at load time (``$window``...)
-    and the shared ``$script_time`` function (script_time.lua)."""
+    and the shared functions ``$script_time`` (script_time.lua) and
+    ``$count_reservation`` (count_reservation.lua)."""
     return string.Template(load_script(name, package)).substitute(
-        constants, script_time=load_script("script_time.lua")
+        constants,
+        script_time=load_script("script_time.lua"),
+        count_reservation=load_script("count_reservation.lua"),
     )
 
 

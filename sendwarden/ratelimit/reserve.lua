@@ -65,6 +65,7 @@ local suspend_period = $suspend_period
 local by = $by
 
 $script_time
+$count_reservation
 local now = script_time(ARGV[4])
 
 local bucket_us = bucket * 1000000
@@ -114,16 +115,7 @@ if used + cost <= limit then
   if granted == 0 then
     return {1, used, current, 0, now, 0, 0, suspension}
   end
-  -- The record lets a refund give this reservation back once; it is kept as long
-  -- as a transaction (and a refund owed across an outage) may last, not the whole
-  -- window: a refund that comes later finds nothing and gives nothing back.
-  local record_key = records .. ':' .. current
-  redis.call('HSET', record_key, id, granted)
-  redis.call('PEXPIRE', record_key, record_ttl * 1000)
-  if redis.call('HINCRBY', rate_key, current, granted) == granted then
-    -- A new bucket, the newest: the whole hash is stale once it has left the window.
-    redis.call('PEXPIRE', rate_key, (window + bucket) * 1000)
-  end
+  count_reservation(rate_key, records, id, current, granted)
   if over then
     redis.call('HDEL', rate_key, 'o')
   end

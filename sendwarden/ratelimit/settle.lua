@@ -41,6 +41,7 @@ local bucket = $bucket
 local record_ttl = $record_ttl
 
 $script_time
+$count_reservation
 
 local given = 0
 if ARGV[1] ~= '' then
@@ -95,12 +96,7 @@ if extra_id ~= '' and extra > 0 then
     elseif used + extra > tonumber(ARGV[6]) then
       admitted = 0
     else
-      local record_key = records .. ':' .. current
-      redis.call('HSET', record_key, extra_id, extra)
-      redis.call('PEXPIRE', record_key, record_ttl * 1000)
-      if redis.call('HINCRBY', rate_key, current, extra) == extra then
-        redis.call('PEXPIRE', rate_key, (window + bucket) * 1000)
-      end
+      count_reservation(rate_key, records, extra_id, current, extra)
       redis.call('HDEL', rate_key, 'o')  -- admitted: an over-limit episode is over
       used = used + extra
     end
