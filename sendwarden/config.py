@@ -601,7 +601,8 @@ class DirectorySettings:
     # taken for a half-written or broken source and refused (100: never refused).
     max_shrink_percent: int = parsed(_percent, default=50)
     # Where the last good directory is kept across restarts: the milter then answers at
-    # once on it and re-reads the sources in the background. Empty: a temporary directory.
+    # once on it and re-reads the sources in the background. Empty: "directory" in the
+    # service's systemd state directory ($STATE_DIRECTORY), else a temporary directory.
     state_directory: str = ""
 
     @property
@@ -826,8 +827,14 @@ def config_warnings(settings: Settings) -> list[str]:
     return warnings
 
 
-def _check_token_accounts(tokens: tuple[ApiToken, ...], accounts: tuple[Account, ...]) -> None:
-    """An account token must name a configured account, or it could write records for nobody."""
+def _check_token_accounts(
+    tokens: tuple[ApiToken, ...], accounts: tuple[Account, ...], directory: DirectorySettings
+) -> None:
+    """An account token must name a configured account, or it could write records for
+    nobody. With a [directory], an account only its sources know cannot be checked
+    without reading them: ``check-config`` (and ``api token create``) do."""
+    if directory.has_sources:
+        return
     known = {account.id for account in accounts}
     for token in tokens:
         if token.account and token.account not in known:
@@ -857,7 +864,7 @@ def settings_from_mapping(document: Mapping[str, Any]) -> Settings:
     document = dict(document)
     accounts = _build_accounts(document.pop("accounts", []))
     settings = typing.cast(Settings, _build(Settings, document, ""))
-    _check_token_accounts(settings.api.tokens, accounts)
+    _check_token_accounts(settings.api.tokens, accounts, settings.directory)
     _check_alert_login(settings.alerts, accounts)
     return dataclasses.replace(settings, accounts=accounts)
 

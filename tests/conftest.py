@@ -9,9 +9,16 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from tests.support.redis_server import RedisServer
 from tests.support.sink import SmtpSink
+
+# What the property tests assert is behaviour, not time: on a shared, loaded machine an
+# example can take longer than hypothesis' default 200 ms deadline and fail as "flaky"
+# (seen in tests/unit/test_replies.py while other suites ran).
+hypothesis_settings.register_profile("sendwarden", deadline=None)
+hypothesis_settings.load_profile("sendwarden")
 
 
 @pytest.fixture(scope="session")

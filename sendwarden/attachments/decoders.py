@@ -159,6 +159,7 @@ class QuotedPrintableCounter:
         self._carry = b""
         self._skip_to_newline = False
         self._in_long_line = False  # a line over QP_CARRY_LIMIT is being cut
+        self._soft_end = False  # the last whole line ends in a soft break, read as Rust's
         self._sink = sink
 
     def feed(self, data: bytes) -> None:
@@ -209,6 +210,7 @@ class QuotedPrintableCounter:
             pos = lines.find(b"\n") + 1
             total += pos + 1
             self._in_long_line = False
+        self._soft_end = _ends_in_soft_break(lines)
         for long_line in _LONG_QP_LINE.finditer(lines, pos) if _may_hold_long_lines(lines) else ():
             total += _lenient_size(lines[pos : long_line.start()])
             total += long_line.end() - long_line.start() + 1  # raw; its LF counts as CRLF
@@ -223,6 +225,8 @@ class QuotedPrintableCounter:
     def decoded_bytes(self) -> int:
         carry = self._carry
         lenient = len(carry) if self._in_long_line else _lenient_size(carry)
+        # The crate ends a part whose last line is a soft break with a line break anyway.
+        lenient += 2 if self._soft_end and not carry else 0
         return max(self._decoded + _canonical_size(a2b_qp(carry)), self._lenient + lenient)
 
     def flush(self) -> None:
@@ -242,7 +246,68 @@ def _may_hold_long_lines(lines: bytes) -> bool:
 
 
 def _lenient_size(data: bytes) -> int:
-    """Size of whole quoted-printable lines under the lenient reading."""
+    """Size of whole quoted-printable lines under the lenient readings: the larger of
+    one escape at a time and Rust's (which differ on "=" followed by junk)."""
+    if b"=" not in data:
+        return _canonical_size(data)  # (Rust's reading only drops bytes then)
+    one_escape = _one_escape_size(data)
+    if not _QP_RUST_DIVERGES.search(data) and not _QP_UNPRINTABLE.search(data):
+        return one_escape  # each token reads alike, or Rust's is smaller
+    return max(one_escape, _rust_size(data))
+
+
+#: What the quoted_printable crate (robust mode, under fast_mail_parser) drops before
+#: decoding: every byte but tab, CR, LF and printable ASCII; then blanks at line ends.
+_QP_UNPRINTABLE = re.compile(rb"[^\t\r\n\x20-\x7e]+")
+_QP_TRAILING_BLANKS = re.compile(rb"[ \t\r]+(?=\n|\Z)")
+#: Its tokens: "=XY" with hex digits (one byte); "=" and the two characters after it,
+#: kept as they are ("=2=80" stays whole); "=" at a line's end (a soft line break).
+_QP_RUST_TOKEN = re.compile(rb"(=[0-9A-Fa-f]{2})|(=[^\n]{1,2})|(=)")
+#: Where the two lenient readings can part: "=" and a character that start no escape,
+#: then a "=" that Rust keeps as the third character of "=XY" and the other reads as
+#: the start of an escape. Without one (and with no byte Rust drops, which could bring
+#: two "=" together), Rust's reading is never the larger.
+_QP_RUST_DIVERGES = re.compile(rb"=(?![0-9A-Fa-f]{2})[^\n]=")
+
+
+def _rust_size(data: bytes) -> int:
+    """Size of quoted-printable text as the quoted_printable crate decodes it."""
+    if _QP_UNPRINTABLE.search(data):
+        data = _QP_UNPRINTABLE.sub(b"", data)
+    if _QP_TRAILING_BLANKS.search(data):
+        data = _QP_TRAILING_BLANKS.sub(b"", data)
+    escapes, soft = _rust_tokens(data)
+    # A soft line break is no text: its "=" and its line break go (at the end of the
+    # data, before any line break, only its "=").
+    _, ends_soft = _rust_tokens(data[data.rfind(b"\n") + 1 :])
+    return len(data) + data.count(b"\n") - 2 * escapes - 3 * soft + 2 * ends_soft
+
+
+def _rust_tokens(data: bytes) -> tuple[int, int]:
+    """How many hex escapes and soft line breaks the crate reads in ``data`` (one token
+    at a time: nothing is kept per token, so memory stays bounded)."""
+    escapes = soft = 0
+    for token in _QP_RUST_TOKEN.finditer(data):
+        if token.lastindex == 1:
+            escapes += 1
+        elif token.lastindex == 3:
+            soft += 1
+    return escapes, soft
+
+
+def _ends_in_soft_break(lines: bytes) -> bool:
+    """Whether the last of these whole lines ends in a soft line break, as the
+    quoted_printable crate reads it."""
+    last = lines[lines.rfind(b"\n", 0, len(lines) - 1) + 1 : -1]
+    if b"=" not in last:
+        return False
+    last = _QP_TRAILING_BLANKS.sub(b"", _QP_UNPRINTABLE.sub(b"", last))
+    return _rust_tokens(last)[1] == 1
+
+
+def _one_escape_size(data: bytes) -> int:
+    """Size of whole lines where "=" and a character that starts no escape are both
+    literal, and the next character is read afresh ("==41" stays as is)."""
     if b"=" not in data:
         return _canonical_size(data)
     # "=" and a character that starts no escape are both literal ("==41" stays as is).

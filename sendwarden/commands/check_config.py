@@ -23,6 +23,7 @@ from sendwarden.config import ConfigError, Settings, config_warnings, load_setti
 from sendwarden.consent.store import parse_database_url
 from sendwarden.directory.explain import open_directory
 from sendwarden.directory.sources import SourceError
+from sendwarden.policy.accounts import is_listed
 
 SERVICE_CHECKS = "--service-checks"
 
@@ -41,6 +42,12 @@ def register(subparsers: Any) -> None:
         help="check as the service user (e.g. postfix:sendwarden, the units' User= and "
         "Group=): files it cannot read or write are errors (needs root, or to be that user)",
     )
+    parser.add_argument(
+        "--skip-directory",
+        action="store_true",
+        help="do not read the [directory] sources (a service's start: the milter reads them "
+        "itself, refuses to start on a bad one, and starts at once on a kept directory)",
+    )
     parser.add_argument(SERVICE_CHECKS, action="store_true", help=argparse.SUPPRESS)
 
 
@@ -51,13 +58,22 @@ def run(args: argparse.Namespace) -> int:
     if args.service_checks:
         _check_service_files(settings)
     accounts = f"{len(settings.accounts)} accounts"
-    if settings.directory.has_sources:
+    if settings.directory.has_sources and args.skip_directory:
+        accounts += " (the directory's sources not read)"
+    elif settings.directory.has_sources:
         # The sources are read as the milter would read them: a bad line is named here.
         try:
             with open_directory(settings) as directory:
                 snapshot = directory.snapshot
                 counts = snapshot.counts() if snapshot is not None else {}
                 conflicts = snapshot.conflicts() if snapshot is not None else []
+                for token in settings.api.tokens:  # an account the sources may know
+                    if token.account and not is_listed(directory.accounts.get(token.account)):
+                        raise ConfigError(
+                            f"api.tokens[{token.name}].account",
+                            f"no account with id {token.account!r} in the config or the "
+                            "directory",
+                        )
         except SourceError as error:
             raise ConfigError("directory", str(error)) from None
         accounts = (

@@ -22,11 +22,14 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    configure_logging(settings.log.level, settings.log.decisions)
+    from sendwarden.directory.build import start_early
+
+    start_early(settings.directory)  # the directory is read while the rest starts
     # libmilter is imported only when needed
     from sendwarden.milter.server import MilterServer, SocketInUse
 
-    settings = load_settings(args.config)
-    configure_logging(settings.log.level, settings.log.decisions)
     try:
         return MilterServer(args.config, settings).serve()
     except SocketInUse as error:

@@ -27,10 +27,13 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sendwarden.proxy.server import serve  # imports aiosmtpd only when needed
-
     settings = load_settings(args.config)
     configure_logging(settings.log.level, settings.log.decisions)
+    from sendwarden.directory.build import start_early
+
+    start_early(settings.directory)  # the directory is read while the rest starts
+    from sendwarden.proxy.server import serve  # imports aiosmtpd only when needed
+
     try:
         asyncio.run(serve(settings, config_path=args.config))
     except (OSError, ValueError) as error:

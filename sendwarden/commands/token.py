@@ -52,8 +52,11 @@ def run_create(args: argparse.Namespace) -> int:
     account: str | None = args.account
     if account is not None:
         # A token for an account that does not exist would record consent for nobody,
-        # and the server would refuse the config it was pasted into.
-        load_settings(args.config, read_keys=False).account(account)
+        # and the server would refuse the config it was pasted into. The account may be
+        # one only the [directory] sources know: they are read now.
+        from sendwarden.directory.explain import find_account
+
+        find_account(load_settings(args.config, read_keys=False), account, listed=True)
     name = args.name or account or "staff"
     token = mint_token()
     print("New API token (shown only now; give it to whoever calls the API, keep no copy):")

@@ -4,13 +4,21 @@ on stdin, the report as JSON on stdout), so the milter's interpreter never runs 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
+import gc
 import json
+import logging
 import os
+import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +26,8 @@ from sendwarden.config import DirectorySettings
 from sendwarden.directory.snapshot import BuildReport, Conflict, Snapshot, write_snapshot
 from sendwarden.directory.sources import SourceData, SourceError, read_domain_map, read_system_users
 from sendwarden.directory.sql import read_sql
+
+log = logging.getLogger(__name__)
 
 
 def read_sources(settings: DirectorySettings) -> list[SourceData]:
@@ -60,25 +70,88 @@ def build(
     settings: DirectorySettings, out: str | Path, previous: str | Path | None = None
 ) -> BuildReport:
     """Read the sources and write the snapshot ``out``; SourceError leaves no file."""
-    sources = read_sources(settings)
-    users = read_system_users() if settings.system_users else None
-    before = Snapshot(previous) if previous else None
+    with _no_cycle_collection():
+        sources = read_sources(settings)
+        users = read_system_users() if settings.system_users else None
+        before = Snapshot(previous) if previous else None
+        try:
+            return write_snapshot(
+                out,
+                sources,
+                system_users=users,
+                previous=before,
+                max_shrink_percent=settings.max_shrink_percent,
+                fingerprint=fingerprint(settings),
+            )
+        finally:
+            if before is not None:
+                before.close()
+
+
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """A build makes millions of tuples and no reference cycles: the cycle collector
+    would only walk the growing heap again and again (a third of a build's time)."""
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        return write_snapshot(
-            out,
-            sources,
-            system_users=users,
-            previous=before,
-            max_shrink_percent=settings.max_shrink_percent,
-            fingerprint=fingerprint(settings),
-        )
+        yield
     finally:
-        if before is not None:
-            before.close()
+        if enabled:
+            gc.enable()
 
 
 class BuildFailed(SourceError):
     """The child could not build a snapshot; the message is its reason."""
+
+
+class BuildChild:
+    """:func:`build` in a child process at lower priority, started at once: its parsing
+    never holds the milter's interpreter lock, and its garbage is not the milter's
+    memory. :meth:`report` waits for it."""
+
+    def __init__(self, settings: DirectorySettings, out: str | Path, previous: str | Path | None):
+        self.settings = settings
+        self.out = Path(out)
+        request = {
+            "settings": dataclasses.asdict(settings),
+            "out": str(out),
+            "previous": previous and str(previous),
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sendwarden.directory.build"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert self.process.stdin is not None
+        # One line (JSON has no raw newline): the child starts on it before stdin closes.
+        self.process.stdin.write(json.dumps(request).encode() + b"\n")
+        self.process.stdin.flush()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+
+    def report(self, timeout: float) -> BuildReport:
+        """The child's report once it is done; BuildFailed with its reason if it failed."""
+        with self.process as child:
+            try:
+                stdout, stderr = child.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.communicate()
+                raise BuildFailed(
+                    f"reading the directory sources took over {timeout:.0f}s"
+                ) from None
+        try:
+            answer = json.loads(stdout.decode() or "{}")
+        except ValueError:
+            answer = {}
+        if child.returncode != 0 or "error" in answer or "report" not in answer:
+            reason = answer.get("error") or stderr.decode(errors="replace").strip()[-2000:]
+            raise BuildFailed(reason or f"the directory builder exited with {child.returncode}")
+        return _report_from_json(answer["report"])
 
 
 def build_in_child(
@@ -88,36 +161,113 @@ def build_in_child(
     timeout: float,
     started: Callable[[subprocess.Popen[bytes]], None] | None = None,
 ) -> BuildReport:
-    """:func:`build` in a child process at lower priority: its parsing never holds the
-    milter's interpreter lock, and its garbage is not the milter's memory. ``started``
-    is given the child (so a shutdown can stop it)."""
-    request = {
-        "settings": dataclasses.asdict(settings),
-        "out": str(out),
-        "previous": previous and str(previous),
-    }
-    with subprocess.Popen(
-        [sys.executable, "-m", "sendwarden.directory.build"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    ) as child:
-        if started is not None:
-            started(child)
-        try:
-            stdout, stderr = child.communicate(json.dumps(request).encode(), timeout=timeout)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.communicate()
-            raise BuildFailed(f"reading the directory sources took over {timeout:.0f}s") from None
+    """:func:`build` in a :class:`BuildChild`; ``started`` is given the child process
+    (so a shutdown can stop it)."""
+    child = BuildChild(settings, out, previous)
+    if started is not None:
+        started(child.process)
+    return child.report(timeout)
+
+
+#: The last good snapshot's name in the state directory.
+KEPT_SNAPSHOT = "directory.db"
+#: Where the state directory is by default: under the one systemd makes for the service
+#: (``StateDirectory=sendwarden`` in deploy/sendwarden.service: /var/lib/sendwarden).
+SYSTEMD_STATE = "STATE_DIRECTORY"
+
+
+def state_directory(settings: DirectorySettings) -> Path | None:
+    """Where the last good directory is kept across restarts: ``state_directory``, or
+    else ``directory`` in the service's systemd state directory, or nowhere."""
+    if settings.state_directory:
+        return Path(settings.state_directory)
+    systemd = os.environ.get(SYSTEMD_STATE, "").split(":")[0]
+    return Path(systemd) / "directory" if systemd else None
+
+
+def kept_snapshot(settings: DirectorySettings, state: Path | None) -> Snapshot | None:
+    """The last good snapshot kept in ``state`` for these same sources, if readable."""
+    kept = state / KEPT_SNAPSHOT if state is not None else None
+    if kept is None or not kept.exists():
+        return None
     try:
-        answer = json.loads(stdout.decode() or "{}")
-    except ValueError:
-        answer = {}
-    if child.returncode != 0 or "error" in answer or "report" not in answer:
-        reason = answer.get("error") or stderr.decode(errors="replace").strip()[-2000:]
-        raise BuildFailed(reason or f"the directory builder exited with {child.returncode}")
-    return _report_from_json(answer["report"])
+        snapshot = Snapshot(kept)
+        if snapshot.meta("fingerprint") == fingerprint(settings):
+            return snapshot
+        snapshot.close()
+    except sqlite3.Error as error:
+        log.warning("the kept directory %s is unreadable (%s); reading the sources", kept, error)
+    return None
+
+
+@dataclasses.dataclass
+class EarlyBuild:
+    """The first read of the sources, started before the milter has finished starting."""
+
+    settings: DirectorySettings
+    workdir: Path
+    own_workdir: bool  # a temporary directory, removed with the directory
+    child: BuildChild
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+    def discard(self, *, remove_workdir: bool = True) -> None:
+        """Stop it and remove what it wrote (and its temporary directory, unless a
+        directory took that over)."""
+        self.child.stop()
+        with contextlib.suppress(BuildFailed):
+            self.child.report(timeout=CHILD_STOP_TIMEOUT)
+        self.child.out.unlink(missing_ok=True)
+        if self.own_workdir and remove_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+#: How long a stopped child may take to go.
+CHILD_STOP_TIMEOUT = 10.0
+_early: EarlyBuild | None = None
+
+
+def start_early(settings: DirectorySettings) -> None:
+    """Start reading the sources now, in the builder child, while the milter is still
+    importing its modules and connecting to its stores: on two cores the two overlap,
+    and the milter answers that much sooner. The directory of the same settings takes
+    it over (:func:`take_early`); one never taken is stopped at exit. Nothing starts
+    when a kept snapshot of these sources lets the milter answer at once anyway."""
+    global _early
+    if _early is not None or not settings.has_sources:
+        return
+    state = state_directory(settings)
+    try:
+        if state is not None:
+            kept = kept_snapshot(settings, state)
+            if kept is not None:
+                kept.close()
+                return
+            state.mkdir(parents=True, exist_ok=True)
+            workdir, own = state, False
+        else:
+            workdir, own = Path(tempfile.mkdtemp(prefix="sendwarden-directory-")), True
+    except OSError:
+        return  # the milter's own start reports it
+    out = workdir / f"snapshot-{os.getpid()}-early.db"
+    _early = EarlyBuild(settings, workdir, own, BuildChild(settings, out, None))
+    atexit.register(_discard_early)
+
+
+def take_early(settings: DirectorySettings) -> EarlyBuild | None:
+    """The build :func:`start_early` started for these settings, now the caller's."""
+    global _early
+    early, _early = _early, None
+    if early is not None and early.settings != settings:
+        early.discard()
+        return None
+    return early
+
+
+def _discard_early() -> None:
+    global _early
+    early, _early = _early, None
+    if early is not None:
+        early.discard()
 
 
 def _report_from_json(document: dict[str, Any]) -> BuildReport:
@@ -131,7 +281,9 @@ def _report_from_json(document: dict[str, Any]) -> BuildReport:
 def main() -> int:
     with contextlib.suppress(OSError):
         os.nice(10)  # the milter's decisions come first
-    request = json.loads(sys.stdin.read())
+    # Stopped (a shutdown): unwind, so that what was half written is removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    request = json.loads(sys.stdin.readline())
     settings = DirectorySettings(**request["settings"])
     try:
         report = build(settings, request["out"], request.get("previous"))

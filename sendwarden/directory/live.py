@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -27,7 +26,14 @@ from sendwarden.alerts.findings import Finding
 from sendwarden.alerts.notify import Notifier, deliver, notifiers_from_settings
 from sendwarden.alerts.rules import Alert
 from sendwarden.config import Account, Settings
-from sendwarden.directory.build import build_in_child, fingerprint
+from sendwarden.directory.build import (
+    KEPT_SNAPSHOT,
+    BuildChild,
+    EarlyBuild,
+    kept_snapshot,
+    state_directory,
+    take_early,
+)
 from sendwarden.directory.snapshot import Conflict, Snapshot
 from sendwarden.directory.sources import PASSWD_FILE, FileSignature, SourceError, file_signature
 from sendwarden.policy.accounts import AccountDirectory, ConfiguredAccounts
@@ -39,8 +45,6 @@ log = logging.getLogger(__name__)
 DIRECTORY_FAILED = "directory-source-failed"
 #: Accounts built (merged with their overrides) kept per snapshot.
 ACCOUNT_CACHE = 4096
-#: The last good snapshot's name in ``directory.state_directory``.
-KEPT_SNAPSHOT = "directory.db"
 #: Longest close() waits for the refresh thread once its build was stopped.
 CLOSE_TIMEOUT = 10.0
 #: Longest a build may take before it counts as failed.
@@ -162,11 +166,16 @@ class LiveDirectory:
         self.settings = settings
         self.directory_settings = settings.directory
         self.config = ConfiguredAccounts(settings.accounts)
-        state = workdir or settings.directory.state_directory
-        self._own_workdir = not state
-        self.workdir = Path(state or tempfile.mkdtemp(prefix="sendwarden-directory-"))
-        if state:
-            self.workdir.mkdir(parents=True, exist_ok=True)
+        # The first read, if start_early() began it while the milter was starting.
+        self._early = take_early(settings.directory) if workdir is None else None
+        if self._early is not None:
+            self.workdir, self._own_workdir = self._early.workdir, self._early.own_workdir
+        else:
+            state = workdir or state_directory(settings.directory)
+            self._own_workdir = not state
+            self.workdir = Path(state or tempfile.mkdtemp(prefix="sendwarden-directory-"))
+            if state:
+                self.workdir.mkdir(parents=True, exist_ok=True)
         self._kept = self.workdir / KEPT_SNAPSHOT
         self._stale_start = False
         self._notifiers = (
@@ -183,6 +192,7 @@ class LiveDirectory:
         self._refresh_lock = threading.Lock()
         self.lookups = DirectoryLookups(self.config, None)
         self.last_refresh = 0.0
+        self._loaded: tuple[int, float] | None = None  # (accounts, when built), for metrics
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -194,32 +204,30 @@ class LiveDirectory:
         it at once and re-read the sources in the background right away."""
         if not self.directory_settings.has_sources:
             return
+        early, self._early = self._early, None
+        if early is not None and previous is not None:
+            early.discard(remove_workdir=False)  # a reload settles against the running one
+            early = None
         kept = self._kept_snapshot()
         if kept is not None:
+            if early is not None:
+                early.discard(remove_workdir=False)
             self.lookups = DirectoryLookups(self.config, kept)
             self._stale_start = True
+            accounts = kept.counts()["accounts"]
+            built = float(kept.meta("built") or self._clock())
+            self._announce(accounts, built)  # its age is the kept directory's
             log.info(
                 "directory: starting on the last good one kept in %s (%s accounts); "
                 "re-reading the sources now",
                 self._kept,
-                kept.counts()["accounts"],
+                accounts,
             )
             return
-        self._rebuild(previous.lookups.snapshot if previous is not None else None)
+        self._rebuild(previous.lookups.snapshot if previous is not None else None, early)
 
     def _kept_snapshot(self) -> Snapshot | None:
-        if self._own_workdir or not self._kept.exists():
-            return None
-        try:
-            snapshot = Snapshot(self._kept)
-            if snapshot.meta("fingerprint") == fingerprint(self.directory_settings):
-                return snapshot
-            snapshot.close()
-        except sqlite3.Error as error:
-            log.warning(
-                "the kept directory %s is unreadable (%s); reading the sources", self._kept, error
-            )
-        return None
+        return None if self._own_workdir else kept_snapshot(self.directory_settings, self.workdir)
 
     def start(self) -> None:
         """Re-read the sources every ``directory.refresh`` seconds, in the background."""
@@ -231,6 +239,9 @@ class LiveDirectory:
     def close(self) -> None:
         """Stop refreshing; a build in progress is stopped, not waited for."""
         self._stop.set()
+        early, self._early = self._early, None
+        if early is not None:  # taken over but never loaded
+            early.discard(remove_workdir=False)
         child = self._child
         if child is not None and child.poll() is None:
             child.terminate()
@@ -276,23 +287,26 @@ class LiveDirectory:
             paths.append(PASSWD_FILE)
         return {path: file_signature(path) for path in paths}
 
-    def _rebuild(self, before: Snapshot | None = None) -> None:
+    def _rebuild(self, before: Snapshot | None = None, early: EarlyBuild | None = None) -> None:
         """Build a new snapshot (conflicts settled against ``before``, by default the
-        current one) and swap it in."""
+        current one) and swap it in; ``early``: the first build, already running."""
         signatures = self._current_signatures()
         self._generation += 1
         out = self.workdir / f"snapshot-{os.getpid()}-{id(self):x}-{self._generation}.db"
         previous = self.lookups.snapshot
         settled_against = before or previous
-        started = time.monotonic()
-        try:
-            report = build_in_child(
+        started = time.monotonic() if early is None else early.started
+        if early is None:
+            child = BuildChild(
                 self.directory_settings,
                 out,
                 settled_against.path if settled_against is not None else None,
-                timeout=BUILD_TIMEOUT,
-                started=self._set_child,
             )
+        else:
+            child, out = early.child, early.child.out
+        self._child = child.process
+        try:
+            report = child.report(timeout=BUILD_TIMEOUT)
         finally:
             self._child = None
         snapshot = Snapshot(out)
@@ -303,7 +317,7 @@ class LiveDirectory:
         self.lookups = DirectoryLookups(self.config, snapshot)  # the swap: one assignment
         self._signatures = signatures
         self.last_refresh = self._clock()
-        metrics.directory_loaded(report.accounts)  # size and age on /metrics, when on
+        self._announce(report.accounts, self.last_refresh)
         log.info("directory loaded in %.2fs: %s", time.monotonic() - started, report.summary())
         self._log_new_conflicts(report.conflicts)
         if previous is not None and previous.path != snapshot.path:
@@ -312,8 +326,15 @@ class LiveDirectory:
             # an open file outlives its name. (A kept one was replaced already.)
             previous.path.unlink(missing_ok=True)
 
-    def _set_child(self, child: subprocess.Popen[bytes]) -> None:
-        self._child = child
+    def _announce(self, accounts: int, loaded_at: float) -> None:
+        self._loaded = (accounts, loaded_at)
+        metrics.directory_loaded(accounts, loaded_at)  # size and age on /metrics, when on
+
+    def announce(self) -> None:
+        """Put the directory in force on /metrics again: the first load happens before
+        the metrics server starts."""
+        if self._loaded is not None:
+            metrics.directory_loaded(*self._loaded)
 
     def _log_new_conflicts(self, conflicts: Sequence[Conflict]) -> None:
         current = {(conflict.kind, conflict.key) for conflict in conflicts}

@@ -19,34 +19,37 @@ applied on top when an account is looked up, see :mod:`sendwarden.directory.live
 
 from __future__ import annotations
 
+import operator
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
+from typing import Any
 
 from sendwarden.directory.sources import SourceData, SourceError, check_account_id
-from sendwarden.policy.rendering import domain_skeleton
+from sendwarden.policy.rendering import domain_skeletons
 
 SCHEMA = """
+CREATE TABLE logins (login TEXT PRIMARY KEY, account INTEGER NOT NULL, shown TEXT,
+    src INTEGER, place INTEGER) WITHOUT ROWID;
+CREATE TABLE looks (look TEXT PRIMARY KEY, account INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE sources (n INTEGER PRIMARY KEY, source TEXT, label TEXT, place_kind TEXT);
-CREATE TABLE accounts (idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, src INTEGER,
+CREATE TABLE accounts (idx INTEGER PRIMARY KEY, id TEXT NOT NULL, src INTEGER,
     place INTEGER, recipients_per_hour INTEGER, allow_subdomains INTEGER,
     domains TEXT, logins TEXT, uids TEXT);
 CREATE TABLE also (account INTEGER, src INTEGER, place INTEGER);
 CREATE TABLE domains (domain TEXT PRIMARY KEY, account INTEGER NOT NULL, src INTEGER,
     place INTEGER) WITHOUT ROWID;
-CREATE TABLE logins (login TEXT PRIMARY KEY, account INTEGER NOT NULL, shown TEXT,
-    src INTEGER, place INTEGER) WITHOUT ROWID;
 CREATE TABLE uids (uid INTEGER PRIMARY KEY, account INTEGER NOT NULL, name TEXT,
     src INTEGER, place INTEGER);
 CREATE TABLE system_users (name TEXT PRIMARY KEY, account INTEGER NOT NULL, src INTEGER,
     place INTEGER) WITHOUT ROWID;
 CREATE TABLE conflicts (kind TEXT, key TEXT, claimants TEXT, kept TEXT);
-CREATE TABLE looks (look TEXT PRIMARY KEY, account INTEGER NOT NULL) WITHOUT ROWID;
 """
 #: An account's domains, logins and uids are also kept on its own row (one line each),
 #: so building an account is one read, and no index on the big tables is needed.
@@ -107,20 +110,37 @@ class BuildReport:
         )
 
 
+#: A claim is the row its table keeps: ``(key, account, [shown,] src, place)``. The
+#: account is at 1, the source and its line or row last: the same tuple is merged and
+#: written, with no Python object built per identity on the way.
+Row = tuple[Any, ...]
+
+
 class _Claims:
     """One kind of identity, claimed by accounts; two claimants make a conflict."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.owner: dict[object, tuple[int, int, int]] = {}  # key -> (account, src, place)
-        self.contested: dict[object, set[int]] = {}
+        self.owner: dict[Any, Row] = {}  # key -> its first claim
+        self.contested: dict[Any, set[int]] = {}
 
-    def claim(self, key: object, account: int, src: int, place: int) -> None:
+    def claim(self, row: Row) -> None:
+        key = row[0]
         earlier = self.owner.get(key)
         if earlier is None:
-            self.owner[key] = (account, src, place)
-        elif earlier[0] != account:
-            self.contested.setdefault(key, {earlier[0]}).add(account)
+            self.owner[key] = row
+        elif earlier[1] != row[1]:
+            self.contested.setdefault(key, {earlier[1]}).add(row[1])
+
+    def claim_all(self, rows: list[Row]) -> None:
+        """One source's claims, in its order: merged whole when no key repeats (the
+        usual case, at C speed), else one by one as :meth:`claim` does."""
+        new = dict(zip(map(operator.itemgetter(0), rows), rows, strict=True))
+        if len(new) == len(rows) and new.keys().isdisjoint(self.owner):
+            self.owner.update(new)
+            return
+        for row in rows:
+            self.claim(row)
 
     def settle(
         self, ids: Sequence[str], by_id: Mapping[str, int], previous: Snapshot | None
@@ -131,15 +151,19 @@ class _Claims:
         for key, claimants in self.contested.items():
             names = tuple(sorted(ids[account] for account in claimants))
             before = previous.owner(self.kind, key) if previous is not None else None
-            _, src, place = self.owner[key]
             if before is not None and before in names:
-                self.owner[key] = (by_id[before], src, place)
+                row = self.owner[key]
+                self.owner[key] = (row[0], by_id[before], *row[2:])
                 kept: str | None = before
             else:
                 del self.owner[key]
                 kept = None
             conflicts.append(Conflict(self.kind, str(key), names, kept))
         return conflicts
+
+    def sorted_rows(self) -> Iterable[Row]:
+        owner = self.owner
+        return map(owner.__getitem__, sorted(owner))
 
 
 def write_snapshot(
@@ -161,7 +185,6 @@ def write_snapshot(
     limits: dict[int, int] = {}
     subdomains: dict[int, bool] = {}
     claims = {kind: _Claims(kind) for kind in ("domain", "login", "uid", "system user")}
-    shown_login: dict[str, str] = {}
     uid_names: dict[int, str] = {}
     report = BuildReport()
 
@@ -181,18 +204,31 @@ def write_snapshot(
         report.notes += [f"{data.label}: {note}" for note in data.notes]
         for account_id, place in data.accounts.items():
             account(account_id, src, place)
-        domains = claims["domain"]
-        for domain, account_id, place in data.domains:
-            domains.claim(domain, by_id[account_id], src, place)
-        logins = claims["login"]
-        for login, account_id, place in data.logins:
-            key = login.casefold()
-            shown_login.setdefault(key, login)
-            logins.claim(key, by_id[account_id], src, place)
-        for name, account_id, place in data.system_users:
-            claims["system user"].claim(name, by_id[account_id], src, place)
-        for uid, account_id, place in data.uids:
-            claims["uid"].claim(uid, by_id[account_id], src, place)
+        index_of = by_id.__getitem__
+        for kind, claimed in (
+            ("domain", data.domains),
+            ("system user", data.system_users),
+            ("uid", data.uids),
+        ):
+            if claimed:
+                keys, names, places = zip(*claimed, strict=True)
+                claims[kind].claim_all(
+                    list(zip(keys, map(index_of, names), repeat(src), places, strict=False))
+                )
+        if data.logins:
+            shown, names, places = zip(*data.logins, strict=True)
+            claims["login"].claim_all(
+                list(
+                    zip(
+                        map(str.casefold, shown),
+                        map(index_of, names),
+                        shown,
+                        repeat(src),
+                        places,
+                        strict=False,  # repeat() is endless; the others are one length
+                    )
+                )
+            )
         for account_id, limit in data.limits.items():
             index = by_id[account_id]
             limits[index] = min(limit, limits.get(index, limit))
@@ -215,7 +251,7 @@ def write_snapshot(
                 continue
             listed = named.get(name)
             if listed is not None:
-                index = listed[0]
+                index = listed[1]
             else:
                 try:
                     index = account(check_account_id(name), src, uid)
@@ -224,7 +260,7 @@ def write_snapshot(
                         f"password database: uid {uid}: {name!r} is no account name"
                     )
                     continue
-            listed_uids[uid] = (index, src, uid)
+            listed_uids[uid] = (uid, index, src, uid)
 
     report.accounts = len(ids)
     report.domains = len(claims["domain"].owner)
@@ -232,21 +268,20 @@ def write_snapshot(
     report.uids = len(claims["uid"].owner)
     _check_shrink(report, previous, max_shrink_percent)
     owned: dict[str, dict[int, list[str]]] = {"domain": {}, "login": {}, "uid": {}}
-    for kind, by_account in owned.items():
-        for claimed, (index, _src, _place) in claims[kind].owner.items():
-            shown = shown_login[str(claimed)] if kind == "login" else str(claimed)
-            by_account.setdefault(index, []).append(shown)
+    for kind, shown_at in (("domain", 0), ("login", 2)):  # a login as first written
+        by_account = owned[kind]
+        for row in claims[kind].owner.values():
+            by_account.setdefault(row[1], []).append(row[shown_at])
+    for row in claims["uid"].owner.values():
+        owned["uid"].setdefault(row[1], []).append(str(row[0]))
 
     target = Path(path)
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
+    domain_rows = list(claims["domain"].sorted_rows())
     connection = sqlite3.connect(partial)
     try:
-        connection.executescript(
-            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA page_size = 8192; "
-            "PRAGMA locking_mode = EXCLUSIVE; PRAGMA cache_size = -65536; "
-            "PRAGMA temp_store = MEMORY;"
-        )
+        connection.executescript(_BUILDING)
         connection.executescript(SCHEMA)
         insert = connection.executemany
         insert("INSERT INTO sources VALUES (?, ?, ?, ?)", source_rows)
@@ -254,56 +289,39 @@ def write_snapshot(
             "INSERT INTO meta VALUES (?, ?)",
             [("fingerprint", fingerprint), ("built", str(time.time()))],
         )
+        every = range(len(ids))
+        sources_of, places_of = zip(*origin, strict=True) if origin else ((), ())
         insert(
             "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                (
-                    index,
-                    account_id,
-                    src,
-                    place,
-                    limits.get(index),
-                    _flag(subdomains.get(index)),
-                    SEPARATOR.join(owned["domain"].get(index, ())),
-                    SEPARATOR.join(owned["login"].get(index, ())),
-                    SEPARATOR.join(owned["uid"].get(index, ())),
-                )
-                for index, (account_id, (src, place)) in enumerate(zip(ids, origin, strict=True))
+            zip(  # column by column, no Python code per account (a bool is stored as 1/0)
+                every,
+                ids,
+                sources_of,
+                places_of,
+                map(limits.get, every),
+                map(subdomains.get, every),
+                *(
+                    map(SEPARATOR.join, map(owned[kind].get, every, repeat(())))
+                    for kind in ("domain", "login", "uid")
+                ),
+                strict=True,
             ),
         )
+        # Indexes after the rows: one sort instead of an insert per row in random order.
+        connection.execute("CREATE UNIQUE INDEX accounts_id ON accounts (id)")
         insert("INSERT INTO also VALUES (?, ?, ?)", also)
         connection.execute("CREATE INDEX also_account ON also (account)")
-        insert(
-            "INSERT INTO domains VALUES (?, ?, ?, ?)",
-            ((key, *owner) for key, owner in sorted(claims["domain"].owner.items())),
-        )
-        # The UTS #39 skeleton of every domain, so a look-alike of a customer's domain
-        # is found as theirs (the first owner, in domain order, of a shared skeleton).
-        insert(
-            "INSERT OR IGNORE INTO looks VALUES (?, ?)",
-            (
-                (domain_skeleton(str(key)), owner[0])
-                for key, owner in sorted(claims["domain"].owner.items())
-            ),
-        )
-        insert(
-            "INSERT INTO logins VALUES (?, ?, ?, ?, ?)",
-            (
-                (key, owner[0], shown_login[str(key)], owner[1], owner[2])
-                for key, owner in sorted(claims["login"].owner.items())
-            ),
-        )
+        insert("INSERT INTO domains VALUES (?, ?, ?, ?)", domain_rows)
+        insert("INSERT INTO looks VALUES (?, ?)", _looks(domain_rows))
+        insert("INSERT INTO logins VALUES (?, ?, ?, ?, ?)", claims["login"].sorted_rows())
         insert(
             "INSERT INTO uids VALUES (?, ?, ?, ?, ?)",
             (
-                (key, owner[0], uid_names.get(int(str(key))), owner[1], owner[2])
-                for key, owner in claims["uid"].owner.items()
+                (uid, index, uid_names.get(int(str(uid))), src, place)
+                for uid, index, src, place in claims["uid"].owner.values()
             ),
         )
-        insert(
-            "INSERT INTO system_users VALUES (?, ?, ?, ?)",
-            ((key, *owner) for key, owner in claims["system user"].owner.items()),
-        )
+        insert("INSERT INTO system_users VALUES (?, ?, ?, ?)", claims["system user"].owner.values())
         insert(
             "INSERT INTO conflicts VALUES (?, ?, ?, ?)",
             (
@@ -312,14 +330,36 @@ def write_snapshot(
             ),
         )
         connection.commit()
+    except BaseException:
+        connection.close()
+        partial.unlink(missing_ok=True)
+        raise
     finally:
         connection.close()
     os.replace(partial, target)
     return report
 
 
-def _flag(value: bool | None) -> int | None:
-    return None if value is None else int(value)
+def _looks(domain_rows: list[Row]) -> list[tuple[str, int]]:
+    """The UTS #39 skeleton of every domain, so that a look-alike of a customer's domain
+    is found as theirs (the first owner, in domain order, of a shared skeleton)."""
+    looks = dict(
+        zip(
+            reversed(domain_skeletons([row[0] for row in domain_rows])),
+            reversed([row[1] for row in domain_rows]),
+            strict=True,
+        )
+    )
+    return sorted(looks.items())
+
+
+#: How the file being built is written: nobody reads it until it is complete and renamed
+#: into place, so no journal and no syncs (a crash leaves a ".partial" file that the
+#: next build removes).
+_BUILDING = (
+    "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA page_size = 8192; "
+    "PRAGMA locking_mode = EXCLUSIVE; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
+)
 
 
 def _check_shrink(report: BuildReport, previous: Snapshot | None, max_shrink_percent: int) -> None:

@@ -3,10 +3,12 @@ row they came from, validated, with every bad line named. No decision is made he
 
 from __future__ import annotations
 
+import operator
 import os
 import pwd
 import re
 from dataclasses import dataclass, field
+from itertools import compress, count
 from pathlib import Path
 
 from sendwarden.addresses import normalise_domain
@@ -92,40 +94,65 @@ def parse_domain_map(text: str, label: str) -> SourceData:
             f"{label}: the last line has no newline: the file is incomplete "
             "(being written, or truncated); the directory is kept as it was"
         )
+    # One match per line (and an empty one after the last newline): a plain line's
+    # domain and account, already valid; any other line whole, for parse_map_line.
+    lines = _PLAIN_MAP_LINE.findall(text)[:-1] if text else []
+    domain_of = list(map(_FIRST, lines))
+    claims = list(compress(zip(domain_of, map(_SECOND, lines), count(1)), domain_of))
     problems: list[str] = []
-    domains = data.domains
-    accounts = data.accounts
-    checked: dict[str, str] = {}  # account ids already checked: most repeat
-    for number, raw in enumerate(text.split("\n")[:-1] if text else [], start=1):
-        match = _MAP_LINE.fullmatch(raw)
-        if match is None:
-            problem = _map_line_problem(raw)
-            if problem is not None:
-                problems.append(f"line {number}: {problem}")
-            continue
-        domain_text, account_text = match.groups()
-        if domain_text is None:
-            continue  # blank or comment
-        if domain_text == "*":
-            data.notes.append(f"line {number}: the catch-all '*' owns no domain; skipped")
-            continue
+    odd = []
+    for number in compress(count(1), map(operator.not_, domain_of)):  # usually few
         try:
-            account = checked.get(account_text) or checked.setdefault(
-                account_text, check_account_id(account_text)
-            )
-            domain = _domain(domain_text.lower())
+            pair = parse_map_line(lines[number - 1][2])
         except ValueError as error:
             problems.append(f"line {number}: {error}")
             continue
-        accounts.setdefault(account, number)
-        domains.append((domain, account, number))
+        if pair is None:
+            continue  # blank or comment
+        if pair[0] == "*":
+            data.notes.append(f"line {number}: the catch-all '*' owns no domain; skipped")
+            continue
+        odd.append((*pair, number))
     if problems:
         raise problems_error(label, problems)
+    if odd:
+        claims = sorted(claims + odd, key=_THIRD)  # back in line order
+    data.domains = claims
+    first_line = data.accounts
+    for _domain_name, account, number in claims:
+        first_line.setdefault(account, number)
     return data
+
+
+_FIRST, _SECOND, _THIRD = (operator.itemgetter(index) for index in range(3))
+
+
+def parse_map_line(raw: str) -> tuple[str, str] | None:
+    """One line of a domain map: ``(domain, account)``, ``("*", account)`` for the
+    catch-all (its account unchecked: it owns nothing), or None for a blank line or a
+    comment; ValueError says what is wrong."""
+    match = _MAP_LINE.fullmatch(raw)
+    if match is None:
+        problem = _map_line_problem(raw)
+        if problem is None:
+            return None  # a catch-all written oddly: it owns nothing either
+        raise ValueError(problem)
+    domain_text, account_text = match.groups()
+    if domain_text is None:
+        return None
+    if domain_text == "*":
+        return "*", account_text
+    return _domain(domain_text.lower()), check_account_id(account_text)
 
 
 #: A well-formed ``domain: account`` line, a comment or a blank line (groups: None).
 _MAP_LINE = re.compile(r"[ \t]*(?:([^\s#:]+)[ \t]*:[ \t]*([^\s#:]+)[ \t]*)?(?:#.*)?\r?")
+#: Every line of a map: either plain (a lower-case ASCII domain and a plain account id,
+#: which parse_map_line would give back as they are) or anything else, whole.
+_PLAIN_MAP_LINE = re.compile(
+    rf"^(?:[ \t]*({_PLAIN_DOMAIN.pattern})[ \t]*:[ \t]*({_PLAIN_ID.pattern})[ \t]*$|(.*)$)",
+    re.MULTILINE,
+)
 
 
 def _map_line_problem(raw: str) -> str | None:

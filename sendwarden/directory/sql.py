@@ -10,13 +10,18 @@ domains, logins and settings (docs/directory.md has Plesk's ``psa`` as an exampl
 
 from __future__ import annotations
 
+import operator
+import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
+from itertools import compress, repeat
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from sendwarden.directory.sources import (
+    _PLAIN_DOMAIN,
+    _PLAIN_ID,
     ROW,
     SourceData,
     SourceError,
@@ -82,6 +87,21 @@ def read_sql(
 
 
 def rows_to_data(label: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> SourceData:
+    """The rows' claims: read column by column when every value is plain (the usual
+    big query), else row by row, naming each bad row; both read alike (a property
+    test holds them equal)."""
+    position = _positions(label, columns)
+    rows = rows if isinstance(rows, list) else list(rows)
+    if set(position) <= _PLAIN_COLUMNS:
+        plain = _plain_rows(
+            label, rows, position["account"], position.get("domain"), position.get("login")
+        )
+        if plain is not None:
+            return plain
+    return rows_one_by_one(label, columns, rows)
+
+
+def _positions(label: str, columns: Sequence[str]) -> dict[str, int]:
     names = [name.lower() for name in columns]
     unknown = [name for name in names if name not in COLUMNS]
     if unknown or "account" not in names:
@@ -89,7 +109,14 @@ def rows_to_data(label: str, columns: Sequence[str], rows: Iterable[Sequence[Any
             f"{label}: the query must return a column named 'account' and only these "
             f"columns: {', '.join(sorted(COLUMNS))} (got {', '.join(names)})"
         )
-    position = {name: index for index, name in enumerate(names)}
+    return {name: index for index, name in enumerate(names)}
+
+
+def rows_one_by_one(
+    label: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> SourceData:
+    """The rows' claims, read a row at a time; SourceError names the bad rows."""
+    position = _positions(label, columns)
     i_account = position["account"]
     i_domain = position.get("domain")
     i_login = position.get("login")
@@ -128,6 +155,56 @@ def rows_to_data(label: str, columns: Sequence[str], rows: Iterable[Sequence[Any
     return data
 
 
+#: Columns a query of only accounts, domains and logins returns (the usual big one).
+_PLAIN_COLUMNS = frozenset({"account", "domain", "login"})
+#: Plain account ids and plain lower-case ASCII domains, one a line.
+_PLAIN_IDS = re.compile(rf"(?:{_PLAIN_ID.pattern}\n)*{_PLAIN_ID.pattern}")
+_PLAIN_DOMAINS = re.compile(rf"(?:{_PLAIN_DOMAIN.pattern}\n)*{_PLAIN_DOMAIN.pattern}")
+
+
+def _plain_rows(
+    label: str,
+    rows: list[Sequence[Any]],
+    i_account: int,
+    i_domain: int | None,
+    i_login: int | None,
+) -> SourceData | None:
+    """The rows read column by column at C speed, when every value is as the row-by-row
+    reading would take it unchanged: every account a plain id, every domain plain
+    lower-case ASCII, every login text with no space around it. None: anything else,
+    left to the row-by-row reading, which names the bad rows."""
+    if not rows:
+        return None
+    accounts = list(map(operator.itemgetter(i_account), rows))
+    ids = dict.fromkeys(accounts)
+    numbers = range(1, len(rows) + 1)
+    data = SourceData("sql", label, ROW)
+    try:
+        if not _PLAIN_IDS.fullmatch("\n".join(ids)):
+            return None
+        for index, pattern, claims in (
+            (i_domain, _PLAIN_DOMAINS, data.domains),
+            (i_login, None, data.logins),
+        ):
+            if index is None:
+                continue
+            values = list(map(operator.itemgetter(index), rows))
+            given = list(map(operator.is_not, values, repeat(None)))
+            present = list(compress(values, given))
+            if pattern is not None and present and not pattern.fullmatch("\n".join(present)):
+                return None  # (join raises TypeError for a value that is not text)
+            if pattern is None and not (
+                all(map(str.__eq__, present, map(str.strip, present))) and all(present)
+            ):  # (str.strip raises TypeError for a value that is not text)
+                return None
+            claims += compress(zip(values, accounts, numbers, strict=True), given)
+    except TypeError:
+        return None
+    first_row = dict(zip(reversed(accounts), reversed(numbers), strict=True))
+    data.accounts = {account: first_row[account] for account in ids}
+    return data
+
+
 def _setting(settings: dict[str, Any], account: str, value: Any) -> None:
     """Rows that disagree about an account's setting: the stricter one holds (the lower
     limit; subdomains only if every row allows them)."""
@@ -156,7 +233,7 @@ def _boolean(value: Any) -> bool:
 
 # -- drivers --------------------------------------------------------------------------
 
-Result = tuple[list[str], Iterator[Sequence[Any]]]
+Result = tuple[list[str], list[Sequence[Any]]]
 
 
 def _postgresql(url: str, query: str, password: str | None, timeout_ms: int) -> Result:
@@ -211,7 +288,7 @@ def _fetch_all(connection: Any, query: str) -> Result:
             rows.extend(batch)
     finally:
         connection.close()
-    return columns, iter(rows)
+    return columns, rows
 
 
 _RUNNERS = {"postgresql": _postgresql, "mysql": _mysql, "sqlite": _sqlite}

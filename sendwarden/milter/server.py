@@ -81,6 +81,8 @@ class MilterServer:
         )
         if metrics_server is not None:
             metrics_server.metrics.loaded_configuration(reload=False)
+            if self.runtime.live_directory is not None:
+                self.runtime.live_directory.announce()  # loaded before /metrics was up
         try:
             return self._serve(settings)
         finally:

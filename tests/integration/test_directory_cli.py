@@ -48,6 +48,9 @@ def test_check_config_reads_the_sources(config: Path, capsys: pytest.CaptureFixt
     code, _, err = run(capsys, "check-config", "-c", str(config))
     assert code == 2
     assert "directory:" in err and "line 5: expected 'domain: account'" in err
+    # A service's start leaves the sources to the milter (deploy/sendwarden.service).
+    code, out, _ = run(capsys, "check-config", "--skip-directory", "-c", str(config))
+    assert code == 0 and "the directory's sources not read" in out
 
 
 def test_account_show_says_where_it_came_from_and_what_it_owns(
@@ -100,3 +103,25 @@ def test_account_which_says_which_account_and_why(
     assert code == 0
     for text in expected:
         assert text in out, out
+
+
+def test_api_tokens_for_accounts_only_the_directory_knows(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`api token create --account` finds an account the sources give (globex is in no
+    [[accounts]] table), a config with its token loads, and check-config, which reads
+    the sources, refuses a token for an account neither the config nor they know."""
+    code, out, err = run(capsys, "api", "-c", str(config), "token", "create", "--account", "globex")
+    assert code == 0, err
+    assert 'account = "globex"' in out and "swt_" in out
+    code, out, err = run(capsys, "api", "-c", str(config), "token", "create", "--account", "ghost")
+    assert code == 2 and "swt_" not in out and "no account with id 'ghost'" in err
+    text = config.read_text()
+    config.write_text(text + '\n[[api.tokens]]\nname = "globex"\naccount = "globex"\n'
+                      f'sha256 = "{"a" * 64}"\n')
+    code, out, err = run(capsys, "check-config", "-c", str(config))
+    assert code == 0, err
+    config.write_text(text + '\n[[api.tokens]]\nname = "ghost"\naccount = "ghost"\n'
+                      f'sha256 = "{"b" * 64}"\n')
+    code, out, err = run(capsys, "check-config", "-c", str(config))
+    assert code == 2 and "api.tokens[ghost].account" in err and "'ghost'" in err

@@ -12,6 +12,7 @@ import pytest
 
 from sendwarden.alerts.rules import Alert
 from sendwarden.config import settings_from_mapping
+from sendwarden.directory import build
 from sendwarden.directory.live import DIRECTORY_FAILED, LiveDirectory, account_directory
 from sendwarden.directory.sources import SourceError
 from tests.support.service import wait_until
@@ -231,3 +232,65 @@ def test_closing_stops_a_build_in_progress_without_an_alert(tmp_path: Path) -> N
     assert time.monotonic() - started < 15
     assert not refresher.is_alive()
     assert recorder.alerts == []
+
+
+def _no_second_build(*args: object, **kwargs: object) -> object:
+    raise AssertionError("the directory started a build of its own")
+
+
+def test_the_first_read_started_early_is_taken_over(
+    map_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sendwarden milter` starts reading the sources before it imports the rest; the
+    directory it then builds takes that read over instead of starting its own."""
+    settings = settings_from_mapping({"directory": {"domain_map": str(map_file)}})
+    build.start_early(settings.directory)
+    early = build._early
+    assert early is not None and early.own_workdir
+    monkeypatch.setattr("sendwarden.directory.live.BuildChild", _no_second_build)
+    directory = LiveDirectory(settings, notifiers=[Recorder()])
+    try:
+        directory.load()
+        assert build._early is None
+        assert directory.workdir == early.workdir
+        owner = account_directory(directory).owner_of_domain("globex.example")
+        assert owner is not None and owner.id == "globex"
+    finally:
+        directory.close()
+    assert not early.workdir.exists()
+
+
+def test_an_early_read_nobody_takes_is_stopped(map_file: Path) -> None:
+    settings = settings_from_mapping({"directory": {"domain_map": str(map_file)}})
+    build.start_early(settings.directory)
+    early = build._early
+    assert early is not None
+    build._discard_early()  # what happens at exit
+    assert early.child.process.returncode is not None
+    assert not early.workdir.exists() and build._early is None
+    # Other settings than the early read's: it is not theirs.
+    build.start_early(settings.directory)
+    other = settings_from_mapping({"directory": {"domain_map": str(map_file), "refresh": 5}})
+    assert build.take_early(other.directory) is None and build._early is None
+
+
+def test_systemds_state_directory_keeps_the_directory_by_default(
+    map_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no state_directory, a service systemd gives a StateDirectory= keeps the
+    last good directory there: every start after the first answers at once on it (and
+    no early read is started then)."""
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path / 'state'}:{tmp_path / 'second'}")
+    first = live(map_file, Recorder())
+    first.close()
+    assert (tmp_path / "state" / "directory" / "directory.db").exists()
+    settings = settings_from_mapping({"directory": {"domain_map": str(map_file)}})
+    build.start_early(settings.directory)
+    assert build._early is None  # the kept one answers at once: nothing to start early
+    second = LiveDirectory(settings, notifiers=[Recorder()])
+    try:
+        second.load()
+        assert second._stale_start  # started on the kept directory
+        assert account_directory(second).owner_of_domain("acme.example") is not None
+    finally:
+        second.close()

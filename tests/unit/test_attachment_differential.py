@@ -17,6 +17,7 @@ from email import policy as email_policy
 from email.message import Message
 
 import fast_mail_parser
+import pytest
 from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
@@ -161,4 +162,19 @@ def test_the_reported_boundary_star_case_is_refused() -> None:
     check(ISSUE_CASE)
     assert stdlib_largest(ISSUE_CASE, email_policy.default) > stdlib_largest(
         ISSUE_CASE, email_policy.compat32
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"=\x002=80\n", b"=2=80\n", b"=G1=41\n", b"a\x00b=3D=\n", b"=41 \t\n==80\n"],
+)
+def test_quoted_printable_as_rust_reads_it_is_counted(body: bytes) -> None:
+    """fast_mail_parser (the quoted_printable crate) drops bytes that are not printable
+    ASCII and keeps "=" with the two characters after it when they are no escape
+    ("=2=80" stays whole, where one escape at a time reads "=2" and "=80"): found by
+    the differential test above."""
+    check(
+        b'Content-Type: text/plain; charset="utf-8"\nContent-Transfer-Encoding: '
+        b"quoted-printable\nMIME-Version: 1.0\nFrom: alice@acme.example\n\n" + body
     )

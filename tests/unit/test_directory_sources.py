@@ -7,12 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sendwarden.directory.sources import (
+    SourceData,
     SourceError,
     check_account_id,
     parse_domain_map,
+    parse_map_line,
     read_domain_map,
 )
-from sendwarden.directory.sql import parse_sql_url, redacted, rows_to_data
+from sendwarden.directory.sql import parse_sql_url, redacted, rows_one_by_one, rows_to_data
 
 
 def test_domain_map_lines_comments_and_blank_lines() -> None:
@@ -88,6 +90,62 @@ def test_any_text_parses_or_is_refused_cleanly(text: str) -> None:
         assert 1 <= number <= text.count("\n")
 
 
+#: Lines of a map: mostly ``domain: account`` with plain or odd parts (upper case, IDN,
+#: a catch-all, stray colons, spaces, tabs, CR, comments, controls), and some junk.
+_MAP_LINES = st.one_of(
+    st.tuples(
+        st.sampled_from(
+            [
+                *("site1.example", "site2.example", "Shop.Example", "xn--pypal-4ve.example"),
+                *("p\u0430ypal.example", "*", "", "a b", "..", "x" * 64 + ".example", "_x"),
+            ]
+        ),
+        st.sampled_from([": ", ":", " : ", "\t:\t", " ", "::", ": : "]),
+        st.sampled_from(["acme", "globex", "acme", "", "{x}", "a b", "\u00e9", "nobody"]),
+        st.sampled_from(["", "", " ", "\r", " # note", "#", "\x00", "\u2028", "\x85"]),
+    ).map("".join),
+    st.text(max_size=8).filter(lambda line: "\n" not in line),
+)
+
+
+def map_line_by_line(text: str, label: str) -> SourceData:
+    """The reference reading: every line through parse_map_line."""
+    data = SourceData("domain_map", label)
+    problems = []
+    for number, raw in enumerate(text.split("\n")[:-1], start=1):
+        try:
+            pair = parse_map_line(raw)
+        except ValueError as error:
+            problems.append(f"line {number}: {error}")
+            continue
+        if pair is None:
+            continue
+        if pair[0] == "*":
+            data.notes.append(f"line {number}: the catch-all '*' owns no domain; skipped")
+            continue
+        data.accounts.setdefault(pair[1], number)
+        data.domains.append((pair[0], pair[1], number))
+    if problems:
+        raise SourceError(f"{len(problems)} bad line(s): {problems[:10]}")
+    return data
+
+
+@given(st.lists(_MAP_LINES, max_size=12).map(lambda lines: "".join(f"{x}\n" for x in lines)))
+def test_the_fast_map_reading_is_the_line_by_line_one(text: str) -> None:
+    """Plain lines are taken by one regular expression over the whole file; whatever
+    that takes, and every line it does not, reads as parse_map_line reads it."""
+    try:
+        expected = map_line_by_line(text, "map")
+    except SourceError:
+        with pytest.raises(SourceError):
+            parse_domain_map(text, "map")
+        return
+    data = parse_domain_map(text, "map")
+    assert data.domains == expected.domains
+    assert list(data.accounts.items()) == list(expected.accounts.items())
+    assert data.notes == expected.notes
+
+
 # -- SQL rows ------------------------------------------------------------------------
 
 
@@ -131,3 +189,53 @@ def test_sql_urls() -> None:
     with pytest.raises(ValueError):
         parse_sql_url("oracle://x/y")
     assert redacted("mysql://admin:secret@localhost/psa") == "mysql://admin:***@localhost/psa"
+
+
+#: Mostly values the column-by-column reading takes, some it must leave to the other.
+_PLAIN_SQL_VALUES = st.sampled_from(
+    [None, "acme", "globex", "site1.example", "alice@site1.example", "ftp7"]
+)
+_SQL_VALUES = st.one_of(
+    *[_PLAIN_SQL_VALUES] * 8,
+    st.sampled_from([" acme", "Acme.Example", "", " ", "a b", "{x}", "xn--pypal-4ve.example"]),
+    st.integers(-2, 3),
+    st.text(max_size=6),
+)
+
+
+@given(
+    st.permutations(["account", "domain", "login"]).flatmap(
+        lambda names: st.tuples(
+            st.integers(1, 3).map(lambda width: names[:width]),
+            st.lists(st.lists(_SQL_VALUES, min_size=3, max_size=3), max_size=6),
+        )
+    )
+)
+def test_the_column_by_column_sql_reading_is_the_row_by_row_one(
+    shape: tuple[list[str], list[list[object]]],
+) -> None:
+    """Rows of plain values are read column by column; whatever the rows hold, the
+    result (or the error naming the bad rows) is the row-by-row reading's."""
+    columns, raw_rows = shape
+    if "account" not in columns:
+        columns = ["account", *columns[: len(columns) - 1]] if columns else ["account"]
+    rows = [tuple(row[: len(columns)]) for row in raw_rows]
+    try:
+        expected = rows_one_by_one("sql", columns, rows)
+    except SourceError as error:
+        with pytest.raises(SourceError) as got:
+            rows_to_data("sql", columns, rows)
+        assert str(got.value) == str(error)
+        return
+    data = rows_to_data("sql", columns, rows)
+    assert data.domains == expected.domains
+    assert data.logins == expected.logins
+    assert list(data.accounts.items()) == list(expected.accounts.items())
+
+
+def test_plain_sql_rows_read_column_by_column() -> None:
+    rows = [("acme", "acme.example", None), ("acme", None, "alice"), ("globex", None, "bob")]
+    data = rows_to_data("sql", ["account", "domain", "login"], rows)
+    assert data.domains == [("acme.example", "acme", 1)]
+    assert data.logins == [("alice", "acme", 2), ("bob", "globex", 3)]
+    assert data.accounts == {"acme": 1, "globex": 3}

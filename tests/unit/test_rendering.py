@@ -5,8 +5,13 @@ skeletons; and the identity rule judging what is shown."""
 from __future__ import annotations
 
 import ipaddress
+import unicodedata
 
+import icu
+import idna
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sendwarden.config import settings_from_mapping
 from sendwarden.policy.accounts import AccountDirectory
@@ -21,8 +26,11 @@ from sendwarden.policy.rendering import (
     BidiControl,
     address_like,
     domain_skeleton,
+    domain_skeletons,
     rendered,
     skeleton,
+    uncached_domain_skeleton,
+    uncached_skeleton,
 )
 from sendwarden.policy.rfc5322 import Kind, comments, decode_encoded_words, tokens
 from sendwarden.policy.verdict import Verdict
@@ -128,6 +136,83 @@ def test_skeletons_fold_look_alikes() -> None:
     assert skeleton("g\u04cfobex") == skeleton("globex")  # Cyrillic palochka
     assert domain_skeleton("xn--pypal-4ve.example") == domain_skeleton("paypal.example")
     assert skeleton("acme") != skeleton("acne")
+
+
+_ICU = icu.SpoofChecker()
+
+
+def icu_skeleton(text: str) -> str:
+    """The reference: ICU's skeleton of the whole string, NFC, case-folded."""
+    return unicodedata.normalize("NFC", str(_ICU.getSkeleton(0, text))).casefold()
+
+
+def icu_domain_skeleton(domain: str) -> str:
+    """The reference for domains: every domain decoded by idna, then ICU."""
+    try:
+        shown = idna.decode(domain)
+    except (idna.IDNAError, UnicodeError, ValueError):
+        shown = domain
+    return icu_skeleton(shown.rstrip("."))
+
+
+def test_the_ascii_fast_path_is_icu_on_every_character_and_pair() -> None:
+    ascii_chars = [chr(code) for code in range(128)]
+    for first in ascii_chars:
+        assert uncached_skeleton(first) == icu_skeleton(first), repr(first)
+        for second in ascii_chars:
+            pair = first + second
+            assert uncached_skeleton(pair) == icu_skeleton(pair), repr(pair)
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=80))
+def test_the_ascii_fast_path_is_icu_on_any_ascii_text(text: str) -> None:
+    assert uncached_skeleton(text) == icu_skeleton(text)
+    assert skeleton(text) == icu_skeleton(text)
+
+
+@given(st.text(max_size=30))
+def test_skeleton_is_icu_on_any_text(text: str) -> None:
+    assert uncached_skeleton(text) == icu_skeleton(text)
+
+
+#: Domain-ish text with what changes a skeleton or an IDNA reading: upper case,
+#: A-label prefixes (valid, fake and cut), digits and letters ICU folds, empty labels,
+#: a trailing dot, characters IDNA refuses.
+_DOMAIN_PIECES = st.sampled_from(
+    [
+        *("a", "b", "m", "rn", "0", "1", "l", "I", "M", "-", "_", ".", "%", "xn--", "XN--"),
+        *("xn--pypal-4ve", "xn---bbk", "xn--bbk", "paypal", "x" * 64, "\u0430"),
+    ]
+)
+
+
+@given(st.lists(_DOMAIN_PIECES, max_size=12).map("".join))
+def test_domain_skeleton_fast_path_is_idna_then_icu(domain: str) -> None:
+    assert uncached_domain_skeleton(domain) == icu_domain_skeleton(domain)
+    assert domain_skeleton(domain) == icu_domain_skeleton(domain)
+
+
+_DOMAINS = st.lists(_DOMAIN_PIECES, max_size=12).map("".join)
+
+
+@given(
+    st.lists(_DOMAINS, max_size=8),
+    st.lists(st.integers(0, 10_000), min_size=1, max_size=300),
+)
+def test_domain_skeletons_in_bulk_are_each_domains_skeleton(
+    odd: list[str], numbers: list[int]
+) -> None:
+    """Batches of plain domains with generated ones (A-labels, upper case, "%",
+    trailing dots, Cyrillic) mixed in anywhere: each comes out as ICU's skeleton."""
+    domains = [f"site{number}.example" for number in numbers]
+    for position, domain in enumerate(odd):
+        domains.insert((position * 37) % (len(domains) + 1), domain)
+    assert domain_skeletons(domains) == [icu_domain_skeleton(domain) for domain in domains]
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x4FF), max_size=40))
+def test_domain_skeleton_is_idna_then_icu_on_any_text(domain: str) -> None:
+    assert uncached_domain_skeleton(domain) == icu_domain_skeleton(domain)
 
 
 def test_address_like_reads_through_skeletons() -> None:
