@@ -46,6 +46,9 @@ class NextHop:
     secret: str = ""
     timeout: float = 300.0
     helo: str = "sendwarden-proxy"
+    # Exim's return port: X-SENDWARDEN (see deploy/exim); Postfix's reinjection smtpd:
+    # PLAIN, against a SASL user that holds the secret. Same initial response.
+    mechanism: str = MECHANISM
 
 
 class Relay:
@@ -93,10 +96,11 @@ class Relay:
         return self._client
 
     def _login(self, client: smtplib.SMTP) -> None:
-        """``AUTH X-SENDWARDEN``: the proxy's own mechanism, offered only on the return
-        port (see deploy/exim), so no customer authenticator is ever involved."""
+        """``AUTH X-SENDWARDEN``: the proxy's own mechanism, offered only on Exim's return
+        port (see deploy/exim), so no customer authenticator is ever involved; or
+        ``AUTH PLAIN`` (the same initial response) to Postfix's reinjection smtpd."""
         token = base64.b64encode(f"\0{self.hop.login}\0{self.hop.secret}".encode()).decode()
-        code, text = client.docmd("AUTH", f"{MECHANISM} {token}")
+        code, text = client.docmd("AUTH", f"{self.hop.mechanism} {token}")
         if code != 235:
             raise smtplib.SMTPAuthenticationError(code, text)
 

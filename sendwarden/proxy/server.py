@@ -50,7 +50,7 @@ from sendwarden.proxy.identity import (
 )
 from sendwarden.proxy.message import SplitMessage, apply_changes, split_message
 from sendwarden.proxy.policy_socket import answer, before_queue_pipeline, serve_policy_socket
-from sendwarden.proxy.relay import IDLE_SECONDS, NextHop, Outgoing, RelayPool
+from sendwarden.proxy.relay import IDLE_SECONDS, MECHANISM, NextHop, Outgoing, RelayPool
 from sendwarden.replies import smtp_reply
 from sendwarden.runtime import Runtime, build_runtime
 from sendwarden.session import INTERNAL_ERROR, PolicySession
@@ -172,7 +172,8 @@ class ProxyHandler:
         self.secret = secret
         host, _, port = proxy.next_hop.rpartition(":")
         self.next_hop = NextHop(host.strip("[]"), int(port), proxy.next_hop_login,
-                                secret, float(proxy.timeout))  # fmt: skip
+                                secret, float(proxy.timeout),
+                                mechanism="PLAIN" if self.postfix_mode else MECHANISM)  # fmt: skip
         previous = getattr(self, "relays", None)
         self.relays = RelayPool(self.next_hop)
         if previous is not None:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.scenarios import ACCOUNTS, ALICE, USERS, message, wait_for_decision
-from tests.support.rig import Rig, running_rig
+from tests.support.rig import POSTFIX_REINJECT_LOGIN, Rig, running_rig
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +53,19 @@ def test_forged_from_gets_550_at_end_of_data(rig: Rig) -> None:
         client.sendmail(ALICE, ["bob@remote.example"], message("ceo@globex.example"))
     assert refused.value.smtp_code == 550
     assert refused.value.smtp_error.startswith(b"5.7.1 Forged sender refused")
+
+
+def test_a_local_process_cannot_hand_mail_back_past_the_proxy(rig: Rig) -> None:
+    """The reinjection smtpd takes mail only from the proxy's SASL login (the secret):
+    any other local process connecting to it is refused, and a guessed secret fails."""
+    port = rig.postfix.reinject_port
+    with (
+        smtplib.SMTP("127.0.0.1", port) as client,
+        pytest.raises(smtplib.SMTPRecipientsRefused) as refused,
+    ):
+        client.sendmail("mallory@elsewhere.example", ["bob@remote.example"], message())
+    code, text = refused.value.recipients["bob@remote.example"]
+    assert code == 554 and b"Access denied" in text
+    with smtplib.SMTP("127.0.0.1", port) as client, pytest.raises(smtplib.SMTPAuthenticationError):
+        client.login(POSTFIX_REINJECT_LOGIN, "a-guessed-secret-of-some-length")
+    assert not [m for m in rig.sink.messages if m.mail_from == "mallory@elsewhere.example"]

@@ -256,7 +256,12 @@ class PrivatePostfix(LoggingService):
         rows = []
         if self.proxy_filter:
             smtpd = f"smtpd -o smtpd_proxy_filter={self.proxy_filter}"
-            reinject = "smtpd -o smtpd_proxy_filter= -o smtpd_milters= -o smtpd_sasl_auth_enable=no"
+            # As docs/exim.md says: only the proxy's SASL login may hand mail back.
+            reinject = (
+                "smtpd -o smtpd_proxy_filter= -o smtpd_milters="
+                " -o smtpd_sasl_auth_enable=yes"
+                " -o smtpd_client_restrictions=permit_sasl_authenticated,reject"
+            )
             rows.append((f"127.0.0.1:{self.reinject_port}", "inet", "n", "-", "n", "-", "-",
                          reinject))  # fmt: skip
         rows.insert(0, (f"127.0.0.1:{self.smtp_port}", "inet", "n", "-", "n", "-", "-", smtpd))

@@ -37,6 +37,8 @@ MilterKind = Literal["sendwarden", "noop", "none", "proxy"]
 MtaKind = Literal["postfix", "sendmail", "exim"]
 #: The shared secret of the Exim rigs' proxy and Exim (tests only).
 PROXY_SECRET = "sendwarden-test-proxy-secret"
+#: How the proxy logs in to Postfix's reinjection smtpd (a SASL user with the secret).
+POSTFIX_REINJECT_LOGIN = "sendwarden@proxy.invalid"
 
 
 class Mta(Protocol):
@@ -255,11 +257,14 @@ def start_rig(
         mta_settings = {"peer_uid_daemons": [SENDMAIL_LOCAL_DAEMON]}
     else:
         proxy_socket = rig_dir / "proxy.sock"
+        postfix_users = (
+            {**users, POSTFIX_REINJECT_LOGIN: PROXY_SECRET} if milter == "proxy" else users
+        )
         mta_instance = PrivatePostfix(
             sink_port=sink.port,
             milter=socket_spec if milter not in ("none", "proxy") else None,
             local_domains=local_domains,
-            sasl_users={} if chroot else users,
+            sasl_users={} if chroot else postfix_users,
             main_cf=postfix_main_cf,
             chroot=chroot,
             proxy_filter=f"unix:{proxy_socket}" if milter == "proxy" else None,
@@ -269,11 +274,14 @@ def start_rig(
             socket_spec = f"unix:{mta_instance.queue_dir / 'sendwarden' / 'milter.sock'}"
             mta_instance.milter = "unix:sendwarden/milter.sock" if milter != "none" else None
         if milter == "proxy":  # sendwarden proxy as Postfix's smtpd_proxy_filter
+            (rig_dir / "proxy.secret").write_text(PROXY_SECRET + "\n")
             proxy_settings = {
                 "proxy": {
                     "listen": f"unix:{proxy_socket}",
                     "next_hop": f"127.0.0.1:{mta_instance.reinject_port}",
                     "mta": "postfix",
+                    "secret_file": str(rig_dir / "proxy.secret"),
+                    "next_hop_login": POSTFIX_REINJECT_LOGIN,
                 }
             }
             config_extra = _merged(proxy_settings, config_extra)
