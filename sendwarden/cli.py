@@ -33,14 +33,17 @@ DEFAULT_CONFIG = "/etc/sendwarden/sendwarden.toml"
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of ``command`` alone when it names one: only its
+    module is imported then (``sendwarden milter`` starts without loading the API's)."""
     parser = argparse.ArgumentParser(
         prog="sendwarden", description="Outbound mail policy milter for hosting providers."
     )
     parser.add_argument("--version", action="version", version=f"sendwarden {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+    only = f"sendwarden.commands.{command.replace('-', '_')}" if command else None
+    for module_name in [only] if only in COMMAND_MODULES else COMMAND_MODULES:
+        importlib.import_module(str(module_name)).register(subparsers)
     return parser
 
 
@@ -74,7 +77,8 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(words[0] if words else None).parse_args(words)
     try:
         return int(args.handler(args))
     except ConfigError as error:
