@@ -8,8 +8,10 @@ or is a header line, never more than MAX_LINE bytes of it. Containers
 (multiparts, attached messages) sit on a stack of at most `max_depth`.
 
 The rules follow RFC 2046 and, where it is silent, the stdlib's email parser: a
-delimiter is "--boundary" (or "--boundary--") with only spaces or tabs after it,
-any enclosing multipart's delimiter ends the parts inside it, and the line break
+delimiter is "--boundary" (or "--boundary--") with only spaces or tabs after it
+(a line that starts with one and goes on is a delimiter to RFC 2046's prefix
+comparison and to some mail programs, content to the stdlib: refused), any
+enclosing multipart's delimiter ends the parts inside it, and the line break
 before a delimiter belongs to the delimiter, not to the content.
 
 One reading, or a refusal. Where RFC 2045/2046/2231/5322 or common practice let a
@@ -85,9 +87,12 @@ EMBEDDED_TYPES = {
     "yenc": "application/x-yenc",
     "binhex": "application/mac-binhex40",
 }
-#: message/* types counted as one part: a fragment of a message (message/partial)
-#: is no message of its own; delivery-status is text.
-_LEAF_MESSAGES = frozenset({"delivery-status", "partial"})
+#: The message/* types read as a message inside the message. Every other subtype
+#: (message/partial, delivery-status, global, an unknown or misspelt one) is counted
+#: as one part: RFC 2046 treats an unrecognised message subtype as
+#: application/octet-stream and some mail programs do, while the stdlib reads a
+#: message inside; its whole size is at least any file either reading decodes.
+_ENCAPSULATING_MESSAGES = frozenset({"rfc822"})
 #: Whole header lines the scan does not need (not Content-*, not a possible
 #: delimiter, not over MAX_LINE, no carriage return but the one before LF) and
 #: continuation lines of such headers are skipped in one step, not line by line.
@@ -354,6 +359,9 @@ class AttachmentScanner:
                 return level, False
             if rest == 2 and line.endswith(b"--"):
                 return level, True
+            # RFC 2046 compares a boundary with the start of a line, and mail
+            # programs that do split here; the stdlib and this scanner don't.
+            self._ambiguous("a line that starts with a boundary delimiter and goes on")
         return None
 
     def _elide_padding(self, line_start: bytes) -> bytes | None:
@@ -370,14 +378,15 @@ class AttachmentScanner:
         return head + line_start[len(core) :]
 
     def _delimiters_changed(self) -> None:
-        """Recompile the search for a whole delimiter line of any open multipart."""
+        """Recompile the search for a line that starts with the delimiter of any open
+        multipart (a whole delimiter, or one that goes on: ambiguous)."""
         open_delimiters = [
             re.escape(container.delimiter)
             for container in self._stack
             if container.delimiter is not None and not container.closed
         ]
         self._delimiter_lines = (
-            re.compile(rb"\n(?:" + b"|".join(open_delimiters) + rb")(?:--)?[ \t]*\r?\n")
+            re.compile(rb"\n(?:" + b"|".join(open_delimiters) + rb")")
             if open_delimiters
             else None
         )
@@ -440,7 +449,7 @@ class AttachmentScanner:
                 self._delimiters_changed()
                 self._content = _OpenContent(RawCounter(), entity, depth, "preamble", multipart)
                 return
-        elif entity.maintype == "message" and entity.subtype not in _LEAF_MESSAGES:
+        elif entity.maintype == "message" and entity.subtype in _ENCAPSULATING_MESSAGES:
             if not container_ok:
                 self._note(Defect.ENCODED_CONTAINER)  # counted as one encoded part
             elif self._room_for_container():
@@ -486,6 +495,8 @@ class AttachmentScanner:
             role = "part"  # no start delimiter: the multipart's body is all one part
             self._note(Defect.MISSING_START_BOUNDARY)
             content.counter.feed(eol)  # the stdlib keeps it in that part: count it
+        elif role == "part" and content.entity.maintype == "multipart":
+            content.counter.feed(eol)  # a multipart read as one part (no boundary): likewise
         counter = content.counter
         counter.ended_by_delimiter(eol)
         if role != "part" and counter.encoded_bytes == 0:

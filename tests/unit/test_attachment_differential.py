@@ -178,3 +178,35 @@ def test_quoted_printable_as_rust_reads_it_is_counted(body: bytes) -> None:
         b'Content-Type: text/plain; charset="utf-8"\nContent-Transfer-Encoding: '
         b"quoted-printable\nMIME-Version: 1.0\nFrom: alice@acme.example\n\n" + body
     )
+
+
+#: Found by the test above: a misspelt message subtype (fast_mail_parser reads the
+#: body as one file, the stdlib as a message inside), and a multipart whose boundary
+#: line is broken (the stdlib keeps the line break before the next delimiter).
+FOUND_CASES = [
+    b"Content-Type: message/Afc822\nContent-Transfer-Encoding: 8bit\nMIME-Version: 1.0\n"
+    b"From: alice@acme.example\n\nContent-Type: application/octet-stream\n"
+    b"Content-Transfer-Encoding: base64\nMIME-Version: 1.0\nSubject: attached\n\n"
+    + b"QUJD" * 30 + b"\n",
+    b'Content-Type: multipart/related; boundary="out"\nFrom: alice@acme.example\n\n'
+    b'--out\nContent-Type: multipart/related;\n\x00boundary="in"\n\n--in\n'
+    b"Content-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n"
+    b"QUJD\n--in--\n\n--out--\n",
+]
+
+
+@pytest.mark.parametrize("raw", FOUND_CASES)
+def test_found_readings_are_counted(raw: bytes) -> None:
+    check(raw)
+
+
+def test_a_line_that_starts_with_a_delimiter_and_goes_on_is_refused() -> None:
+    """fast_mail_parser splits there (RFC 2046 compares the start of a line) and reads
+    a part the stdlib counts as base64 junk: found by the differential test."""
+    raw = (
+        b'Content-Type: multipart/mixed; boundary="b"\nFrom: alice@acme.example\n\n'
+        b"--b\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n"
+        b"QUJD\n--bMIME-Version: 1.0\n\n" + b"x" * 40 + b"\n--b--\n"
+    )
+    assert scan_message(raw).ambiguities
+    check(raw)
