@@ -9,10 +9,9 @@ or is a header line, never more than MAX_LINE bytes of it. Containers
 
 The rules follow RFC 2046 and, where it is silent, the stdlib's email parser: a
 delimiter is "--boundary" (or "--boundary--") with only spaces or tabs after it
-(a line that starts with one and goes on is a delimiter to RFC 2046's prefix
-comparison and to some mail programs, content to the stdlib: refused), any
-enclosing multipart's delimiter ends the parts inside it, and the line break
-before a delimiter belongs to the delimiter, not to the content.
+(one that goes on is refused, see below), any enclosing multipart's delimiter
+ends the parts inside it, and the line break before a delimiter belongs to the
+delimiter, not to the content.
 
 One reading, or a refusal. Where RFC 2045/2046/2231/5322 or common practice let a
 message be read more than one way, the scanner either counts the largest reading
@@ -48,6 +47,13 @@ or reports the message as ambiguous (`ScanReport.ambiguities`: refused with
   one conservative reading, noted in `ScanReport.defects`.
 - ``message/partial``: counted as one raw part and listed in `ScanReport.fragments`;
   the rule refuses it, or caps the fragments of one id across messages.
+- Any other ``message/*`` subtype but ``rfc822`` (``global``, ``delivery-status``,
+  an unknown or misspelt one): one part counted whole. RFC 2046 reads an
+  unrecognised subtype as application/octet-stream and so do some mail programs;
+  the stdlib reads a message inside; the whole is at least what either decodes.
+- A line that starts with an open multipart's delimiter and goes on: ambiguous
+  (a delimiter to RFC 2046's prefix comparison and to some parsers, content to the
+  stdlib).
 - Files inside text parts (uuencode, yEnc, BinHex 4.0, after the part's own
   transfer decoding): counted as files of their own (role "embedded"); see
   `sendwarden.attachments.embedded`.
