@@ -19,11 +19,14 @@ applied on top when an account is looked up, see :mod:`sendwarden.directory.live
 
 from __future__ import annotations
 
+import bisect
 import operator
 import os
 import sqlite3
+import struct
 import threading
 import time
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -50,6 +53,8 @@ CREATE TABLE uids (uid INTEGER PRIMARY KEY, account INTEGER NOT NULL, name TEXT,
 CREATE TABLE system_users (name TEXT PRIMARY KEY, account INTEGER NOT NULL, src INTEGER,
     place INTEGER) WITHOUT ROWID;
 CREATE TABLE conflicts (kind TEXT, key TEXT, claimants TEXT, kept TEXT);
+CREATE TABLE pages (kind TEXT, first TEXT, keys TEXT, accounts TEXT, srcs TEXT,
+    places TEXT, PRIMARY KEY (kind, first)) WITHOUT ROWID;
 """
 #: An account's domains, logins and uids are also kept on its own row (one line each),
 #: so building an account is one read, and no index on the big tables is needed.
@@ -287,7 +292,19 @@ def write_snapshot(
         insert("INSERT INTO sources VALUES (?, ?, ?, ?)", source_rows)
         insert(
             "INSERT INTO meta VALUES (?, ?)",
-            [("fingerprint", fingerprint), ("built", str(time.time()))],
+            [
+                ("fingerprint", fingerprint),
+                ("built", str(time.time())),
+                *(
+                    (f"count {table}", str(count))
+                    for table, count in (
+                        ("accounts", report.accounts),
+                        ("domains", report.domains),
+                        ("logins", report.logins),
+                        ("uids", report.uids),
+                    )
+                ),
+            ],
         )
         every = range(len(ids))
         sources_of, places_of = zip(*origin, strict=True) if origin else ((), ())
@@ -311,9 +328,17 @@ def write_snapshot(
         connection.execute("CREATE UNIQUE INDEX accounts_id ON accounts (id)")
         insert("INSERT INTO also VALUES (?, ?, ?)", also)
         connection.execute("CREATE INDEX also_account ON also (account)")
-        insert("INSERT INTO domains VALUES (?, ?, ?, ?)", domain_rows)
-        insert("INSERT INTO looks VALUES (?, ?)", _looks(domain_rows))
-        insert("INSERT INTO logins VALUES (?, ?, ?, ?, ?)", claims["login"].sorted_rows())
+        # Domains, look-alikes and logins in pages of PAGE_SIZE (see Snapshot._entry);
+        # the rare key holding a line break, a row of its own.
+        for kind, rows, table in (
+            ("domain", domain_rows, "domains (domain, account, src, place)"),
+            ("look", _looks(domain_rows), "looks (look, account)"),
+            ("login", list(claims["login"].sorted_rows()), "logins (login, account, src, place)"),
+        ):
+            pages, odd = _pages(kind, rows, ids)
+            insert("INSERT INTO pages VALUES (?, ?, ?, ?, ?, ?)", pages)
+            if odd:
+                insert(f"INSERT INTO {table} VALUES ({', '.join('?' * len(odd[0]))})", odd)
         insert(
             "INSERT INTO uids VALUES (?, ?, ?, ?, ?)",
             (
@@ -338,6 +363,53 @@ def write_snapshot(
         connection.close()
     os.replace(partial, target)
     return report
+
+
+#: Identities per page: a lookup reads one page (a few pages of SQLite's) and finds
+#: its key in it; writing 500,000 logins is 8,000 rows instead of 500,000.
+PAGE_SIZE = 64
+_PAGE_QUERY = (
+    "SELECT keys, accounts, srcs, places FROM pages WHERE kind = ? AND first <= ? "
+    "ORDER BY first DESC LIMIT 1"
+)
+
+
+def _pages(kind: str, rows: list[Row], ids: Sequence[str]) -> tuple[list[Row], list[Row]]:
+    """``rows`` (sorted by key: ``(key, account, [shown,] [src, place])``) as pages
+    ``(kind, first key, keys, account ids, sources, places)`` of :data:`PAGE_SIZE`
+    rows: the keys and account ids one a line, the sources and places as 64-bit
+    integers (native order: the file never leaves this host); and the rows whose key
+    holds a line break, which no page can hold (rows of their kind's own table, without
+    the ``shown`` no lookup reads)."""
+    keys = list(map(_FIRST, rows))
+    odd: list[Row] = []
+    if "\n".join(keys).count("\n") != max(len(keys) - 1, 0):
+        odd = [_without_shown(kind, row) for row in rows if "\n" in row[0]]
+        rows = [row for row in rows if "\n" not in row[0]]
+        keys = list(map(_FIRST, rows))
+    accounts = list(map(ids.__getitem__, map(_SECOND, rows)))
+    starts = range(0, len(keys), PAGE_SIZE)
+    join = "\n".join
+    columns: list[Iterable[Any]] = [
+        repeat(kind),
+        keys[::PAGE_SIZE],
+        [join(keys[start : start + PAGE_SIZE]) for start in starts],
+        [join(accounts[start : start + PAGE_SIZE]) for start in starts],
+    ]
+    if rows and len(rows[0]) > 2:  # the source and its line or row, last
+        for at in (-2, -1):
+            numbers = array("q", map(operator.itemgetter(at), rows))
+            columns.append([numbers[start : start + PAGE_SIZE].tobytes() for start in starts])
+    else:
+        columns += (repeat(None), repeat(None))
+    return list(zip(*columns, strict=False)), odd  # (repeat() is endless)
+
+
+_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
+
+
+def _without_shown(kind: str, row: Row) -> Row:
+    return (row[0], row[1], *row[3:]) if kind == "login" else row
 
 
 def _looks(domain_rows: list[Row]) -> list[tuple[str, int]]:
@@ -403,6 +475,20 @@ _OWNER_QUERIES = {
 }
 
 
+_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
+#: Where each kind's rows are (in a paged snapshot: those whose key no page holds).
+_TABLE_OF = {
+    "domain": ("domains", "domain"),
+    "login": ("logins", "login"),
+    "look": ("looks", "look"),
+    "uid": ("uids", "uid"),
+    "system user": ("system_users", "name"),
+}
+_PAGED = frozenset({"domain", "login", "look"})
+#: A page's sources and places: 64-bit integers, as array("q") wrote them.
+_NUMBER = struct.Struct("=q")
+
+
 class Snapshot:
     """A written snapshot, opened read-only. Lookups are safe from any thread."""
 
@@ -415,12 +501,20 @@ class Snapshot:
         self._sources = {
             row[0]: row[1:] for row in self._connection.execute("SELECT * FROM sources")
         }
-        # A snapshot kept by an older version has no look-alike index until it is rebuilt.
-        self._has_looks = bool(
-            self._connection.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'looks'"
-            ).fetchone()
-        )
+        tables = {row[0] for row in self._connection.execute(_TABLES)}
+        # A snapshot kept by an older version has no look-alike index until it is
+        # rebuilt, and no pages: each identity is a row of its kind's table. Those
+        # tables are only read when they hold something.
+        self._has_looks = "looks" in tables
+        self._paged = "pages" in tables
+        self._rows = {
+            kind: table in tables
+            and (
+                not self._paged
+                or self._connection.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None
+            )
+            for kind, (table, _column) in _TABLE_OF.items()
+        }
 
     def close(self) -> None:
         with self._lock:
@@ -444,19 +538,40 @@ class Snapshot:
         login, uid or Unix user name."""
         if kind == "look" and not self._has_looks:
             return None
+        entry = self._entry(kind, key)
+        if entry is not None:
+            return entry[0]
+        if not self._rows.get(kind, True):
+            return None
         row = self._one(_OWNER_QUERIES[kind], (key,))
         return None if row is None else str(row[0])
 
     def origin_of(self, kind: str, key: object) -> Origin | None:
         """The source line or row that gave this identity to its account."""
-        table, column = {
-            "domain": ("domains", "domain"),
-            "login": ("logins", "login"),
-            "uid": ("uids", "uid"),
-            "system user": ("system_users", "name"),
-        }[kind]
+        entry = self._entry(kind, key)
+        if entry is not None:
+            return self._origin(entry[1], entry[2])
+        table, column = _TABLE_OF[kind]
         row = self._one(f"SELECT src, place FROM {table} WHERE {column} = ?", (key,))
         return None if row is None else self._origin(row[0], row[1])
+
+    def _entry(self, kind: str, key: object) -> tuple[str, int | None, int | None] | None:
+        """``(account id, source, place)`` of a key on its page, if it is on one: the
+        last page whose first key is not after it, which holds it if anyone does."""
+        if not self._paged or kind not in _PAGED or not isinstance(key, str):
+            return None
+        page = self._one(_PAGE_QUERY, (kind, key))
+        if page is None:
+            return None
+        keys = str(page[0]).split("\n")
+        at = bisect.bisect_left(keys, key)
+        if at == len(keys) or keys[at] != key:
+            return None
+        srcs, places = (
+            _NUMBER.unpack_from(column, _NUMBER.size * at)[0] if isinstance(column, bytes) else None
+            for column in page[2:]
+        )
+        return str(page[1]).split("\n")[at], srcs, places
 
     def _origin(self, src: object, place: object) -> Origin:
         source, label, place_kind = self._sources[int(str(src))]
@@ -507,10 +622,16 @@ class Snapshot:
         ]
 
     def counts(self) -> dict[str, int]:
-        return {
-            table: int(str(self._all(f"SELECT count(*) FROM {table}")[0][0]))
-            for table in ("accounts", "domains", "logins", "uids")
-        }
+        """How many accounts, domains, logins and uids it holds."""
+        counts = {}
+        for table in ("accounts", "domains", "logins", "uids"):
+            written = self.meta(f"count {table}")  # (kept by an older version: counted)
+            counts[table] = int(
+                written
+                if written is not None
+                else str(self._all(f"SELECT count(*) FROM {table}")[0][0])
+            )
+        return counts
 
     def conflicts_of(self, account_id: str) -> list[Conflict]:
         return [conflict for conflict in self.conflicts() if account_id in conflict.claimants]
