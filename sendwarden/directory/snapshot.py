@@ -27,9 +27,9 @@ import struct
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import count, repeat
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +142,10 @@ class _Claims:
         usual case, at C speed), else one by one as :meth:`claim` does."""
         new = dict(zip(map(operator.itemgetter(0), rows), rows, strict=True))
         if len(new) == len(rows) and new.keys().isdisjoint(self.owner):
-            self.owner.update(new)
+            if self.owner:
+                self.owner.update(new)
+            else:
+                self.owner = new
             return
         for row in rows:
             self.claim(row)
@@ -179,9 +182,12 @@ def write_snapshot(
     previous: Snapshot | None = None,
     max_shrink_percent: int = 100,
     fingerprint: str = "",
+    written: Callable[[BuildReport], None] | None = None,
 ) -> BuildReport:
     """Merge ``sources`` (in precedence order) and the password database into a new
     snapshot file at ``path`` (written beside it, then renamed into place).
+    ``written`` is called with the report once the file is in place, before what the
+    build made is freed (the builder child answers in it and exits).
     Raises :class:`ShrinkRefused` when it would lose too much of ``previous``."""
     ids: list[str] = []
     by_id: dict[str, int] = {}
@@ -207,8 +213,13 @@ def write_snapshot(
     for src, data in enumerate(sources):
         source_rows.append((src, data.source, data.label, data.where))
         report.notes += [f"{data.label}: {note}" for note in data.notes]
-        for account_id, place in data.accounts.items():
-            account(account_id, src, place)
+        if by_id.keys().isdisjoint(data.accounts):  # all new (the first source): at once
+            by_id.update(zip(data.accounts, count(len(ids))))
+            ids += data.accounts
+            origin += zip(repeat(src), data.accounts.values())
+        else:
+            for account_id, place in data.accounts.items():
+                account(account_id, src, place)
         index_of = by_id.__getitem__
         for kind, claimed in (
             ("domain", data.domains),
@@ -362,12 +373,14 @@ def write_snapshot(
     finally:
         connection.close()
     os.replace(partial, target)
+    if written is not None:
+        written(report)
     return report
 
 
 #: Identities per page: a lookup reads one page (a few pages of SQLite's) and finds
 #: its key in it; writing 500,000 logins is 8,000 rows instead of 500,000.
-PAGE_SIZE = 64
+PAGE_SIZE = 32
 _PAGE_QUERY = (
     "SELECT keys, accounts, srcs, places FROM pages WHERE kind = ? AND first <= ? "
     "ORDER BY first DESC LIMIT 1"
@@ -417,12 +430,13 @@ def _looks(domain_rows: list[Row]) -> list[tuple[str, int]]:
     is found as theirs (the first owner, in domain order, of a shared skeleton)."""
     looks = dict(
         zip(
-            reversed(domain_skeletons([row[0] for row in domain_rows])),
-            reversed([row[1] for row in domain_rows]),
+            reversed(domain_skeletons(list(map(_FIRST, domain_rows)))),
+            reversed(list(map(_SECOND, domain_rows))),
             strict=True,
         )
     )
-    return sorted(looks.items())
+    keys = sorted(looks)  # (strings sort faster than pairs)
+    return list(zip(keys, map(looks.__getitem__, keys), strict=True))
 
 
 #: How the file being built is written: nobody reads it until it is complete and renamed

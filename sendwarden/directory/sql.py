@@ -13,6 +13,7 @@ from __future__ import annotations
 import operator
 import re
 import sqlite3
+from collections import deque
 from collections.abc import Iterable, Sequence
 from itertools import compress, repeat
 from pathlib import Path
@@ -176,11 +177,12 @@ def _plain_rows(
     if not rows:
         return None
     accounts = list(map(operator.itemgetter(i_account), rows))
-    ids = dict.fromkeys(accounts)
     numbers = range(1, len(rows) + 1)
+    first_row: dict[Any, int] = {}  # each account's first row, in the order of the rows
     data = SourceData("sql", label, ROW)
     try:
-        if not _PLAIN_IDS.fullmatch("\n".join(ids)):
+        deque(map(first_row.setdefault, accounts, numbers), maxlen=0)  # (TypeError: unhashable)
+        if not _PLAIN_IDS.fullmatch("\n".join(first_row)):
             return None
         for index, pattern, claims in (
             (i_domain, _PLAIN_DOMAINS, data.domains),
@@ -200,8 +202,7 @@ def _plain_rows(
             claims += compress(zip(values, accounts, numbers, strict=True), given)
     except TypeError:
         return None
-    first_row = dict(zip(reversed(accounts), reversed(numbers), strict=True))
-    data.accounts = {account: first_row[account] for account in ids}
+    data.accounts = first_row
     return data
 
 
