@@ -42,9 +42,9 @@ CREATE TABLE logins (login TEXT PRIMARY KEY, account INTEGER NOT NULL, shown TEX
 CREATE TABLE looks (look TEXT PRIMARY KEY, account INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE sources (n INTEGER PRIMARY KEY, source TEXT, label TEXT, place_kind TEXT);
-CREATE TABLE accounts (idx INTEGER PRIMARY KEY, id TEXT NOT NULL, src INTEGER,
-    place INTEGER, recipients_per_hour INTEGER, allow_subdomains INTEGER,
-    domains TEXT, logins TEXT, uids TEXT);
+CREATE TABLE account_pages (page INTEGER PRIMARY KEY, ids TEXT, srcs BLOB, places BLOB,
+    limits BLOB, subdomains BLOB, domains TEXT, domain_lengths BLOB, logins TEXT,
+    login_lengths BLOB, uids TEXT, uid_lengths BLOB);
 CREATE TABLE also (account INTEGER, src INTEGER, place INTEGER);
 CREATE TABLE domains (domain TEXT PRIMARY KEY, account INTEGER NOT NULL, src INTEGER,
     place INTEGER) WITHOUT ROWID;
@@ -56,8 +56,8 @@ CREATE TABLE conflicts (kind TEXT, key TEXT, claimants TEXT, kept TEXT);
 CREATE TABLE pages (kind TEXT, first TEXT, keys TEXT, accounts TEXT, srcs TEXT,
     places TEXT, PRIMARY KEY (kind, first)) WITHOUT ROWID;
 """
-#: An account's domains, logins and uids are also kept on its own row (one line each),
-#: so building an account is one read, and no index on the big tables is needed.
+#: An account's domains, logins and uids are also kept with it (one line each), so
+#: building an account is one read, and no index on the big tables is needed.
 SEPARATOR = "\n"
 #: The snapshot of the system_users source (uids found in the password database).
 SYSTEM_USERS = "system_users"
@@ -306,6 +306,7 @@ def write_snapshot(
             [
                 ("fingerprint", fingerprint),
                 ("built", str(time.time())),
+                ("account page", str(ACCOUNT_PAGE)),
                 *(
                     (f"count {table}", str(count))
                     for table, count in (
@@ -320,28 +321,31 @@ def write_snapshot(
         every = range(len(ids))
         sources_of, places_of = zip(*origin, strict=True) if origin else ((), ())
         insert(
-            "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            zip(  # column by column, no Python code per account (a bool is stored as 1/0)
-                every,
+            f"INSERT INTO account_pages VALUES ({', '.join('?' * 12)})",
+            _account_pages(
                 ids,
-                sources_of,
-                places_of,
-                map(limits.get, every),
-                map(subdomains.get, every),
-                *(
-                    map(SEPARATOR.join, map(owned[kind].get, every, repeat(())))
+                [
+                    array("q", sources_of),
+                    array("q", places_of),
+                    array("q", map(limits.get, every, repeat(0))),  # 0: none given
+                    array("b", map(_TRISTATE.__getitem__, map(subdomains.get, every))),
+                ],
+                [
+                    list(map(SEPARATOR.join, map(owned[kind].get, every, repeat(()))))
                     for kind in ("domain", "login", "uid")
-                ),
-                strict=True,
+                ],
             ),
         )
-        # Indexes after the rows: one sort instead of an insert per row in random order.
-        connection.execute("CREATE UNIQUE INDEX accounts_id ON accounts (id)")
+        by_name = sorted(every, key=ids.__getitem__)
+        account_rows: list[Row] = list(
+            zip(map(ids.__getitem__, by_name), by_name, repeat(0), by_name, strict=False)
+        )
         insert("INSERT INTO also VALUES (?, ?, ?)", also)
         connection.execute("CREATE INDEX also_account ON also (account)")
         # Domains, look-alikes and logins in pages of PAGE_SIZE (see Snapshot._entry);
         # the rare key holding a line break, a row of its own.
         for kind, rows, table in (
+            ("account", account_rows, ""),  # an account's page and place on it, by its id
             ("domain", domain_rows, "domains (domain, account, src, place)"),
             ("look", _looks(domain_rows), "looks (look, account)"),
             ("login", list(claims["login"].sorted_rows()), "logins (login, account, src, place)"),
@@ -421,6 +425,34 @@ def _pages(kind: str, rows: list[Row], ids: Sequence[str]) -> tuple[list[Row], l
 _FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
 
 
+#: Accounts per account page (in the order of their index: where a source named them).
+ACCOUNT_PAGE = 32
+#: allow_subdomains as a byte: not given, false, true.
+_TRISTATE = {None: 0, False: 1, True: 2}
+_FROM_TRISTATE = (None, False, True)
+
+
+def _account_pages(
+    ids: Sequence[str], numbers: list[array[int]], texts: list[list[str]]
+) -> list[Row]:
+    """The accounts, :data:`ACCOUNT_PAGE` to a row: ``(page, ids one a line, *numbers as
+    arrays, *(texts run together, each one's length))``, so that building an account
+    is one read with no index, and writing 100,000 of them is 3,000 rows."""
+    starts = range(0, len(ids), ACCOUNT_PAGE)
+    columns: list[Iterable[Any]] = [
+        range(len(starts)),
+        ["\n".join(ids[start : start + ACCOUNT_PAGE]) for start in starts],
+    ]
+    columns += (
+        [column[start : start + ACCOUNT_PAGE].tobytes() for start in starts] for column in numbers
+    )
+    for text in texts:
+        lengths = array("I", map(len, text))
+        columns.append(["".join(text[start : start + ACCOUNT_PAGE]) for start in starts])
+        columns.append([lengths[start : start + ACCOUNT_PAGE].tobytes() for start in starts])
+    return list(zip(*columns, strict=True))
+
+
 def _without_shown(kind: str, row: Row) -> Row:
     return (row[0], row[1], *row[3:]) if kind == "login" else row
 
@@ -498,7 +530,7 @@ _TABLE_OF = {
     "uid": ("uids", "uid"),
     "system user": ("system_users", "name"),
 }
-_PAGED = frozenset({"domain", "login", "look"})
+_PAGED = frozenset({"account", "domain", "login", "look"})
 #: A page's sources and places: 64-bit integers, as array("q") wrote them.
 _NUMBER = struct.Struct("=q")
 
@@ -521,6 +553,8 @@ class Snapshot:
         # tables are only read when they hold something.
         self._has_looks = "looks" in tables
         self._paged = "pages" in tables
+        self._accounts_paged = "account_pages" in tables
+        self._account_page = int(self.meta("account page") or ACCOUNT_PAGE)
         self._rows = {
             kind: table in tables
             and (
@@ -557,8 +591,22 @@ class Snapshot:
             return entry[0]
         if not self._rows.get(kind, True):
             return None
+        if self._accounts_paged:
+            table, column = _TABLE_OF[kind]
+            row = self._one(f"SELECT account FROM {table} WHERE {column} = ?", (key,))
+            return None if row is None else self._account_id(int(str(row[0])))
         row = self._one(_OWNER_QUERIES[kind], (key,))
         return None if row is None else str(row[0])
+
+    def _account_page_of(self, index: int) -> tuple[tuple[Any, ...], int] | None:
+        """The account page holding the account of this index, and its place on it."""
+        page, at = divmod(index, self._account_page)
+        row = self._one("SELECT * FROM account_pages WHERE page = ?", (page,))
+        return None if row is None else (row, at)
+
+    def _account_id(self, index: int) -> str | None:
+        found = self._account_page_of(index)
+        return None if found is None else str(found[0][1]).split("\n")[found[1]]
 
     def origin_of(self, kind: str, key: object) -> Origin | None:
         """The source line or row that gave this identity to its account."""
@@ -592,6 +640,8 @@ class Snapshot:
         return Origin(str(source), str(label), str(place_kind), int(str(place)))
 
     def record(self, account_id: str) -> AccountRecord | None:
+        if self._accounts_paged:
+            return self._paged_record(account_id)
         row = self._one(
             "SELECT idx, src, place, recipients_per_hour, allow_subdomains, domains, logins, "
             "uids FROM accounts WHERE id = ?",
@@ -600,16 +650,10 @@ class Snapshot:
         if row is None:
             return None
         index, src, place, limit, allowed, domains, logins, uids = row
-        also = tuple(
-            self._origin(other_src, other_place)
-            for other_src, other_place in self._all(
-                "SELECT src, place FROM also WHERE account = ?", (index,)
-            )
-        )
         return AccountRecord(
             id=account_id,
             origin=self._origin(src, place),
-            also=also,
+            also=self._also(index),
             domains=_split(domains),
             logins=_split(logins),
             uids=tuple(int(uid) for uid in _split(uids)),
@@ -617,7 +661,43 @@ class Snapshot:
             allow_subdomains=None if allowed is None else bool(allowed),
         )
 
+    def _paged_record(self, account_id: str) -> AccountRecord | None:
+        entry = self._entry("account", account_id)
+        index = entry[2] if entry is not None else None
+        found = self._account_page_of(index) if index is not None else None
+        if index is None or found is None:
+            return None
+        (_page, _ids, srcs, places, limits, allowed, *texts), at = found
+        src, place, limit = (
+            _NUMBER.unpack_from(column, _NUMBER.size * at)[0] for column in (srcs, places, limits)
+        )
+        domains, logins, uids = (
+            _text_at(text, lengths, at)
+            for text, lengths in zip(texts[::2], texts[1::2], strict=True)
+        )
+        return AccountRecord(
+            id=account_id,
+            origin=self._origin(src, place),
+            also=self._also(index),
+            domains=_split(domains),
+            logins=_split(logins),
+            uids=tuple(int(uid) for uid in _split(uids)),
+            recipients_per_hour=limit or None,
+            allow_subdomains=_FROM_TRISTATE[allowed[at]],
+        )
+
+    def _also(self, index: object) -> tuple[Origin, ...]:
+        return tuple(
+            self._origin(other_src, other_place)
+            for other_src, other_place in self._all(
+                "SELECT src, place FROM also WHERE account = ?", (index,)
+            )
+        )
+
     def account_ids(self) -> list[str]:
+        if self._accounts_paged:
+            pages = self._all("SELECT ids FROM account_pages ORDER BY page")
+            return [account for (ids,) in pages for account in str(ids).split("\n")]
         return [str(row[0]) for row in self._all("SELECT id FROM accounts ORDER BY idx")]
 
     def uid_name(self, uid: int) -> str | None:
@@ -653,6 +733,13 @@ class Snapshot:
 
 def snapshots_in(directory: str | Path) -> Iterable[Path]:
     return sorted(Path(directory).glob("snapshot-*.db"))
+
+
+def _text_at(text: str, lengths: bytes, at: int) -> str:
+    """The ``at``-th of the texts run together in an account page's column."""
+    sizes = struct.unpack_from(f"={at + 1}I", lengths)
+    start = sum(sizes[:at])
+    return text[start : start + sizes[at]]
 
 
 def _split(value: object) -> tuple[str, ...]:

@@ -60,20 +60,32 @@ def expected(claims: list[tuple[str, str, int]], key: object = str) -> dict[str,
     domains=st.lists(st.tuples(DOMAINS, ACCOUNTS), max_size=150),
     logins=st.lists(st.tuples(LOGINS, ACCOUNTS), max_size=250),
     page_size=st.sampled_from([1, 2, 3, 64]),
+    account_page=st.sampled_from([1, 2, 3, 32]),
     probes=st.lists(LOGINS, max_size=20),
+    limits=st.dictionaries(ACCOUNTS, st.integers(1, 10**6)),
+    subdomains=st.dictionaries(ACCOUNTS, st.booleans()),
 )
 def test_a_paged_lookup_answers_what_a_row_per_key_would(
     domains: list[tuple[str, str]],
     logins: list[tuple[str, str]],
     page_size: int,
+    account_page: int,
     probes: list[str],
+    limits: dict[str, int],
+    subdomains: dict[str, bool],
 ) -> None:
     data = source("sql", domains, logins)
+    data.limits = {a: n for a, n in limits.items() if a in data.accounts}
+    data.allow_subdomains = {a: b for a, b in subdomains.items() if a in data.accounts}
     want_domains = expected(data.domains)
     want_logins = expected(data.logins, str.casefold)
+    shown: dict[str, str] = {}
+    for login, _account, _place in data.logins:
+        shown.setdefault(login.casefold(), login)
     with (
         tempfile.TemporaryDirectory() as tmp,
         mock.patch.object(snapshot_module, "PAGE_SIZE", page_size),
+        mock.patch.object(snapshot_module, "ACCOUNT_PAGE", account_page),
     ):
         path = Path(tmp) / "s.db"
         report = write_snapshot(path, [data])
@@ -97,6 +109,20 @@ def test_a_paged_lookup_answers_what_a_row_per_key_would(
             for look, account in looks.items():
                 assert snap.owner("look", look) == account
             assert snap.owner("look", "no-such-look.example") is None
+            # Each account as one row of its own would give it, in the sources' order.
+            assert snap.account_ids() == list(data.accounts)
+            for account, place in data.accounts.items():
+                record = snap.record(account)
+                assert record is not None and record.origin.place == place
+                assert record.domains == tuple(
+                    k for k, (owner, _) in want_domains.items() if owner == account
+                )
+                logins_of = [shown[k] for k, (owner, _) in want_logins.items() if owner == account]
+                if not any("\n" in login for login in logins_of):  # (one a line, as before)
+                    assert record.logins == tuple(logins_of)
+                assert record.recipients_per_hour == data.limits.get(account)
+                assert record.allow_subdomains == data.allow_subdomains.get(account)
+            assert snap.record("nobody") is None
         finally:
             snap.close()
 
@@ -116,28 +142,67 @@ def test_a_key_with_a_line_break_is_a_row_of_its_own(tmp_path: Path) -> None:
     snap.close()
 
 
+#: The schema of a snapshot as versions before pages wrote it (one row per key).
+OLD_SCHEMA = """
+CREATE TABLE logins (login TEXT PRIMARY KEY, account INTEGER NOT NULL, shown TEXT,
+    src INTEGER, place INTEGER) WITHOUT ROWID;
+CREATE TABLE looks (look TEXT PRIMARY KEY, account INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE sources (n INTEGER PRIMARY KEY, source TEXT, label TEXT, place_kind TEXT);
+CREATE TABLE accounts (idx INTEGER PRIMARY KEY, id TEXT NOT NULL, src INTEGER,
+    place INTEGER, recipients_per_hour INTEGER, allow_subdomains INTEGER,
+    domains TEXT, logins TEXT, uids TEXT);
+CREATE TABLE also (account INTEGER, src INTEGER, place INTEGER);
+CREATE TABLE domains (domain TEXT PRIMARY KEY, account INTEGER NOT NULL, src INTEGER,
+    place INTEGER) WITHOUT ROWID;
+CREATE TABLE uids (uid INTEGER PRIMARY KEY, account INTEGER NOT NULL, name TEXT,
+    src INTEGER, place INTEGER);
+CREATE TABLE system_users (name TEXT PRIMARY KEY, account INTEGER NOT NULL, src INTEGER,
+    place INTEGER) WITHOUT ROWID;
+CREATE TABLE conflicts (kind TEXT, key TEXT, claimants TEXT, kept TEXT);
+CREATE UNIQUE INDEX accounts_id ON accounts (id);
+"""
+
+
 def test_a_snapshot_of_one_row_per_key_is_still_read(tmp_path: Path) -> None:
-    """As an older version kept it: no pages table, no counts, every key a row."""
-    data = source(
-        "sql",
-        [("acme.example", "acme"), ("globex.example", "globex")],
-        [("Alice", "acme"), ("bob@x.example", "globex")],
-    )
-
-    def rows_only(kind: str, rows: list[tuple], ids: object) -> tuple[list, list]:  # type: ignore[type-arg]
-        return [], [snapshot_module._without_shown(kind, row) for row in rows]
-
-    with mock.patch.object(snapshot_module, "_pages", rows_only):
-        write_snapshot(tmp_path / "old.db", [data])
-    with sqlite3.connect(tmp_path / "old.db") as connection:
-        connection.execute("DROP TABLE pages")
-        connection.execute("DELETE FROM meta WHERE key LIKE 'count %'")
+    """As an older version kept it: no pages, no counts, every key and account a row."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(OLD_SCHEMA)
+        connection.executemany(
+            "INSERT INTO sources VALUES (?, ?, ?, ?)",
+            [(0, "domain_map", "/etc/userdomains", "line"), (1, "sql", "sql db", "row")],
+        )
+        connection.executemany(
+            "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (0, "acme", 0, 1, 50, 1, "acme.example", "Alice", "1001"),
+                (1, "globex", 1, 3, None, None, "globex.example", "bob@x.example", ""),
+            ],
+        )
+        connection.execute("INSERT INTO also VALUES (0, 1, 7)")
+        connection.executemany(
+            "INSERT INTO domains VALUES (?, ?, ?, ?)",
+            [("acme.example", 0, 0, 1), ("globex.example", 1, 1, 3)],
+        )
+        connection.execute("INSERT INTO looks VALUES (?, 0)", (domain_skeleton("acme.example"),))
+        connection.executemany(
+            "INSERT INTO logins VALUES (?, ?, ?, ?, ?)",
+            [("alice", 0, "Alice", 1, 2), ("bob@x.example", 1, "bob@x.example", 1, 4)],
+        )
+        connection.execute("INSERT INTO uids VALUES (1001, 0, 'acme', 1, 5)")
     connection.close()
-    snap = Snapshot(tmp_path / "old.db")
+    snap = Snapshot(path)
     assert snap.owner("domain", "globex.example") == "globex"
     assert snap.owner("login", "alice") == "acme" and snap.owner("login", "bob") is None
     assert snap.owner("look", domain_skeleton("acme.example")) == "acme"
+    assert snap.owner("uid", 1001) == "acme" and snap.uid_name(1001) == "acme"
     origin = snap.origin_of("login", "bob@x.example")
-    assert origin is not None and str(origin) == "sql sql row 4"
-    assert snap.counts() == {"accounts": 2, "domains": 2, "logins": 2, "uids": 0}
+    assert origin is not None and str(origin) == "sql sql db row 4"
+    acme = snap.record("acme")
+    assert acme is not None and acme.domains == ("acme.example",) and acme.uids == (1001,)
+    assert acme.recipients_per_hour == 50 and acme.allow_subdomains is True
+    assert [str(o) for o in acme.also] == ["sql sql db row 7"]
+    assert snap.account_ids() == ["acme", "globex"]
+    assert snap.counts() == {"accounts": 2, "domains": 2, "logins": 2, "uids": 1}
     snap.close()
