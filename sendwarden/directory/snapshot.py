@@ -236,7 +236,7 @@ def write_snapshot(
             claims["login"].claim_all(
                 list(
                     zip(
-                        map(str.casefold, shown),
+                        _casefolded(shown),
                         map(index_of, names),
                         shown,
                         repeat(src),
@@ -478,6 +478,13 @@ _BUILDING = (
     "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA page_size = 8192; "
     "PRAGMA locking_mode = EXCLUSIVE; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
 )
+
+
+def _casefolded(texts: Sequence[str]) -> Iterable[str]:
+    """Each text casefolded: the texts themselves when none changes (casefolding maps
+    each character on its own, so all of them read as one text tell)."""
+    joined = "\n".join(texts)
+    return texts if joined.casefold() == joined else map(str.casefold, texts)
 
 
 def _check_shrink(report: BuildReport, previous: Snapshot | None, max_shrink_percent: int) -> None:

@@ -195,15 +195,34 @@ def _plain_rows(
             present = list(compress(values, given))
             if pattern is not None and present and not pattern.fullmatch("\n".join(present)):
                 return None  # (join raises TypeError for a value that is not text)
-            if pattern is None and not (
-                all(map(str.__eq__, present, map(str.strip, present))) and all(present)
-            ):  # (str.strip raises TypeError for a value that is not text)
+            if pattern is None and not _stripped(present):
                 return None
             claims += compress(zip(values, accounts, numbers, strict=True), given)
     except TypeError:
         return None
     data.accounts = first_row
     return data
+
+
+#: Whitespace other than a line break.
+_SPACE = re.compile(r"[^\S\n]")
+
+
+def _stripped(texts: list[Any]) -> bool:
+    """Whether every value is text, not empty, with no whitespace around it (TypeError
+    for a value that is not text). Read as one text when it holds no whitespace but its
+    line breaks, one for each join; else each value is stripped to tell."""
+    joined = "\n".join(texts)
+    if (
+        joined
+        and joined.count("\n") == len(texts) - 1
+        and not _SPACE.search(joined)
+        and not joined.startswith("\n")
+        and not joined.endswith("\n")
+        and "\n\n" not in joined
+    ):
+        return bool(texts)
+    return all(map(str.__eq__, texts, map(str.strip, texts))) and all(texts)
 
 
 def _setting(settings: dict[str, Any], account: str, value: Any) -> None:

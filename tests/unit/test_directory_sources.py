@@ -239,3 +239,20 @@ def test_plain_sql_rows_read_column_by_column() -> None:
     assert data.domains == [("acme.example", "acme", 1)]
     assert data.logins == [("alice", "acme", 2), ("bob", "globex", 3)]
     assert data.accounts == {"acme": 1, "globex": 3}
+
+
+@pytest.mark.parametrize("odd", ["", " ", "a ", " a", "a\u00a0", "\u2003a", "a\nb", "\n", "a\x1c"])
+@pytest.mark.parametrize("others", [0, 1, 3])
+def test_a_login_with_whitespace_around_it_is_read_row_by_row(odd: str, others: int) -> None:
+    """Whatever its place among plain logins, the odd one reads as one row at a time
+    reads it: stripped, refused when empty."""
+    rows = [("acme", None, f"user{n}") for n in range(others)] + [("acme", None, odd)]
+    columns = ["account", "domain", "login"]
+    try:
+        expected = rows_one_by_one("sql", columns, rows)
+    except SourceError as error:
+        with pytest.raises(SourceError) as got:
+            rows_to_data("sql", columns, rows)
+        assert str(got.value) == str(error)
+        return
+    assert rows_to_data("sql", columns, rows).logins == expected.logins
