@@ -19,7 +19,6 @@ applied on top when an account is looked up, see :mod:`sendwarden.directory.live
 
 from __future__ import annotations
 
-import bisect
 import operator
 import os
 import sqlite3
@@ -385,10 +384,11 @@ def write_snapshot(
 #: Identities per page: a lookup reads one page (a few pages of SQLite's) and finds
 #: its key in it; writing 500,000 logins is 8,000 rows instead of 500,000.
 PAGE_SIZE = 32
-_PAGE_QUERY = (
-    "SELECT keys, accounts, srcs, places FROM pages WHERE kind = ? AND first <= ? "
-    "ORDER BY first DESC LIMIT 1"
-)
+_PAGE_QUERIES = {
+    numbers: f"SELECT keys, accounts{', srcs, places' if numbers else ''} FROM pages "
+    "WHERE kind = ? AND first <= ? ORDER BY first DESC LIMIT 1"
+    for numbers in (False, True)
+}
 
 
 def _pages(kind: str, rows: list[Row], ids: Sequence[str]) -> tuple[list[Row], list[Row]]:
@@ -561,6 +561,9 @@ class Snapshot:
         self._has_looks = "looks" in tables
         self._paged = "pages" in tables
         self._accounts_paged = "account_pages" in tables
+        self._has_also = (
+            self._connection.execute("SELECT 1 FROM also LIMIT 1").fetchone() is not None
+        )
         self._account_page = int(self.meta("account page") or ACCOUNT_PAGE)
         self._rows = {
             kind: table in tables
@@ -617,30 +620,37 @@ class Snapshot:
 
     def origin_of(self, kind: str, key: object) -> Origin | None:
         """The source line or row that gave this identity to its account."""
-        entry = self._entry(kind, key)
+        entry = self._entry(kind, key, numbers=True)
         if entry is not None:
             return self._origin(entry[1], entry[2])
         table, column = _TABLE_OF[kind]
         row = self._one(f"SELECT src, place FROM {table} WHERE {column} = ?", (key,))
         return None if row is None else self._origin(row[0], row[1])
 
-    def _entry(self, kind: str, key: object) -> tuple[str, int | None, int | None] | None:
-        """``(account id, source, place)`` of a key on its page, if it is on one: the
-        last page whose first key is not after it, which holds it if anyone does."""
-        if not self._paged or kind not in _PAGED or not isinstance(key, str):
-            return None
-        page = self._one(_PAGE_QUERY, (kind, key))
+    def _entry(
+        self, kind: str, key: object, *, numbers: bool = False
+    ) -> tuple[str, int | None, int | None] | None:
+        """``(account id, source, place)`` of a key on its page, if it is on one (the
+        last page whose first key is not after it, which holds it if anyone does); the
+        source and place only when asked for."""
+        if not self._paged or kind not in _PAGED or not isinstance(key, str) or "\n" in key:
+            return None  # (no page holds a key with a line break)
+        page = self._one(_PAGE_QUERIES[numbers], (kind, key))
         if page is None:
             return None
-        keys = str(page[0]).split("\n")
-        at = bisect.bisect_left(keys, key)
-        if at == len(keys) or keys[at] != key:
+        keys = f"\n{page[0]}\n"
+        found = keys.find(f"\n{key}\n")
+        if found < 0:
             return None
+        at = keys.count("\n", 0, found)
+        account = str(page[1]).split("\n", at + 1)[at]
+        if not numbers:
+            return account, None, None
         srcs, places = (
             _NUMBER.unpack_from(column, _NUMBER.size * at)[0] if isinstance(column, bytes) else None
             for column in page[2:]
         )
-        return str(page[1]).split("\n")[at], srcs, places
+        return account, srcs, places
 
     def _origin(self, src: object, place: object) -> Origin:
         source, label, place_kind = self._sources[int(str(src))]
@@ -669,7 +679,7 @@ class Snapshot:
         )
 
     def _paged_record(self, account_id: str) -> AccountRecord | None:
-        entry = self._entry("account", account_id)
+        entry = self._entry("account", account_id, numbers=True)
         index = entry[2] if entry is not None else None
         found = self._account_page_of(index) if index is not None else None
         if index is None or found is None:
@@ -694,6 +704,8 @@ class Snapshot:
         )
 
     def _also(self, index: object) -> tuple[Origin, ...]:
+        if not self._has_also:
+            return ()
         return tuple(
             self._origin(other_src, other_place)
             for other_src, other_place in self._all(
