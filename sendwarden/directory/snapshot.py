@@ -36,25 +36,26 @@ from sendwarden.directory.sources import SourceData, SourceError, check_account_
 from sendwarden.policy.rendering import domain_skeletons
 
 SCHEMA = """
-CREATE TABLE logins (login TEXT PRIMARY KEY, account INTEGER NOT NULL, shown TEXT,
+CREATE TABLE logins (login TEXT PRIMARY KEY, account TEXT NOT NULL, shown TEXT,
     src INTEGER, place INTEGER) WITHOUT ROWID;
-CREATE TABLE looks (look TEXT PRIMARY KEY, account INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE looks (look TEXT PRIMARY KEY, account TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE sources (n INTEGER PRIMARY KEY, source TEXT, label TEXT, place_kind TEXT);
-CREATE TABLE account_pages (page INTEGER PRIMARY KEY, ids TEXT, srcs BLOB, places BLOB,
-    limits BLOB, subdomains BLOB, domains TEXT, domain_lengths BLOB, logins TEXT,
-    login_lengths BLOB, uids TEXT, uid_lengths BLOB);
-CREATE TABLE also (account INTEGER, src INTEGER, place INTEGER);
-CREATE TABLE domains (domain TEXT PRIMARY KEY, account INTEGER NOT NULL, src INTEGER,
+CREATE TABLE account_pages (page INTEGER PRIMARY KEY, first TEXT NOT NULL, ids TEXT,
+    idxs BLOB, srcs BLOB, places BLOB, limits BLOB, subdomains BLOB, domains TEXT,
+    domain_lengths BLOB, logins TEXT, login_lengths BLOB, uids TEXT, uid_lengths BLOB);
+CREATE TABLE also (account TEXT, src INTEGER, place INTEGER);
+CREATE TABLE domains (domain TEXT PRIMARY KEY, account TEXT NOT NULL, src INTEGER,
     place INTEGER) WITHOUT ROWID;
-CREATE TABLE uids (uid INTEGER PRIMARY KEY, account INTEGER NOT NULL, name TEXT,
+CREATE TABLE uids (uid INTEGER PRIMARY KEY, account TEXT NOT NULL, name TEXT,
     src INTEGER, place INTEGER);
-CREATE TABLE system_users (name TEXT PRIMARY KEY, account INTEGER NOT NULL, src INTEGER,
+CREATE TABLE system_users (name TEXT PRIMARY KEY, account TEXT NOT NULL, src INTEGER,
     place INTEGER) WITHOUT ROWID;
 CREATE TABLE conflicts (kind TEXT, key TEXT, claimants TEXT, kept TEXT);
 CREATE TABLE pages (kind TEXT, first TEXT, keys TEXT, accounts TEXT, srcs TEXT,
     places TEXT, PRIMARY KEY (kind, first)) WITHOUT ROWID;
 """
+#: Every table names an account by its id (older versions: by its index in accounts).
 #: An account's domains, logins and uids are also kept with it (one line each), so
 #: building an account is one read, and no index on the big tables is needed.
 SEPARATOR = "\n"
@@ -305,7 +306,6 @@ def write_snapshot(
             [
                 ("fingerprint", fingerprint),
                 ("built", str(time.time())),
-                ("account page", str(ACCOUNT_PAGE)),
                 *(
                     (f"count {table}", str(count))
                     for table, count in (
@@ -319,32 +319,30 @@ def write_snapshot(
         )
         every = range(len(ids))
         sources_of, places_of = zip(*origin, strict=True) if origin else ((), ())
+        by_name = sorted(every, key=ids.__getitem__)  # account pages are in id order
         insert(
-            f"INSERT INTO account_pages VALUES ({', '.join('?' * 12)})",
+            f"INSERT INTO account_pages VALUES ({', '.join('?' * 14)})",
             _account_pages(
-                ids,
+                list(map(ids.__getitem__, by_name)),
                 [
-                    array("q", sources_of),
-                    array("q", places_of),
-                    array("q", map(limits.get, every, repeat(0))),  # 0: none given
-                    array("b", map(_TRISTATE.__getitem__, map(subdomains.get, every))),
+                    array("q", by_name),  # where the sources named it: account_ids()
+                    array("q", map(sources_of.__getitem__, by_name)),
+                    array("q", map(places_of.__getitem__, by_name)),
+                    array("q", map(limits.get, by_name, repeat(0))),  # 0: none given
+                    array("b", map(_TRISTATE.__getitem__, map(subdomains.get, by_name))),
                 ],
                 [
-                    list(map(SEPARATOR.join, map(owned[kind].get, every, repeat(()))))
+                    list(map(SEPARATOR.join, map(owned[kind].get, by_name, repeat(()))))
                     for kind in ("domain", "login", "uid")
                 ],
             ),
         )
-        by_name = sorted(every, key=ids.__getitem__)
-        account_rows: list[Row] = list(
-            zip(map(ids.__getitem__, by_name), by_name, repeat(0), by_name, strict=False)
-        )
-        insert("INSERT INTO also VALUES (?, ?, ?)", also)
+        connection.execute("CREATE UNIQUE INDEX account_pages_first ON account_pages (first)")
+        insert("INSERT INTO also VALUES (?, ?, ?)", ((ids[i], s, p) for i, s, p in also))
         connection.execute("CREATE INDEX also_account ON also (account)")
         # Domains, look-alikes and logins in pages of PAGE_SIZE (see Snapshot._entry);
         # the rare key holding a line break, a row of its own.
         for kind, rows, table in (
-            ("account", account_rows, ""),  # an account's page and place on it, by its id
             ("domain", domain_rows, "domains (domain, account, src, place)"),
             ("look", _looks(domain_rows), "looks (look, account)"),
             ("login", list(claims["login"].sorted_rows()), "logins (login, account, src, place)"),
@@ -356,11 +354,17 @@ def write_snapshot(
         insert(
             "INSERT INTO uids VALUES (?, ?, ?, ?, ?)",
             (
-                (uid, index, uid_names.get(int(str(uid))), src, place)
+                (uid, ids[index], uid_names.get(int(str(uid))), src, place)
                 for uid, index, src, place in claims["uid"].owner.values()
             ),
         )
-        insert("INSERT INTO system_users VALUES (?, ?, ?, ?)", claims["system user"].owner.values())
+        insert(
+            "INSERT INTO system_users VALUES (?, ?, ?, ?)",
+            (
+                (name, ids[index], src, place)
+                for name, index, src, place in claims["system user"].owner.values()
+            ),
+        )
         insert(
             "INSERT INTO conflicts VALUES (?, ?, ?, ?)",
             (
@@ -384,6 +388,11 @@ def write_snapshot(
 #: Identities per page: a lookup reads one page (a few pages of SQLite's) and finds
 #: its key in it; writing 500,000 logins is 8,000 rows instead of 500,000.
 PAGE_SIZE = 32
+_ACCOUNT_PAGE_QUERY = (
+    "SELECT ids, idxs, srcs, places, limits, subdomains, domains, domain_lengths, logins, "
+    "login_lengths, uids, uid_lengths FROM account_pages WHERE first <= ? "
+    "ORDER BY first DESC LIMIT 1"
+)
 _PAGE_QUERIES = {
     numbers: f"SELECT keys, accounts{', srcs, places' if numbers else ''} FROM pages "
     "WHERE kind = ? AND first <= ? ORDER BY first DESC LIMIT 1"
@@ -401,7 +410,7 @@ def _pages(kind: str, rows: list[Row], ids: Sequence[str]) -> tuple[list[Row], l
     keys = list(map(_FIRST, rows))
     odd: list[Row] = []
     if "\n".join(keys).count("\n") != max(len(keys) - 1, 0):
-        odd = [_without_shown(kind, row) for row in rows if "\n" in row[0]]
+        odd = [_odd_row(kind, row, ids) for row in rows if "\n" in row[0]]
         rows = [row for row in rows if "\n" not in row[0]]
         keys = list(map(_FIRST, rows))
     accounts = list(map(ids.__getitem__, map(_SECOND, rows)))
@@ -426,7 +435,7 @@ _FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
 
 
 #: Accounts per account page (in the order of their index: where a source named them).
-ACCOUNT_PAGE = 32
+ACCOUNT_PAGE = 16
 #: allow_subdomains as a byte: not given, false, true.
 _TRISTATE = {None: 0, False: 1, True: 2}
 _FROM_TRISTATE = (None, False, True)
@@ -435,12 +444,13 @@ _FROM_TRISTATE = (None, False, True)
 def _account_pages(
     ids: Sequence[str], numbers: list[array[int]], texts: list[list[str]]
 ) -> list[Row]:
-    """The accounts, :data:`ACCOUNT_PAGE` to a row: ``(page, ids one a line, *numbers as
-    arrays, *(texts run together, each one's length))``, so that building an account
-    is one read with no index, and writing 100,000 of them is 3,000 rows."""
+    """The accounts (sorted by id), :data:`ACCOUNT_PAGE` to a row: ``(page, first id,
+    ids one a line, *numbers as arrays, *(texts run together, each one's length))``, so
+    that building an account is one read, and writing 100,000 of them is 6,000 rows."""
     starts = range(0, len(ids), ACCOUNT_PAGE)
     columns: list[Iterable[Any]] = [
         range(len(starts)),
+        ids[::ACCOUNT_PAGE],
         ["\n".join(ids[start : start + ACCOUNT_PAGE]) for start in starts],
     ]
     columns += (
@@ -453,8 +463,10 @@ def _account_pages(
     return list(zip(*columns, strict=True))
 
 
-def _without_shown(kind: str, row: Row) -> Row:
-    return (row[0], row[1], *row[3:]) if kind == "login" else row
+def _odd_row(kind: str, row: Row, ids: Sequence[str]) -> Row:
+    """A row of its kind's own table: the account by its id, without the ``shown`` no
+    lookup reads."""
+    return (row[0], ids[row[1]], *row[3 if kind == "login" else 2 :])
 
 
 def _looks(domain_rows: list[Row]) -> list[tuple[str, int]]:
@@ -537,7 +549,7 @@ _TABLE_OF = {
     "uid": ("uids", "uid"),
     "system user": ("system_users", "name"),
 }
-_PAGED = frozenset({"account", "domain", "login", "look"})
+_PAGED = frozenset({"domain", "login", "look"})
 #: A page's sources and places: 64-bit integers, as array("q") wrote them.
 _NUMBER = struct.Struct("=q")
 
@@ -572,7 +584,6 @@ class Snapshot:
         self._has_also = (
             self._connection.execute("SELECT 1 FROM also LIMIT 1").fetchone() is not None
         )
-        self._account_page = int(self.meta("account page") or ACCOUNT_PAGE)
         self._rows = {
             kind: table in tables
             and (
@@ -609,22 +620,12 @@ class Snapshot:
             return entry[0]
         if not self._rows.get(kind, True):
             return None
-        if self._accounts_paged:
+        if self._accounts_paged:  # (each table names the account by its id)
             table, column = _TABLE_OF[kind]
             row = self._one(f"SELECT account FROM {table} WHERE {column} = ?", (key,))
-            return None if row is None else self._account_id(int(str(row[0])))
-        row = self._one(_OWNER_QUERIES[kind], (key,))
+        else:
+            row = self._one(_OWNER_QUERIES[kind], (key,))
         return None if row is None else str(row[0])
-
-    def _account_page_of(self, index: int) -> tuple[tuple[Any, ...], int] | None:
-        """The account page holding the account of this index, and its place on it."""
-        page, at = divmod(index, self._account_page)
-        row = self._one("SELECT * FROM account_pages WHERE page = ?", (page,))
-        return None if row is None else (row, at)
-
-    def _account_id(self, index: int) -> str | None:
-        found = self._account_page_of(index)
-        return None if found is None else str(found[0][1]).split("\n")[found[1]]
 
     def origin_of(self, kind: str, key: object) -> Origin | None:
         """The source line or row that gave this identity to its account."""
@@ -687,12 +688,15 @@ class Snapshot:
         )
 
     def _paged_record(self, account_id: str) -> AccountRecord | None:
-        entry = self._entry("account", account_id, numbers=True)
-        index = entry[2] if entry is not None else None
-        found = self._account_page_of(index) if index is not None else None
-        if index is None or found is None:
+        page: tuple[Any, ...] | None = self._one(_ACCOUNT_PAGE_QUERY, (account_id,))
+        if page is None:
             return None
-        (_page, _ids, srcs, places, limits, allowed, *texts), at = found
+        ids = f"\n{page[0]}\n"
+        found = ids.find(f"\n{account_id}\n")
+        if found < 0 or "\n" in account_id:
+            return None
+        at = ids.count("\n", 0, found)
+        _idxs, srcs, places, limits, allowed, *texts = page[1:]
         src, place, limit = (
             _NUMBER.unpack_from(column, _NUMBER.size * at)[0] for column in (srcs, places, limits)
         )
@@ -703,7 +707,7 @@ class Snapshot:
         return AccountRecord(
             id=account_id,
             origin=self._origin(src, place),
-            also=self._also(index),
+            also=self._also(account_id),
             domains=_split(domains),
             logins=_split(logins),
             uids=tuple(int(uid) for uid in _split(uids)),
@@ -711,20 +715,26 @@ class Snapshot:
             allow_subdomains=_FROM_TRISTATE[allowed[at]],
         )
 
-    def _also(self, index: object) -> tuple[Origin, ...]:
+    def _also(self, account: object) -> tuple[Origin, ...]:
+        """The other sources that name an account (by its id, or in a snapshot of an
+        older version its index)."""
         if not self._has_also:
             return ()
         return tuple(
             self._origin(other_src, other_place)
             for other_src, other_place in self._all(
-                "SELECT src, place FROM also WHERE account = ?", (index,)
+                "SELECT src, place FROM also WHERE account = ?", (account,)
             )
         )
 
     def account_ids(self) -> list[str]:
-        if self._accounts_paged:
-            pages = self._all("SELECT ids FROM account_pages ORDER BY page")
-            return [account for (ids,) in pages for account in str(ids).split("\n")]
+        if self._accounts_paged:  # in the order the sources named them
+            named: list[tuple[int, str]] = []
+            for ids, idxs in self._all("SELECT ids, idxs FROM account_pages"):
+                indexes: array[int] = array("q")
+                indexes.frombytes(bytes(idxs))  # type: ignore[call-overload]
+                named += zip(indexes, str(ids).split("\n"), strict=True)
+            return [account for _index, account in sorted(named)]
         return [str(row[0]) for row in self._all("SELECT id FROM accounts ORDER BY idx")]
 
     def uid_name(self, uid: int) -> str | None:
