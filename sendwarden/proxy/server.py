@@ -101,8 +101,12 @@ class ProxySMTP(SMTP):
 
     line_length_limit = 1 << 16
 
-    def __init__(self, handler: ProxyHandler, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
+    def __init__(self, handler: ProxyHandler, *, auth_required: bool, **kwargs: Any) -> None:
+        # AUTH without TLS is by design here (loopback or a unix socket, the MTA's own
+        # secret), but aiosmtpd logs a warning about it for every connection when told
+        # so at its start: it is told just after.
+        super().__init__(handler, auth_required=False, **kwargs)
+        self._auth_required = auth_required  # 530 to MAIL, RCPT, DATA before AUTH
         self.proxy = handler
         # The configuration this connection keeps, whatever a reload does meanwhile.
         pipeline, self.release = handler.generations.lease()
@@ -445,25 +449,12 @@ def read_secret(settings: Settings) -> str:
     return secret
 
 
-#: aiosmtpd's warning for every connection of ours: AUTH without TLS is by design here
-#: (loopback or a unix socket, and the secret is the MTA's, not a customer's).
-_PLAIN_AUTH_WARNING = "auth_required == True but auth_require_tls == False"
-
-
-def _not_plain_auth_warning(record: logging.LogRecord) -> bool:
-    return record.msg != _PLAIN_AUTH_WARNING
-
-
 def quiet_aiosmtpd() -> None:
     """aiosmtpd logs every connection, its AUTH mechanisms and each command at INFO
     (a tenth of the proxy's CPU per message), all of which the MTA logs already: only
-    its warnings, unless the operator asked for debug lines, and without the one it
-    writes for every connection."""
-    mail_log = logging.getLogger("mail.log")
+    its warnings, unless the operator asked for debug lines."""
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        mail_log.setLevel(logging.WARNING)
-    if _not_plain_auth_warning not in mail_log.filters:
-        mail_log.addFilter(_not_plain_auth_warning)
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 async def serve(
