@@ -307,6 +307,9 @@ class ProxyHandler:
         responses: list[str],
     ) -> list[str]:  # fmt: skip
         session.host_name = hostname
+        # No PIPELINING: with it Exim's transport sends QUIT and its FIN right behind
+        # the final dot, and aiosmtpd 1.4 drops a session at the client's FIN, before
+        # the reply to the dot (the message would only wait in Exim's queue).
         extra = ["250-DSN"]
         if self.postfix_mode:
             extra.append("250-XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT")
