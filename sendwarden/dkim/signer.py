@@ -103,20 +103,8 @@ def dkim_signature(
 ) -> str:
     """The DKIM-Signature header value (folded with LF, as libmilter wants) over
     ``headers`` as the milter saw them and a precomputed relaxed body hash."""
-    present = [name.lower() for name, _ in headers if name.lower() in SIGNED_HEADERS]
-    include = [*present, *(name for name in OVERSIGNED_HEADERS if name in present)]
-    signed = tuple(name.encode("ascii") for name in include)
-    fields = [
-        (b"v", b"1"),
-        (b"a", ALGORITHM),
-        (b"c", b"/".join(CANONICALIZATION)),
-        (b"d", key.domain.encode("ascii")),
-        (b"s", key.selector.encode("ascii")),
-        (b"t", str(timestamp).encode("ascii")),
-        (b"h", b" : ".join(signed)),
-        (b"bh", base64.b64encode(body_hash)),
-        (b"b", b"0" * 60),  # placeholder: dkimpy puts b= on its own line, then fills it
-    ]
+    signed = signed_names(headers)
+    fields = signature_fields(key, timestamp, signed, body_hash)
     # dkimpy's DKIM.gen_header, with the RSA step done by OpenSSL (through
     # cryptography): dkimpy's pure-Python RSA took ~2/3 of the milter's CPU per message.
     value = dkim.fold(b"; ".join(b"=".join(x) for x in fields), namelen=_NAME_LEN)
@@ -125,6 +113,31 @@ def dkim_signature(
     fields[-1] = (b"b", base64.b64encode(rsa))
     value = bytes(dkim.fold(b"; ".join(b"=".join(x) for x in fields), namelen=_NAME_LEN))
     return value.strip().replace(b"\r\n", b"\n").decode("ascii")
+
+
+def signed_names(headers: Sequence[tuple[str, str]]) -> tuple[bytes, ...]:
+    """The h= list: the signed headers present, bottom-most first, From once more."""
+    present = [name.lower() for name, _ in headers if name.lower() in SIGNED_HEADERS]
+    include = [*present, *(name for name in OVERSIGNED_HEADERS if name in present)]
+    return tuple(name.encode("ascii") for name in include)
+
+
+def signature_fields(
+    key: SigningKey, timestamp: int, signed: Sequence[bytes], body_hash: bytes
+) -> list[tuple[bytes, bytes]]:
+    """The signature's tags, ``b=`` a placeholder (dkimpy puts it on its own line,
+    then fills it)."""
+    return [
+        (b"v", b"1"),
+        (b"a", ALGORITHM),
+        (b"c", b"/".join(CANONICALIZATION)),
+        (b"d", key.domain.encode("ascii")),
+        (b"s", key.selector.encode("ascii")),
+        (b"t", str(timestamp).encode("ascii")),
+        (b"h", b" : ".join(signed)),
+        (b"bh", base64.b64encode(body_hash)),
+        (b"b", b"0" * 60),
+    ]
 
 
 def header_hash(

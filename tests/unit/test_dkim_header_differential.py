@@ -24,14 +24,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sendwarden.dkim.signer import (
-    ALGORITHM,
-    CANONICALIZATION,
     HEADER_NAME,
-    OVERSIGNED_HEADERS,
     SIGNED_HEADERS,
     SigningKey,
     dkim_signature,
     header_hash,
+    signature_fields,
+    signed_names,
 )
 from tests.unit.test_dkim_signer import KEYS
 
@@ -65,21 +64,10 @@ def dkimpy_header_hash(
 def dkimpy_signature(
     headers: Sequence[tuple[str, str]], body_hash: bytes, key: SigningKey, timestamp: int
 ) -> str:
-    """The signer's ``dkim_signature`` as it was, on dkimpy's canonicalization."""
-    present = [name.lower() for name, _ in headers if name.lower() in SIGNED_HEADERS]
-    include = [*present, *(name for name in OVERSIGNED_HEADERS if name in present)]
-    signed = tuple(name.encode("ascii") for name in include)
-    fields = [
-        (b"v", b"1"),
-        (b"a", ALGORITHM),
-        (b"c", b"/".join(CANONICALIZATION)),
-        (b"d", key.domain.encode("ascii")),
-        (b"s", key.selector.encode("ascii")),
-        (b"t", str(timestamp).encode("ascii")),
-        (b"h", b" : ".join(signed)),
-        (b"bh", base64.b64encode(body_hash)),
-        (b"b", b"0" * 60),
-    ]
+    """The signer's ``dkim_signature`` as it was, on dkimpy's canonicalization (the
+    tags are built alike: that is not what this test compares)."""
+    signed = signed_names(headers)
+    fields = signature_fields(key, timestamp, signed, body_hash)
     value = dkim.fold(b"; ".join(b"=".join(x) for x in fields), namelen=len(HEADER_NAME))
     signature_header = b" " + dkim.RE_BTAG.sub(b"\\1", value)
     digest = dkimpy_header_hash(headers, signed, signature_header)
