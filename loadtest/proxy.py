@@ -4,6 +4,7 @@ proxy as ``smtpd_proxy_filter``; 1 and 10 SMTP sessions; one run, configurations
 interleaved and repeated, the best of each printed with its ratio to its baseline.
 
     .venv/bin/python -m loadtest.proxy [--messages 200] [--rounds 2] [--client smtp-source]
+                                       [--sessions 1 10] [--mta exim postfix]
 
 Rates are end to end: the client's first connection until the sink has every message
 (Exim accepts first and delivers after, through the proxy and its return port). Needs
@@ -90,7 +91,10 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--client", choices=("mta", "smtp-source"), default="mta")
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 10])
+    parser.add_argument("--mta", choices=("exim", "postfix"), nargs="+",
+                        default=["exim", "postfix"], help="the rows to run")  # fmt: skip
     args = parser.parse_args(list(argv))
+    configs = [config for config in CONFIGS if config[0].split()[0] in args.mta]
     load = os.getloadavg()[0]
     print(f"{args.messages} messages of 2 KB per run, one message per connection, "
           f"client {args.client}, best of {args.rounds} interleaved rounds; "
@@ -98,12 +102,12 @@ def main(argv: Sequence[str]) -> None:
     best: dict[tuple[str, int], float] = {}
     for _ in range(args.rounds):
         for sessions in args.sessions:
-            for label, _, kwargs in CONFIGS:
+            for label, _, kwargs in configs:
                 rate = run_once(kwargs, args.messages, sessions, args.client)
                 best[label, sessions] = max(best.get((label, sessions), 0.0), rate)
     print(f"{'configuration':30} {'sessions':>8} {'msg/s':>8} {'vs baseline':>12}")
     for sessions in args.sessions:
-        for label, baseline, _ in CONFIGS:
+        for label, baseline, _ in configs:
             rate = best[label, sessions]
             ratio = rate / best[baseline, sessions]
             print(f"{label:30} {sessions:8d} {rate:8.1f} {ratio:12.2f}")

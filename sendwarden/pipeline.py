@@ -76,6 +76,13 @@ class Pipeline:
         self.watched = frozenset(settings.policy.monitor_only)
         self.directory = directory or AccountDirectory(settings.accounts)
         self.needs_body = any(check.needs_body for check in self.checks)
+        # Per header, body chunk and recipient only the checks that act there are
+        # called (1 of 7 checks reads headers, 2 recipients): the others' hooks are
+        # Check's no-ops. Every check still runs at MAIL and end of message, so the
+        # decision record lists the same checks as passed.
+        self._header_checks = _acting(self.checks, "at_header")
+        self._body_checks = tuple(check for check in self.checks if check.needs_body)
+        self._rcpt_checks = _acting(self.checks, "at_rcpt")
         self.health = StoreHealth(log, "on_store_error decides until it is back")
 
     # -- transaction life cycle -------------------------------------------------
@@ -125,7 +132,11 @@ class Pipeline:
         if not txn.client.local_submission:
             started = time.perf_counter()
             verdict = self._run(
-                txn, "rcpt", lambda check: check.at_rcpt(txn, recipient), recipient
+                txn,
+                "rcpt",
+                lambda check: check.at_rcpt(txn, recipient),
+                recipient,
+                self._rcpt_checks,
             )
             if verdict.is_final:
                 self._decided(txn, "rcpt", verdict, recipient)
@@ -137,13 +148,12 @@ class Pipeline:
 
     def header(self, txn: Transaction, name: str, value: str) -> None:
         txn.headers.append((name, value))
-        for check in self.checks:
+        for check in self._header_checks:
             check.at_header(txn, name, value)
 
     def body(self, txn: Transaction, chunk: bytes) -> None:
-        for check in self.checks:
-            if check.needs_body:
-                check.at_body(txn, chunk)
+        for check in self._body_checks:
+            check.at_body(txn, chunk)
 
     def eom(self, txn: Transaction) -> Verdict:
         """End of message: the final verdict, after which checks commit or give back.
@@ -201,11 +211,12 @@ class Pipeline:
         stage: str,
         hook: Callable[[Check], Verdict | None],
         recipient: str | None = None,
+        checks: Sequence[Check] | None = None,
     ) -> Verdict:
         trace = self._trace(txn)
         with watching() as seen:  # once per stage, not per check: it is on every RCPT
             try:
-                for check in self.checks:
+                for check in self.checks if checks is None else checks:
                     try:
                         verdict = hook(check)
                     except StoreError as error:
@@ -316,6 +327,13 @@ class Pipeline:
     def close(self) -> None:
         for check in self.checks:
             check.close()
+
+
+def _acting(checks: Sequence[Check], hook: str) -> tuple[Check, ...]:
+    """The checks whose class does something at ``hook`` (not Check's no-op)."""
+    return tuple(
+        check for check in checks if getattr(type(check), hook) is not getattr(Check, hook)
+    )
 
 
 def _timed(stage: str, started: float) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from typing import Any
@@ -32,10 +31,12 @@ def run(args: argparse.Namespace) -> int:
     from sendwarden.directory.build import start_early
 
     start_early(settings.directory)  # the directory is read while the rest starts
+    import uvloop  # libuv's event loop, in C: less CPU per message than asyncio's
+
     from sendwarden.proxy.server import serve  # imports aiosmtpd only when needed
 
     try:
-        asyncio.run(serve(settings, config_path=args.config))
+        uvloop.run(serve(settings, config_path=args.config))
     except (OSError, ValueError) as error:
         print(f"sendwarden proxy: {error}", file=sys.stderr)
         return 1

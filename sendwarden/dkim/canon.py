@@ -41,7 +41,7 @@ class RelaxedBodyHash:
         tail = self._carry
         if tail or self._line_started:
             # A last line without a line end still gets one (dkimpy adds CRLF).
-            self._hash.update(CRLF * self._empty_lines + _compress(tail) + CRLF)
+            self._hash.update(CRLF * self._empty_lines + compress_blanks(tail) + CRLF)
         self._carry, self._empty_lines, self._line_started = b"", 0, False
         return self._hash.digest()
 
@@ -71,7 +71,7 @@ class RelaxedBodyHash:
         if not self._line_started:
             self._hash.update(CRLF * self._empty_lines)
             self._empty_lines = 0
-        self._hash.update(_compress(self._carry[:start]))
+        self._hash.update(compress_blanks(self._carry[:start]))
         self._carry = self._carry[start:]
         self._line_started = True
 
@@ -82,12 +82,12 @@ def _canonical_lines(complete: bytes) -> bytes:
     and ``translate`` a few; and most bodies (base64 above all) need no change at all."""
     if complete.count(b"\n") != complete.count(CRLF):
         complete = _BARE_LF.sub(CRLF, complete)  # rare: bare LFs become line ends
-    complete = _compress(complete)
+    complete = compress_blanks(complete)
     # After compression a line's trailing blanks are one space: drop it.
     return complete.replace(b" \r\n", CRLF) if b" \r\n" in complete else complete
 
 
-def _compress(data: bytes) -> bytes:
+def compress_blanks(data: bytes) -> bytes:
     """Every run of blanks (spaces, tabs) becomes one space."""
     if b"\t" in data:
         data = data.translate(_TAB_TO_SPACE)

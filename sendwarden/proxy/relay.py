@@ -106,15 +106,11 @@ class Relay:
 
     def _send_once(self, message: Outgoing) -> str:
         client = self._connect()
-        code, text = client.mail(message.mail_from, self._supported(client, message.mail_params))
+        (code, text), replies = self._envelope(client, message)
         if code != 250:
             client.rset()
             return _line(code, text)
-        refusals: list[tuple[int, bytes]] = []
-        for recipient, params in message.recipients:
-            code, text = client.rcpt(recipient, self._supported(client, params))
-            if code not in (250, 251):
-                refusals.append((code, text))
+        refusals = [(code, text) for code, text in replies if code not in (250, 251)]
         if refusals:
             # One reply covers every recipient after DATA: any refused recipient makes
             # the whole message wait (4xx) or fail (5xx, only when all failed for good).
@@ -127,6 +123,30 @@ class Relay:
             return _line(code, text)
         code, text = client.data(message.data)
         return _line(code, text)
+
+    def _envelope(
+        self, client: smtplib.SMTP, message: Outgoing
+    ) -> tuple[tuple[int, bytes], list[tuple[int, bytes]]]:
+        """The replies to MAIL and to each RCPT (none when MAIL was refused). Sent
+        together when the next hop announced PIPELINING (RFC 2920; Exim and Postfix
+        do): one round trip instead of one per command."""
+        mail_params = self._supported(client, message.mail_params)
+        recipients = [(rcpt, self._supported(client, params))
+                      for rcpt, params in message.recipients]  # fmt: skip
+        if not client.has_extn("pipelining"):
+            mail = client.mail(message.mail_from, mail_params)
+            if mail[0] != 250:
+                return mail, []
+            return mail, [client.rcpt(rcpt, params) for rcpt, params in recipients]
+        if any(param.upper() == "SMTPUTF8" for param in mail_params):
+            client.command_encoding = "utf-8"  # as smtplib's mail() does
+        commands = [f"MAIL FROM:{smtplib.quoteaddr(message.mail_from)}{_options(mail_params)}"]
+        commands += [f"RCPT TO:{smtplib.quoteaddr(rcpt)}{_options(params)}"
+                     for rcpt, params in recipients]  # fmt: skip
+        client.send("".join(f"{command}\r\n" for command in commands))
+        mail = client.getreply()
+        replies = [client.getreply() for _ in recipients]  # 503s when MAIL was refused
+        return mail, replies if mail[0] == 250 else []
 
     @staticmethod
     def _supported(client: smtplib.SMTP, params: Sequence[str]) -> list[str]:
@@ -205,6 +225,10 @@ class RelayPool:
         with self._lock:
             self._closed = True
         self.close_idle(older_than=-1.0)
+
+
+def _options(params: Sequence[str]) -> str:
+    return "".join(f" {param}" for param in params)
 
 
 def _line(code: int, text: bytes | str) -> str:

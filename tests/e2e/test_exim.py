@@ -90,13 +90,25 @@ def test_a_customers_own_auth_parameter_is_not_believed(rig: Rig) -> None:
     assert record["account"] == "acme"
 
 
-def test_unauthenticated_relay_gets_554_at_rcpt_from_the_policy_socket(rig: Rig) -> None:
-    # Exim's RCPT ACL asks the proxy's policy socket while the client waits.
+RELAY_DENIED = b"5.7.1 Relaying denied: bob@remote.example is not a domain hosted"
+
+
+def test_unauthenticated_relay_gets_554_at_rcpt(rig: Rig) -> None:
+    # The first non-local recipient is cut through: the proxy's RCPT reply is the client's.
     with rig.smtp() as client, pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
         client.sendmail("someone@elsewhere.example", ["bob@remote.example"], message())
     code, text = refused.value.recipients["bob@remote.example"]
     assert code == 554
-    assert text.startswith(b"5.7.1 Relaying denied: bob@remote.example is not a domain hosted")
+    assert text.startswith(RELAY_DENIED)
+    # After a local recipient nothing is cut through: Exim's RCPT ACL asks the proxy's
+    # policy socket while the client waits, and its reply is the same.
+    with rig.smtp() as client:
+        client.mail("someone@elsewhere.example")
+        assert client.rcpt("postmaster@hosting.example")[0] == 250
+        code, text = client.rcpt("bob@remote.example")
+        client.rset()
+    assert code == 554
+    assert text.startswith(RELAY_DENIED)
     received = [line for line in exim_of(rig).log().splitlines() if " <= " in line]
     assert not [line for line in received if "someone@elsewhere.example" in line]  # not queued
 
@@ -117,8 +129,19 @@ def test_without_the_policy_socket_a_refusal_is_a_bounce_with_the_same_text(
     make_rig: Callable[..., Rig],
 ) -> None:
     rig = make_rig(**EXIM_RIG, config_extra={"proxy": {"policy_listen": ""}})
-    with rig.smtp() as client:  # no answer: Exim accepts, the proxy refuses at delivery
+    # A cut-through recipient does not need the policy socket: the proxy refuses it.
+    with rig.smtp() as client, pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
         client.sendmail("someone@elsewhere.example", ["bob@remote.example"], message())
+    code, text = refused.value.recipients["bob@remote.example"]
+    assert code == 554 and text.startswith(RELAY_DENIED)
+    # One that is not (after a local recipient) gets no answer from the socket: Exim
+    # accepts it, the proxy refuses it at delivery, and the sender gets a bounce.
+    with rig.smtp() as client:
+        refusals = client.sendmail(
+            "someone@elsewhere.example", ["postmaster@hosting.example", "bob@remote.example"],
+            message(),
+        )  # fmt: skip
+        assert refusals == {}
     bounce = bounce_to(rig, "someone@elsewhere.example")
     assert b"554 5.7.1 Relaying denied: bob@remote.example is not a domain hosted here" in (
         bounce.data.replace(b"\r\n ", b" ")

@@ -260,3 +260,21 @@ def test_no_decision_record_is_built_when_the_decision_log_is_off(
     assert pipeline.mail(txn).action is Action.CONTINUE
     assert pipeline.rcpt(txn, "bob@remote.example").action is Action.REJECT
     assert seen == [("rcpt", "reject")]
+
+
+def test_only_the_checks_that_act_per_recipient_or_header_are_called_there(
+    decisions: list[dict[str, object]],
+) -> None:
+    """The suspension check has no recipient or header hook: it is not called per
+    recipient or header, and the decision record still lists it as passed (it ran,
+    with every other check, at MAIL)."""
+    pipeline, _, _ = build()
+    assert [check.name for check in pipeline._rcpt_checks] == ["relay", "recorder"]
+    assert pipeline._header_checks == () and pipeline._body_checks == ()
+    txn = pipeline.begin(REMOTE, login=None, mail_from="x@elsewhere.example")
+    pipeline.mail(txn)
+    pipeline.header(txn, "Subject", "hello")
+    assert txn.headers == [("Subject", "hello")]
+    assert pipeline.rcpt(txn, "bob@remote.example").reply().startswith("554 5.7.1")
+    assert decisions[0]["hits"] == ["relay"]
+    assert decisions[0]["passed"] == ["suspended", "recorder"]

@@ -212,3 +212,85 @@ def test_relay_pool_shares_next_hop_connections_up_to_exims_per_connection_limit
         assert pool.acquire().connected is False  # nothing idle kept after close
     finally:
         sink.stop()
+
+
+def test_relay_pipelines_the_envelope_to_a_pipelining_next_hop_and_keeps_its_replies() -> None:
+    """Against an SMTP server that announces PIPELINING (as Exim's return port and
+    Postfix's reinjection smtpd do): MAIL and the RCPTs go in one write, and the
+    replies still decide as one by one: a refused MAIL is the message's reply, one
+    refused recipient of two makes the message wait (nothing is delivered), and the
+    connection goes on with the next message."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP, Envelope, Session
+
+    from sendwarden.proxy.relay import NextHop, Outgoing, Relay
+    from tests.support.ports import free_port
+
+    class Handler:
+        def __init__(self) -> None:
+            self.delivered: list[tuple[str, list[str], list[str]]] = []  # MAIL, RCPTs, options
+            self.pipelined = False
+
+        async def handle_EHLO(
+            self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+            responses: list[str],
+        ) -> list[str]:  # fmt: skip
+            session.host_name = hostname
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+        async def handle_MAIL(
+            self, server: SMTP, session: Session, envelope: Envelope, address: str,
+            options: list[str],
+        ) -> str:  # fmt: skip
+            # The RCPTs are already waiting when MAIL is read: sent in one write.
+            self.pipelined = b"RCPT TO:" in bytes(server._reader._buffer)  # type: ignore[attr-defined]
+            if address.startswith("bad@"):
+                return "550 5.7.1 sender refused here"
+            envelope.mail_from, envelope.mail_options = address, options
+            return "250 OK"
+
+        async def handle_RCPT(
+            self, server: SMTP, session: Session, envelope: Envelope, address: str,
+            options: list[str],
+        ) -> str:  # fmt: skip
+            if address.startswith("nobody@"):
+                return "550 5.1.1 no such user"
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+        async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+            self.delivered.append(
+                (str(envelope.mail_from), list(envelope.rcpt_tos), list(envelope.mail_options))
+            )
+            return "250 2.0.0 queued"
+
+    handler = Handler()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    relay = Relay(NextHop("127.0.0.1", controller.port, timeout=10))
+    data = b"Subject: s\r\n\r\nbody\r\n"
+    try:
+        two = [("a@x.example", []), ("b@x.example", [])]
+        assert relay.send(Outgoing("s@acme.example", ["BODY=8BITMIME"], two, data)).startswith(
+            "250"
+        )
+        assert handler.pipelined
+        assert handler.delivered == [("s@acme.example", ["a@x.example", "b@x.example"],
+                                      ["BODY=8BITMIME"])]  # fmt: skip
+        refused = Outgoing("bad@acme.example", [], [("a@x.example", [])], data)
+        assert relay.send(refused) == "550 5.7.1 sender refused here"
+        half = [("a@x.example", []), ("nobody@x.example", [])]
+        reply = relay.send(Outgoing("s@acme.example", [], half, data))
+        assert reply.startswith("451") and "no such user" in reply
+        none = [("nobody@x.example", [])]
+        assert relay.send(Outgoing("s@acme.example", [], none, data)).startswith("550 5.1.1")
+        assert relay.send(Outgoing("s@acme.example", [], [("c@x.example", [])], data)).startswith(
+            "250"
+        )
+        assert [rcpts for _, rcpts, _ in handler.delivered] == [
+            ["a@x.example", "b@x.example"], ["c@x.example"],
+        ]  # fmt: skip
+        assert relay.sent == 5  # all on one connection
+    finally:
+        relay.close()
+        controller.stop()
