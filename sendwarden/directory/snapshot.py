@@ -676,15 +676,12 @@ class Snapshot:
         if row is None:
             return None
         index, src, place, limit, allowed, domains, logins, uids = row
-        return AccountRecord(
-            id=account_id,
-            origin=self._origin(src, place),
-            also=self._also(index),
-            domains=_split(domains),
-            logins=_split(logins),
-            uids=tuple(int(uid) for uid in _split(uids)),
-            recipients_per_hour=None if limit is None else int(str(limit)),
-            allow_subdomains=None if allowed is None else bool(allowed),
+        return self._record(
+            account_id,
+            (src, place, index),
+            (domains, logins, uids),
+            None if limit is None else int(str(limit)),
+            None if allowed is None else bool(allowed),
         )
 
     def _paged_record(self, account_id: str) -> AccountRecord | None:
@@ -704,15 +701,35 @@ class Snapshot:
             _text_at(text, lengths, at)
             for text, lengths in zip(texts[::2], texts[1::2], strict=True)
         )
+        return self._record(
+            account_id,
+            (src, place, account_id),
+            (domains, logins, uids),
+            limit or None,
+            _FROM_TRISTATE[allowed[at]],
+        )
+
+    def _record(
+        self,
+        account_id: str,
+        where: tuple[object, object, object],
+        owned: tuple[object, object, object],
+        limit: int | None,
+        allowed: bool | None,
+    ) -> AccountRecord:
+        """``where``: its source, place, and what the also table names it by;
+        ``owned``: its domains, logins and uids, one a line."""
+        src, place, also = where
+        domains, logins, uids = owned
         return AccountRecord(
             id=account_id,
             origin=self._origin(src, place),
-            also=self._also(account_id),
+            also=self._also(also),
             domains=_split(domains),
             logins=_split(logins),
             uids=tuple(int(uid) for uid in _split(uids)),
-            recipients_per_hour=limit or None,
-            allow_subdomains=_FROM_TRISTATE[allowed[at]],
+            recipients_per_hour=limit,
+            allow_subdomains=allowed,
         )
 
     def _also(self, account: object) -> tuple[Origin, ...]:
