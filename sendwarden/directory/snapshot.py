@@ -32,7 +32,7 @@ from itertools import count, repeat
 from pathlib import Path
 from typing import Any
 
-from sendwarden.directory.sources import SourceData, SourceError, check_account_id
+from sendwarden.directory.sources import SourceData, SourceError, check_account_id, claim_columns
 from sendwarden.policy.rendering import domain_skeletons
 
 SCHEMA = """
@@ -227,12 +227,12 @@ def write_snapshot(
             ("uid", data.uids),
         ):
             if claimed:
-                keys, names, places = zip(*claimed, strict=True)
+                keys, names, places = claim_columns(claimed)
                 claims[kind].claim_all(
                     list(zip(keys, map(index_of, names), repeat(src), places, strict=False))
                 )
         if data.logins:
-            shown, names, places = zip(*data.logins, strict=True)
+            shown, names, places = claim_columns(data.logins)
             claims["login"].claim_all(
                 list(
                     zip(

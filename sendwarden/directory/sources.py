@@ -7,9 +7,11 @@ import operator
 import os
 import pwd
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, count
 from pathlib import Path
+from typing import Any, overload
 
 from sendwarden.addresses import normalise_domain
 
@@ -43,8 +45,8 @@ class SourceData:
     label: str  # the file, or the database without its password
     where: str = LINE
     accounts: dict[str, int] = field(default_factory=dict)  # id -> first line/row
-    domains: list[tuple[str, str, int]] = field(default_factory=list)
-    logins: list[tuple[str, str, int]] = field(default_factory=list)
+    domains: Sequence[tuple[str, str, int]] = field(default_factory=list)
+    logins: Sequence[tuple[str, str, int]] = field(default_factory=list)
     system_users: list[tuple[str, str, int]] = field(default_factory=list)  # Unix user name
     uids: list[tuple[int, str, int]] = field(default_factory=list)
     limits: dict[str, int] = field(default_factory=dict)
@@ -53,6 +55,57 @@ class SourceData:
 
     def account(self, account_id: str, place: int) -> None:
         self.accounts.setdefault(account_id, place)
+
+
+class ClaimColumns(Sequence[tuple[str, str, int]]):
+    """Claims kept as the three columns the column-by-column SQL reading finds them in
+    (identities, account ids, rows): the merge takes the columns as they are, rather
+    than a tuple made for each claim only to be taken apart again (a fifth of a second
+    at 750,000 rows). Reads as the list of ``(identity, account, place)`` it stands for."""
+
+    __slots__ = ("accounts", "identities", "places")
+
+    def __init__(self, identities: list[str], accounts: list[str], places: list[int]) -> None:
+        if not len(identities) == len(accounts) == len(places):
+            raise ValueError("claim columns of different lengths")
+        self.identities = identities
+        self.accounts = accounts
+        self.places = places
+
+    def __len__(self) -> int:
+        return len(self.places)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, str, int]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[str, str, int]]: ...
+    def __getitem__(self, index: int | slice) -> tuple[str, str, int] | list[tuple[str, str, int]]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        return self.identities[index], self.accounts[index], self.places[index]
+
+    def __iter__(self) -> Iterator[tuple[str, str, int]]:
+        return zip(self.identities, self.accounts, self.places, strict=True)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"ClaimColumns({list(self)!r})"
+
+
+def claim_columns(
+    claimed: Sequence[tuple[Any, str, int]],
+) -> tuple[Sequence[Any], Sequence[str], Sequence[int]]:
+    """A source's claims as three columns: identities, account ids, places."""
+    if isinstance(claimed, ClaimColumns):
+        return claimed.identities, claimed.accounts, claimed.places
+    if not claimed:
+        return (), (), ()
+    identities, accounts, places = zip(*claimed, strict=True)
+    return identities, accounts, places
 
 
 def check_account_id(text: str) -> str:

@@ -24,6 +24,7 @@ from sendwarden.directory.sources import (
     _PLAIN_DOMAIN,
     _PLAIN_ID,
     ROW,
+    ClaimColumns,
     SourceData,
     SourceError,
     _domain,
@@ -126,6 +127,8 @@ def rows_one_by_one(
     i_limit = position.get("recipients_per_hour")
     i_sub = position.get("allow_subdomains")
     data = SourceData("sql", label, ROW)
+    domains: list[tuple[str, str, int]] = []
+    logins: list[tuple[str, str, int]] = []
     problems: list[str] = []
     for number, row in enumerate(rows, start=1):
         try:
@@ -135,12 +138,12 @@ def rows_one_by_one(
             account = check_account_id(str(raw_account))
             data.account(account, number)
             if i_domain is not None and (value := row[i_domain]) is not None:
-                data.domains.append((_domain(str(value)), account, number))
+                domains.append((_domain(str(value)), account, number))
             if i_login is not None and (value := row[i_login]) is not None:
                 login = str(value).strip()
                 if not login:
                     raise ValueError("empty login")
-                data.logins.append((login, account, number))
+                logins.append((login, account, number))
             if i_user is not None and (value := row[i_user]) is not None:
                 data.system_users.append((str(value).strip(), account, number))
             if i_uid is not None and (value := row[i_uid]) is not None:
@@ -153,6 +156,8 @@ def rows_one_by_one(
             problems.append(f"row {number}: {error}")
     if problems:
         raise problems_error(label, problems, ROW)
+    data.domains = domains
+    data.logins = logins
     return data
 
 
@@ -180,13 +185,14 @@ def _plain_rows(
     numbers = range(1, len(rows) + 1)
     first_row: dict[Any, int] = {}  # each account's first row, in the order of the rows
     data = SourceData("sql", label, ROW)
+    columns: dict[str, ClaimColumns] = {}
     try:
         deque(map(first_row.setdefault, accounts, numbers), maxlen=0)  # (TypeError: unhashable)
         if not _PLAIN_IDS.fullmatch("\n".join(first_row)):
             return None
-        for index, pattern, claims in (
-            (i_domain, _PLAIN_DOMAINS, data.domains),
-            (i_login, None, data.logins),
+        for kind, index, pattern in (
+            ("domains", i_domain, _PLAIN_DOMAINS),
+            ("logins", i_login, None),
         ):
             if index is None:
                 continue
@@ -197,9 +203,13 @@ def _plain_rows(
                 return None  # (join raises TypeError for a value that is not text)
             if pattern is None and not _stripped(present):
                 return None
-            claims += compress(zip(values, accounts, numbers, strict=True), given)
+            columns[kind] = ClaimColumns(
+                present, list(compress(accounts, given)), list(compress(numbers, given))
+            )
     except TypeError:
         return None
+    data.domains = columns.get("domains", [])
+    data.logins = columns.get("logins", [])
     data.accounts = first_row
     return data
 

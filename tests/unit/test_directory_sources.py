@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sendwarden.directory.snapshot import Snapshot, write_snapshot
 from sendwarden.directory.sources import (
+    ClaimColumns,
     SourceData,
     SourceError,
     check_account_id,
@@ -244,6 +248,67 @@ def test_plain_sql_rows_read_column_by_column() -> None:
     assert data.domains == [("acme.example", "acme", 1)]
     assert data.logins == [("alice", "acme", 2), ("bob", "globex", 3)]
     assert data.accounts == {"acme": 1, "globex": 3}
+    # Kept as the columns they were read in, for the merge to take as they are.
+    assert isinstance(data.domains, ClaimColumns) and isinstance(data.logins, ClaimColumns)
+    assert data.logins[1] == ("bob", "globex", 3) and data.logins[:1] == [("alice", "acme", 2)]
+    assert data.logins.accounts == ["acme", "globex"] and data.logins.places == [2, 3]
+
+
+@given(
+    map_claims=st.lists(
+        st.tuples(st.sampled_from(["site1.example", "acme.example"]), _PLAIN_SQL_VALUES),
+        max_size=3,
+    ),
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["acme", "globex", "initech"]),
+            st.sampled_from([None, "site1.example", "acme.example", "b.example"]),
+            st.one_of(
+                st.sampled_from([None, "alice@site1.example", "Alice@Site1.example", "ftp7"]),
+                _SQL_VALUES,
+            ),
+        ),
+        max_size=8,
+    ),
+)
+def test_the_merge_of_sql_columns_is_the_merge_of_rows(
+    tmp_path_factory: pytest.TempPathFactory,
+    map_claims: list[tuple[str, object]],
+    rows: list[tuple[object, ...]],
+) -> None:
+    """Whether the SQL rows were read into columns or one by one, the snapshot behind a
+    map file that comes first is the same: owners, conflicts, records, places."""
+    lines = "".join(f"{domain}: {account}\n" for domain, account in map_claims if account)
+    columns = ["account", "domain", "login"]
+    try:
+        slow = rows_one_by_one("sql", columns, rows)
+    except SourceError:
+        return  # the same error either way: test_the_column_by_column_sql_reading_...
+    fast = rows_to_data("sql", columns, rows)
+    tmp = tmp_path_factory.mktemp("merge")
+    snapshots = []
+    for name, sql in (("fast.db", fast), ("slow.db", slow)):
+        write_snapshot(tmp / name, [parse_domain_map(lines, "map"), sql])
+        snapshots.append(Snapshot(tmp / name))
+    assert _contents(snapshots[0], rows) == _contents(snapshots[1], rows)
+
+
+def _contents(snapshot: Snapshot, rows: list[tuple[object, ...]]) -> object:
+    keys = {str(value) for row in rows for value in row[1:] if value is not None}
+    keys |= {"site1.example", "acme.example", "alice@site1.example"}
+    try:
+        return (
+            snapshot.counts(),
+            snapshot.conflicts(),
+            [snapshot.record(account) for account in snapshot.account_ids()],
+            [
+                (snapshot.owner(kind, key), snapshot.origin_of(kind, key))
+                for kind in ("domain", "login")
+                for key in sorted(keys)
+            ],
+        )
+    finally:
+        snapshot.close()
 
 
 @pytest.mark.parametrize("odd", ["", " ", "a ", " a", "a\u00a0", "\u2003a", "a\nb", "\n", "a\x1c"])
