@@ -1,5 +1,5 @@
 """Reading every source and writing a snapshot: in-process for the CLI, and as a child
-process for the milter (``python -m sendwarden.directory.build``, the settings as JSON
+process for the milter (``python -m sendwarden.directory.child``, the settings as JSON
 on stdin, the report as JSON on stdout), so the milter's interpreter never runs it."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -25,25 +24,23 @@ from typing import Any
 from sendwarden.config import DirectorySettings
 from sendwarden.directory.snapshot import BuildReport, Conflict, Snapshot, write_snapshot
 from sendwarden.directory.sources import SourceData, SourceError, read_domain_map, read_system_users
-from sendwarden.directory.sql import read_sql
+from sendwarden.directory.sql import read_sql, sql_password
 
 log = logging.getLogger(__name__)
 
 
-def read_sources(settings: DirectorySettings) -> list[SourceData]:
-    """Each configured file and query, read whole and validated (SourceError if not)."""
+def read_sources(
+    settings: DirectorySettings, sql: Callable[[], SourceData] | None = None
+) -> list[SourceData]:
+    """Each configured file and query, read whole and validated (SourceError if not).
+    ``sql``: the query already sent (:func:`start_sql`), for its rows."""
     sources = []
     if settings.domain_map:
         sources.append(read_domain_map(settings.domain_map))
-    if settings.sql_url:
-        password = None
-        if settings.sql_password_file:
-            try:
-                password = Path(settings.sql_password_file).read_text().strip()
-            except OSError as error:
-                raise SourceError(
-                    f"directory.sql_password_file {settings.sql_password_file}: {error.strerror}"
-                ) from None
+    if settings.sql_url and sql is not None:
+        sources.append(sql())
+    elif settings.sql_url:
+        password = sql_password(settings.sql_password_file)
         sources.append(
             read_sql(
                 settings.sql_url,
@@ -71,12 +68,14 @@ def build(
     out: str | Path,
     previous: str | Path | None = None,
     written: Callable[[BuildReport], None] | None = None,
+    sql: Callable[[], SourceData] | None = None,
 ) -> BuildReport:
     """Read the sources and write the snapshot ``out``; SourceError leaves no file.
     ``written`` is given the report as soon as the file is in place (see
-    :func:`write_snapshot`)."""
+    :func:`write_snapshot`); ``sql`` is the query already sent, as for
+    :func:`read_sources`."""
     with _no_cycle_collection():
-        sources = read_sources(settings)
+        sources = read_sources(settings, sql)
         users = read_system_users() if settings.system_users else None
         before = Snapshot(previous) if previous else None
         try:
@@ -125,7 +124,7 @@ class BuildChild:
             "previous": previous and str(previous),
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sendwarden.directory.build"],
+            [sys.executable, "-m", "sendwarden.directory.child"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -282,33 +281,3 @@ def _report_from_json(document: dict[str, Any]) -> BuildReport:
         for c in document.pop("conflicts")
     ]
     return BuildReport(**document, conflicts=conflicts)
-
-
-def main() -> int:
-    with contextlib.suppress(OSError):
-        os.nice(10)  # the milter's decisions come first
-    # Stopped (a shutdown): unwind, so that what was half written is removed.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    request = json.loads(sys.stdin.readline())
-    settings = DirectorySettings(**request["settings"])
-    try:
-        report = build(settings, request["out"], request.get("previous"), written=_answer)
-    except SourceError as error:
-        print(json.dumps({"error": str(error)}))
-        return 1
-    _answer(report)
-    return 0
-
-
-def _answer(report: BuildReport) -> None:
-    """The report, to the milter; then exit at once, leaving the build's millions of
-    objects to the kernel: freeing them one by one takes a tenth of a second or more,
-    and the milter waits for this process to end."""
-    sys.stdout.write(json.dumps({"report": dataclasses.asdict(report)}) + "\n")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,8 +13,9 @@ from __future__ import annotations
 import operator
 import re
 import sqlite3
+import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import compress, repeat
 from pathlib import Path
 from typing import Any, Literal
@@ -75,12 +76,64 @@ def read_sql(
     url: str, query: str, *, password: str | None = None, timeout_ms: int = 30000
 ) -> SourceData:
     """Run the query and turn its rows into claims; SourceError names the bad rows."""
+    dialect, label = _checked(url, query)
+    return _claims_of(label, lambda: _RUNNERS[dialect](url, query, password, timeout_ms))
+
+
+def start_sql(
+    url: str, query: str, *, password: str | None = None, timeout_ms: int = 30000
+) -> Callable[[], SourceData]:
+    """The query sent now, in a thread, while the caller does something else (the
+    builder child imports its modules): the database works meanwhile. The function
+    returned waits for the rows and reads them as :func:`read_sql` does, with the
+    same errors, raised only then."""
+    try:
+        dialect, label = _checked(url, query)
+    except (ValueError, SourceError):
+        return lambda: read_sql(url, query, password=password, timeout_ms=timeout_ms)
+    outcome: list[Result | Exception] = []
+
+    def fetch() -> None:
+        try:
+            outcome.append(_RUNNERS[dialect](url, query, password, timeout_ms))
+        except Exception as error:  # raised in the caller's thread, by result()
+            outcome.append(error)
+
+    # A daemon: a build that fails first (on another source) does not wait for it.
+    thread = threading.Thread(target=fetch, name="sql source", daemon=True)
+    thread.start()
+
+    def result() -> Result:
+        thread.join()
+        if isinstance(outcome[0], Exception):
+            raise outcome[0]
+        return outcome[0]
+
+    return lambda: _claims_of(label, result)
+
+
+def sql_password(path: str) -> str | None:
+    """The password in ``directory.sql_password_file`` (None: no file is set)."""
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip()
+    except OSError as error:
+        raise SourceError(f"directory.sql_password_file {path}: {error.strerror}") from None
+
+
+def _checked(url: str, query: str) -> tuple[Dialect, str]:
+    """The dialect and the source's label (ValueError: a bad URL; SourceError: no query)."""
     dialect = parse_sql_url(url)
     label = f"sql {redacted(url)}"
     if not query.strip():
         raise SourceError(f"{label}: directory.sql_query is empty")
+    return dialect, label
+
+
+def _claims_of(label: str, rows_of: Callable[[], Result]) -> SourceData:
     try:
-        columns, rows = _RUNNERS[dialect](url, query, password, timeout_ms)
+        columns, rows = rows_of()
         return rows_to_data(label, columns, rows)
     except SourceError:
         raise

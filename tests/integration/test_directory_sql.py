@@ -3,6 +3,7 @@ MariaDB; and the Plesk example of docs/directory.md against Plesk's tables on Ma
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from sendwarden.config import settings_from_mapping
 from sendwarden.directory.explain import open_directory
 from sendwarden.directory.snapshot import Snapshot, write_snapshot
 from sendwarden.directory.sources import SourceError
-from sendwarden.directory.sql import read_sql
+from sendwarden.directory.sql import read_sql, start_sql
 from tests.support.mariadb import MariaDBServer
 from tests.support.postgres import PostgresServer
 
@@ -73,6 +74,32 @@ def table(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Table]:
     yield make
     for step in cleanup:
         step()
+
+
+@pytest.mark.parametrize("bad_row", [False, True])
+@pytest.mark.parametrize(
+    "query", [QUERY, "SELECT account, domian FROM directory", "SELEKT nothing", " ", "bad url"]
+)
+def test_a_query_sent_early_reads_as_one_sent_when_read(
+    table: Table, query: str, bad_row: bool
+) -> None:
+    """The builder child sends its query before its slow imports (start_sql): the rows,
+    or the error naming the bad ones, are read_sql's, and raised only when read."""
+    url = table(list(ROWS) + ([("{acme}", "x.example", None, None, None)] if bad_row else []))
+    fails = bad_row or query != QUERY
+    if query == "bad url":
+        url, query = "oracle://x/y", QUERY
+
+    def outcome(read: Callable[[], object]) -> object:
+        try:
+            data = read()
+        except (SourceError, ValueError) as error:
+            return type(error), str(error)
+        return dataclasses.astuple(data)  # type: ignore[call-overload]
+
+    early = start_sql(url, query)  # nothing raised yet, whatever is wrong
+    assert outcome(early) == outcome(lambda: read_sql(url, query))
+    assert (outcome(early)[0] in (SourceError, ValueError)) == fails  # type: ignore[index]
 
 
 def test_rows_become_accounts_with_domains_logins_and_settings(table: Table) -> None:
