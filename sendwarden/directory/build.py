@@ -67,9 +67,14 @@ def fingerprint(settings: DirectorySettings) -> str:
 
 
 def build(
-    settings: DirectorySettings, out: str | Path, previous: str | Path | None = None
+    settings: DirectorySettings,
+    out: str | Path,
+    previous: str | Path | None = None,
+    written: Callable[[BuildReport], None] | None = None,
 ) -> BuildReport:
-    """Read the sources and write the snapshot ``out``; SourceError leaves no file."""
+    """Read the sources and write the snapshot ``out``; SourceError leaves no file.
+    ``written`` is given the report as soon as the file is in place (see
+    :func:`write_snapshot`)."""
     with _no_cycle_collection():
         sources = read_sources(settings)
         users = read_system_users() if settings.system_users else None
@@ -82,6 +87,7 @@ def build(
                 previous=before,
                 max_shrink_percent=settings.max_shrink_percent,
                 fingerprint=fingerprint(settings),
+                written=written,
             )
         finally:
             if before is not None:
@@ -286,12 +292,22 @@ def main() -> int:
     request = json.loads(sys.stdin.readline())
     settings = DirectorySettings(**request["settings"])
     try:
-        report = build(settings, request["out"], request.get("previous"))
+        report = build(settings, request["out"], request.get("previous"), written=_answer)
     except SourceError as error:
         print(json.dumps({"error": str(error)}))
         return 1
-    print(json.dumps({"report": dataclasses.asdict(report)}))
+    _answer(report)
     return 0
+
+
+def _answer(report: BuildReport) -> None:
+    """The report, to the milter; then exit at once, leaving the build's millions of
+    objects to the kernel: freeing them one by one takes a tenth of a second or more,
+    and the milter waits for this process to end."""
+    sys.stdout.write(json.dumps({"report": dataclasses.asdict(report)}) + "\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

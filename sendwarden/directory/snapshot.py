@@ -22,11 +22,13 @@ from __future__ import annotations
 import operator
 import os
 import sqlite3
+import struct
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import count, repeat
 from pathlib import Path
 from typing import Any
 
@@ -34,25 +36,28 @@ from sendwarden.directory.sources import SourceData, SourceError, check_account_
 from sendwarden.policy.rendering import domain_skeletons
 
 SCHEMA = """
-CREATE TABLE logins (login TEXT PRIMARY KEY, account INTEGER NOT NULL, shown TEXT,
+CREATE TABLE logins (login TEXT PRIMARY KEY, account TEXT NOT NULL, shown TEXT,
     src INTEGER, place INTEGER) WITHOUT ROWID;
-CREATE TABLE looks (look TEXT PRIMARY KEY, account INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE looks (look TEXT PRIMARY KEY, account TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE sources (n INTEGER PRIMARY KEY, source TEXT, label TEXT, place_kind TEXT);
-CREATE TABLE accounts (idx INTEGER PRIMARY KEY, id TEXT NOT NULL, src INTEGER,
-    place INTEGER, recipients_per_hour INTEGER, allow_subdomains INTEGER,
-    domains TEXT, logins TEXT, uids TEXT);
-CREATE TABLE also (account INTEGER, src INTEGER, place INTEGER);
-CREATE TABLE domains (domain TEXT PRIMARY KEY, account INTEGER NOT NULL, src INTEGER,
+CREATE TABLE account_pages (page INTEGER PRIMARY KEY, first TEXT NOT NULL, ids TEXT,
+    idxs BLOB, srcs BLOB, places BLOB, limits BLOB, subdomains BLOB, domains TEXT,
+    domain_lengths BLOB, logins TEXT, login_lengths BLOB, uids TEXT, uid_lengths BLOB);
+CREATE TABLE also (account TEXT, src INTEGER, place INTEGER);
+CREATE TABLE domains (domain TEXT PRIMARY KEY, account TEXT NOT NULL, src INTEGER,
     place INTEGER) WITHOUT ROWID;
-CREATE TABLE uids (uid INTEGER PRIMARY KEY, account INTEGER NOT NULL, name TEXT,
+CREATE TABLE uids (uid INTEGER PRIMARY KEY, account TEXT NOT NULL, name TEXT,
     src INTEGER, place INTEGER);
-CREATE TABLE system_users (name TEXT PRIMARY KEY, account INTEGER NOT NULL, src INTEGER,
+CREATE TABLE system_users (name TEXT PRIMARY KEY, account TEXT NOT NULL, src INTEGER,
     place INTEGER) WITHOUT ROWID;
 CREATE TABLE conflicts (kind TEXT, key TEXT, claimants TEXT, kept TEXT);
+CREATE TABLE pages (kind TEXT, first TEXT, keys TEXT, accounts TEXT, srcs TEXT,
+    places TEXT, PRIMARY KEY (kind, first)) WITHOUT ROWID;
 """
-#: An account's domains, logins and uids are also kept on its own row (one line each),
-#: so building an account is one read, and no index on the big tables is needed.
+#: Every table names an account by its id (older versions: by its index in accounts).
+#: An account's domains, logins and uids are also kept with it (one line each), so
+#: building an account is one read, and no index on the big tables is needed.
 SEPARATOR = "\n"
 #: The snapshot of the system_users source (uids found in the password database).
 SYSTEM_USERS = "system_users"
@@ -137,7 +142,10 @@ class _Claims:
         usual case, at C speed), else one by one as :meth:`claim` does."""
         new = dict(zip(map(operator.itemgetter(0), rows), rows, strict=True))
         if len(new) == len(rows) and new.keys().isdisjoint(self.owner):
-            self.owner.update(new)
+            if self.owner:
+                self.owner.update(new)
+            else:
+                self.owner = new
             return
         for row in rows:
             self.claim(row)
@@ -174,9 +182,12 @@ def write_snapshot(
     previous: Snapshot | None = None,
     max_shrink_percent: int = 100,
     fingerprint: str = "",
+    written: Callable[[BuildReport], None] | None = None,
 ) -> BuildReport:
     """Merge ``sources`` (in precedence order) and the password database into a new
     snapshot file at ``path`` (written beside it, then renamed into place).
+    ``written`` is called with the report once the file is in place, before what the
+    build made is freed (the builder child answers in it and exits).
     Raises :class:`ShrinkRefused` when it would lose too much of ``previous``."""
     ids: list[str] = []
     by_id: dict[str, int] = {}
@@ -202,8 +213,13 @@ def write_snapshot(
     for src, data in enumerate(sources):
         source_rows.append((src, data.source, data.label, data.where))
         report.notes += [f"{data.label}: {note}" for note in data.notes]
-        for account_id, place in data.accounts.items():
-            account(account_id, src, place)
+        if by_id.keys().isdisjoint(data.accounts):  # all new (the first source): at once
+            by_id.update(zip(data.accounts, count(len(ids))))
+            ids += data.accounts
+            origin += zip(repeat(src), data.accounts.values())
+        else:
+            for account_id, place in data.accounts.items():
+                account(account_id, src, place)
         index_of = by_id.__getitem__
         for kind, claimed in (
             ("domain", data.domains),
@@ -220,7 +236,7 @@ def write_snapshot(
             claims["login"].claim_all(
                 list(
                     zip(
-                        map(str.casefold, shown),
+                        _casefolded(shown),
                         map(index_of, names),
                         shown,
                         repeat(src),
@@ -287,41 +303,68 @@ def write_snapshot(
         insert("INSERT INTO sources VALUES (?, ?, ?, ?)", source_rows)
         insert(
             "INSERT INTO meta VALUES (?, ?)",
-            [("fingerprint", fingerprint), ("built", str(time.time()))],
+            [
+                ("fingerprint", fingerprint),
+                ("built", str(time.time())),
+                *(
+                    (f"count {table}", str(count))
+                    for table, count in (
+                        ("accounts", report.accounts),
+                        ("domains", report.domains),
+                        ("logins", report.logins),
+                        ("uids", report.uids),
+                    )
+                ),
+            ],
         )
         every = range(len(ids))
         sources_of, places_of = zip(*origin, strict=True) if origin else ((), ())
+        by_name = sorted(every, key=ids.__getitem__)  # account pages are in id order
         insert(
-            "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            zip(  # column by column, no Python code per account (a bool is stored as 1/0)
-                every,
-                ids,
-                sources_of,
-                places_of,
-                map(limits.get, every),
-                map(subdomains.get, every),
-                *(
-                    map(SEPARATOR.join, map(owned[kind].get, every, repeat(())))
+            f"INSERT INTO account_pages VALUES ({', '.join('?' * 14)})",
+            _account_pages(
+                list(map(ids.__getitem__, by_name)),
+                [
+                    array("q", by_name),  # where the sources named it: account_ids()
+                    array("q", map(sources_of.__getitem__, by_name)),
+                    array("q", map(places_of.__getitem__, by_name)),
+                    array("q", map(limits.get, by_name, repeat(0))),  # 0: none given
+                    array("b", map(_TRISTATE.__getitem__, map(subdomains.get, by_name))),
+                ],
+                [
+                    list(map(SEPARATOR.join, map(owned[kind].get, by_name, repeat(()))))
                     for kind in ("domain", "login", "uid")
-                ),
-                strict=True,
+                ],
             ),
         )
-        # Indexes after the rows: one sort instead of an insert per row in random order.
-        connection.execute("CREATE UNIQUE INDEX accounts_id ON accounts (id)")
-        insert("INSERT INTO also VALUES (?, ?, ?)", also)
+        connection.execute("CREATE UNIQUE INDEX account_pages_first ON account_pages (first)")
+        insert("INSERT INTO also VALUES (?, ?, ?)", ((ids[i], s, p) for i, s, p in also))
         connection.execute("CREATE INDEX also_account ON also (account)")
-        insert("INSERT INTO domains VALUES (?, ?, ?, ?)", domain_rows)
-        insert("INSERT INTO looks VALUES (?, ?)", _looks(domain_rows))
-        insert("INSERT INTO logins VALUES (?, ?, ?, ?, ?)", claims["login"].sorted_rows())
+        # Domains, look-alikes and logins in pages of PAGE_SIZE (see Snapshot._entry);
+        # the rare key holding a line break, a row of its own.
+        for kind, rows, table in (
+            ("domain", domain_rows, "domains (domain, account, src, place)"),
+            ("look", _looks(domain_rows), "looks (look, account)"),
+            ("login", list(claims["login"].sorted_rows()), "logins (login, account, src, place)"),
+        ):
+            pages, odd = _pages(kind, rows, ids)
+            insert("INSERT INTO pages VALUES (?, ?, ?, ?, ?, ?)", pages)
+            if odd:
+                insert(f"INSERT INTO {table} VALUES ({', '.join('?' * len(odd[0]))})", odd)
         insert(
             "INSERT INTO uids VALUES (?, ?, ?, ?, ?)",
             (
-                (uid, index, uid_names.get(int(str(uid))), src, place)
+                (uid, ids[index], uid_names.get(int(str(uid))), src, place)
                 for uid, index, src, place in claims["uid"].owner.values()
             ),
         )
-        insert("INSERT INTO system_users VALUES (?, ?, ?, ?)", claims["system user"].owner.values())
+        insert(
+            "INSERT INTO system_users VALUES (?, ?, ?, ?)",
+            (
+                (name, ids[index], src, place)
+                for name, index, src, place in claims["system user"].owner.values()
+            ),
+        )
         insert(
             "INSERT INTO conflicts VALUES (?, ?, ?, ?)",
             (
@@ -337,7 +380,93 @@ def write_snapshot(
     finally:
         connection.close()
     os.replace(partial, target)
+    if written is not None:
+        written(report)
     return report
+
+
+#: Identities per page: a lookup reads one page (a few pages of SQLite's) and finds
+#: its key in it; writing 500,000 logins is 8,000 rows instead of 500,000.
+PAGE_SIZE = 32
+_ACCOUNT_PAGE_QUERY = (
+    "SELECT ids, idxs, srcs, places, limits, subdomains, domains, domain_lengths, logins, "
+    "login_lengths, uids, uid_lengths FROM account_pages WHERE first <= ? "
+    "ORDER BY first DESC LIMIT 1"
+)
+_PAGE_QUERIES = {
+    numbers: f"SELECT keys, accounts{', srcs, places' if numbers else ''} FROM pages "
+    "WHERE kind = ? AND first <= ? ORDER BY first DESC LIMIT 1"
+    for numbers in (False, True)
+}
+
+
+def _pages(kind: str, rows: list[Row], ids: Sequence[str]) -> tuple[list[Row], list[Row]]:
+    """``rows`` (sorted by key: ``(key, account, [shown,] [src, place])``) as pages
+    ``(kind, first key, keys, account ids, sources, places)`` of :data:`PAGE_SIZE`
+    rows: the keys and account ids one a line, the sources and places as 64-bit
+    integers (native order: the file never leaves this host); and the rows whose key
+    holds a line break, which no page can hold (rows of their kind's own table, without
+    the ``shown`` no lookup reads)."""
+    keys = list(map(_FIRST, rows))
+    odd: list[Row] = []
+    if "\n".join(keys).count("\n") != max(len(keys) - 1, 0):
+        odd = [_odd_row(kind, row, ids) for row in rows if "\n" in row[0]]
+        rows = [row for row in rows if "\n" not in row[0]]
+        keys = list(map(_FIRST, rows))
+    accounts = list(map(ids.__getitem__, map(_SECOND, rows)))
+    starts = range(0, len(keys), PAGE_SIZE)
+    join = "\n".join
+    columns: list[Iterable[Any]] = [
+        repeat(kind),
+        keys[::PAGE_SIZE],
+        [join(keys[start : start + PAGE_SIZE]) for start in starts],
+        [join(accounts[start : start + PAGE_SIZE]) for start in starts],
+    ]
+    if rows and len(rows[0]) > 2:  # the source and its line or row, last
+        for at in (-2, -1):
+            numbers = array("q", map(operator.itemgetter(at), rows))
+            columns.append([numbers[start : start + PAGE_SIZE].tobytes() for start in starts])
+    else:
+        columns += (repeat(None), repeat(None))
+    return list(zip(*columns, strict=False)), odd  # (repeat() is endless)
+
+
+_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
+
+
+#: Accounts per account page (in the order of their index: where a source named them).
+ACCOUNT_PAGE = 16
+#: allow_subdomains as a byte: not given, false, true.
+_TRISTATE = {None: 0, False: 1, True: 2}
+_FROM_TRISTATE = (None, False, True)
+
+
+def _account_pages(
+    ids: Sequence[str], numbers: list[array[int]], texts: list[list[str]]
+) -> list[Row]:
+    """The accounts (sorted by id), :data:`ACCOUNT_PAGE` to a row: ``(page, first id,
+    ids one a line, *numbers as arrays, *(texts run together, each one's length))``, so
+    that building an account is one read, and writing 100,000 of them is 6,000 rows."""
+    starts = range(0, len(ids), ACCOUNT_PAGE)
+    columns: list[Iterable[Any]] = [
+        range(len(starts)),
+        ids[::ACCOUNT_PAGE],
+        ["\n".join(ids[start : start + ACCOUNT_PAGE]) for start in starts],
+    ]
+    columns += (
+        [column[start : start + ACCOUNT_PAGE].tobytes() for start in starts] for column in numbers
+    )
+    for text in texts:
+        lengths = array("I", map(len, text))
+        columns.append(["".join(text[start : start + ACCOUNT_PAGE]) for start in starts])
+        columns.append([lengths[start : start + ACCOUNT_PAGE].tobytes() for start in starts])
+    return list(zip(*columns, strict=True))
+
+
+def _odd_row(kind: str, row: Row, ids: Sequence[str]) -> Row:
+    """A row of its kind's own table: the account by its id, without the ``shown`` no
+    lookup reads."""
+    return (row[0], ids[row[1]], *row[3 if kind == "login" else 2 :])
 
 
 def _looks(domain_rows: list[Row]) -> list[tuple[str, int]]:
@@ -345,12 +474,13 @@ def _looks(domain_rows: list[Row]) -> list[tuple[str, int]]:
     is found as theirs (the first owner, in domain order, of a shared skeleton)."""
     looks = dict(
         zip(
-            reversed(domain_skeletons([row[0] for row in domain_rows])),
-            reversed([row[1] for row in domain_rows]),
+            reversed(domain_skeletons(list(map(_FIRST, domain_rows)))),
+            reversed(list(map(_SECOND, domain_rows))),
             strict=True,
         )
     )
-    return sorted(looks.items())
+    keys = sorted(looks)  # (strings sort faster than pairs)
+    return list(zip(keys, map(looks.__getitem__, keys), strict=True))
 
 
 #: How the file being built is written: nobody reads it until it is complete and renamed
@@ -360,6 +490,13 @@ _BUILDING = (
     "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA page_size = 8192; "
     "PRAGMA locking_mode = EXCLUSIVE; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
 )
+
+
+def _casefolded(texts: Sequence[str]) -> Iterable[str]:
+    """Each text casefolded: the texts themselves when none changes (casefolding maps
+    each character on its own, so all of them read as one text tell)."""
+    joined = "\n".join(texts)
+    return texts if joined.casefold() == joined else map(str.casefold, texts)
 
 
 def _check_shrink(report: BuildReport, previous: Snapshot | None, max_shrink_percent: int) -> None:
@@ -403,6 +540,24 @@ _OWNER_QUERIES = {
 }
 
 
+_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
+#: Where each kind's rows are (in a paged snapshot: those whose key no page holds).
+_TABLE_OF = {
+    "domain": ("domains", "domain"),
+    "login": ("logins", "login"),
+    "look": ("looks", "look"),
+    "uid": ("uids", "uid"),
+    "system user": ("system_users", "name"),
+}
+_PAGED = frozenset({"domain", "login", "look"})
+#: A page's sources and places: 64-bit integers, as array("q") wrote them.
+_NUMBER = struct.Struct("=q")
+
+
+#: Most of a snapshot read through a memory map (more than any directory needs).
+MMAP_BYTES = 1 << 30
+
+
 class Snapshot:
     """A written snapshot, opened read-only. Lookups are safe from any thread."""
 
@@ -411,16 +566,32 @@ class Snapshot:
         self._connection = sqlite3.connect(
             f"file:{self.path}?mode=ro&immutable=1", uri=True, check_same_thread=False
         )
+        # Read through a memory map: a lookup touches the kernel's page cache with no
+        # system call, and no page is copied into a cache of SQLite's own. The file is
+        # never changed once written (a new one replaces its name), so the map holds.
+        self._connection.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
         self._lock = threading.Lock()
         self._sources = {
             row[0]: row[1:] for row in self._connection.execute("SELECT * FROM sources")
         }
-        # A snapshot kept by an older version has no look-alike index until it is rebuilt.
-        self._has_looks = bool(
-            self._connection.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'looks'"
-            ).fetchone()
+        tables = {row[0] for row in self._connection.execute(_TABLES)}
+        # A snapshot kept by an older version has no look-alike index until it is
+        # rebuilt, and no pages: each identity is a row of its kind's table. Those
+        # tables are only read when they hold something.
+        self._has_looks = "looks" in tables
+        self._paged = "pages" in tables
+        self._accounts_paged = "account_pages" in tables
+        self._has_also = (
+            self._connection.execute("SELECT 1 FROM also LIMIT 1").fetchone() is not None
         )
+        self._rows = {
+            kind: table in tables
+            and (
+                not self._paged
+                or self._connection.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None
+            )
+            for kind, (table, _column) in _TABLE_OF.items()
+        }
 
     def close(self) -> None:
         with self._lock:
@@ -444,25 +615,59 @@ class Snapshot:
         login, uid or Unix user name."""
         if kind == "look" and not self._has_looks:
             return None
-        row = self._one(_OWNER_QUERIES[kind], (key,))
+        entry = self._entry(kind, key)
+        if entry is not None:
+            return entry[0]
+        if not self._rows.get(kind, True):
+            return None
+        if self._accounts_paged:  # (each table names the account by its id)
+            table, column = _TABLE_OF[kind]
+            row = self._one(f"SELECT account FROM {table} WHERE {column} = ?", (key,))
+        else:
+            row = self._one(_OWNER_QUERIES[kind], (key,))
         return None if row is None else str(row[0])
 
     def origin_of(self, kind: str, key: object) -> Origin | None:
         """The source line or row that gave this identity to its account."""
-        table, column = {
-            "domain": ("domains", "domain"),
-            "login": ("logins", "login"),
-            "uid": ("uids", "uid"),
-            "system user": ("system_users", "name"),
-        }[kind]
+        entry = self._entry(kind, key, numbers=True)
+        if entry is not None:
+            return self._origin(entry[1], entry[2])
+        table, column = _TABLE_OF[kind]
         row = self._one(f"SELECT src, place FROM {table} WHERE {column} = ?", (key,))
         return None if row is None else self._origin(row[0], row[1])
+
+    def _entry(
+        self, kind: str, key: object, *, numbers: bool = False
+    ) -> tuple[str, int | None, int | None] | None:
+        """``(account id, source, place)`` of a key on its page, if it is on one (the
+        last page whose first key is not after it, which holds it if anyone does); the
+        source and place only when asked for."""
+        if not self._paged or kind not in _PAGED or not isinstance(key, str) or "\n" in key:
+            return None  # (no page holds a key with a line break)
+        page = self._one(_PAGE_QUERIES[numbers], (kind, key))
+        if page is None:
+            return None
+        keys = f"\n{page[0]}\n"
+        found = keys.find(f"\n{key}\n")
+        if found < 0:
+            return None
+        at = keys.count("\n", 0, found)
+        account = str(page[1]).split("\n", at + 1)[at]
+        if not numbers:
+            return account, None, None
+        srcs, places = (
+            _NUMBER.unpack_from(column, _NUMBER.size * at)[0] if isinstance(column, bytes) else None
+            for column in page[2:]
+        )
+        return account, srcs, places
 
     def _origin(self, src: object, place: object) -> Origin:
         source, label, place_kind = self._sources[int(str(src))]
         return Origin(str(source), str(label), str(place_kind), int(str(place)))
 
     def record(self, account_id: str) -> AccountRecord | None:
+        if self._accounts_paged:
+            return self._paged_record(account_id)
         row = self._one(
             "SELECT idx, src, place, recipients_per_hour, allow_subdomains, domains, logins, "
             "uids FROM accounts WHERE id = ?",
@@ -471,24 +676,82 @@ class Snapshot:
         if row is None:
             return None
         index, src, place, limit, allowed, domains, logins, uids = row
-        also = tuple(
-            self._origin(other_src, other_place)
-            for other_src, other_place in self._all(
-                "SELECT src, place FROM also WHERE account = ?", (index,)
-            )
+        return self._record(
+            account_id,
+            (src, place, index),
+            (domains, logins, uids),
+            None if limit is None else int(str(limit)),
+            None if allowed is None else bool(allowed),
         )
+
+    def _paged_record(self, account_id: str) -> AccountRecord | None:
+        page: tuple[Any, ...] | None = self._one(_ACCOUNT_PAGE_QUERY, (account_id,))
+        if page is None:
+            return None
+        ids = f"\n{page[0]}\n"
+        found = ids.find(f"\n{account_id}\n")
+        if found < 0 or "\n" in account_id:
+            return None
+        at = ids.count("\n", 0, found)
+        _idxs, srcs, places, limits, allowed, *texts = page[1:]
+        src, place, limit = (
+            _NUMBER.unpack_from(column, _NUMBER.size * at)[0] for column in (srcs, places, limits)
+        )
+        domains, logins, uids = (
+            _text_at(text, lengths, at)
+            for text, lengths in zip(texts[::2], texts[1::2], strict=True)
+        )
+        return self._record(
+            account_id,
+            (src, place, account_id),
+            (domains, logins, uids),
+            limit or None,
+            _FROM_TRISTATE[allowed[at]],
+        )
+
+    def _record(
+        self,
+        account_id: str,
+        where: tuple[object, object, object],
+        owned: tuple[object, object, object],
+        limit: int | None,
+        allowed: bool | None,
+    ) -> AccountRecord:
+        """``where``: its source, place, and what the also table names it by;
+        ``owned``: its domains, logins and uids, one a line."""
+        src, place, also = where
+        domains, logins, uids = owned
         return AccountRecord(
             id=account_id,
             origin=self._origin(src, place),
-            also=also,
+            also=self._also(also),
             domains=_split(domains),
             logins=_split(logins),
             uids=tuple(int(uid) for uid in _split(uids)),
-            recipients_per_hour=None if limit is None else int(str(limit)),
-            allow_subdomains=None if allowed is None else bool(allowed),
+            recipients_per_hour=limit,
+            allow_subdomains=allowed,
+        )
+
+    def _also(self, account: object) -> tuple[Origin, ...]:
+        """The other sources that name an account (by its id, or in a snapshot of an
+        older version its index)."""
+        if not self._has_also:
+            return ()
+        return tuple(
+            self._origin(other_src, other_place)
+            for other_src, other_place in self._all(
+                "SELECT src, place FROM also WHERE account = ?", (account,)
+            )
         )
 
     def account_ids(self) -> list[str]:
+        if self._accounts_paged:  # in the order the sources named them
+            named: list[tuple[int, str]] = []
+            for ids, idxs in self._all("SELECT ids, idxs FROM account_pages"):
+                indexes: array[int] = array("q")
+                indexes.frombytes(bytes(idxs))  # type: ignore[call-overload]
+                named += zip(indexes, str(ids).split("\n"), strict=True)
+            return [account for _index, account in sorted(named)]
         return [str(row[0]) for row in self._all("SELECT id FROM accounts ORDER BY idx")]
 
     def uid_name(self, uid: int) -> str | None:
@@ -507,10 +770,16 @@ class Snapshot:
         ]
 
     def counts(self) -> dict[str, int]:
-        return {
-            table: int(str(self._all(f"SELECT count(*) FROM {table}")[0][0]))
-            for table in ("accounts", "domains", "logins", "uids")
-        }
+        """How many accounts, domains, logins and uids it holds."""
+        counts = {}
+        for table in ("accounts", "domains", "logins", "uids"):
+            written = self.meta(f"count {table}")  # (kept by an older version: counted)
+            counts[table] = int(
+                written
+                if written is not None
+                else str(self._all(f"SELECT count(*) FROM {table}")[0][0])
+            )
+        return counts
 
     def conflicts_of(self, account_id: str) -> list[Conflict]:
         return [conflict for conflict in self.conflicts() if account_id in conflict.claimants]
@@ -518,6 +787,13 @@ class Snapshot:
 
 def snapshots_in(directory: str | Path) -> Iterable[Path]:
     return sorted(Path(directory).glob("snapshot-*.db"))
+
+
+def _text_at(text: str, lengths: bytes, at: int) -> str:
+    """The ``at``-th of the texts run together in an account page's column."""
+    sizes = struct.unpack_from(f"={at + 1}I", lengths)
+    start = sum(sizes[:at])
+    return text[start : start + sizes[at]]
 
 
 def _split(value: object) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import operator
 import re
 import sqlite3
+from collections import deque
 from collections.abc import Iterable, Sequence
 from itertools import compress, repeat
 from pathlib import Path
@@ -176,11 +177,12 @@ def _plain_rows(
     if not rows:
         return None
     accounts = list(map(operator.itemgetter(i_account), rows))
-    ids = dict.fromkeys(accounts)
     numbers = range(1, len(rows) + 1)
+    first_row: dict[Any, int] = {}  # each account's first row, in the order of the rows
     data = SourceData("sql", label, ROW)
     try:
-        if not _PLAIN_IDS.fullmatch("\n".join(ids)):
+        deque(map(first_row.setdefault, accounts, numbers), maxlen=0)  # (TypeError: unhashable)
+        if not _PLAIN_IDS.fullmatch("\n".join(first_row)):
             return None
         for index, pattern, claims in (
             (i_domain, _PLAIN_DOMAINS, data.domains),
@@ -193,16 +195,34 @@ def _plain_rows(
             present = list(compress(values, given))
             if pattern is not None and present and not pattern.fullmatch("\n".join(present)):
                 return None  # (join raises TypeError for a value that is not text)
-            if pattern is None and not (
-                all(map(str.__eq__, present, map(str.strip, present))) and all(present)
-            ):  # (str.strip raises TypeError for a value that is not text)
+            if pattern is None and not _stripped(present):
                 return None
             claims += compress(zip(values, accounts, numbers, strict=True), given)
     except TypeError:
         return None
-    first_row = dict(zip(reversed(accounts), reversed(numbers), strict=True))
-    data.accounts = {account: first_row[account] for account in ids}
+    data.accounts = first_row
     return data
+
+
+#: Whitespace other than a line break.
+_SPACE = re.compile(r"[^\S\n]")
+
+
+def _stripped(texts: list[Any]) -> bool:
+    """Whether every value is text, not empty, with no whitespace around it (TypeError
+    for a value that is not text). Read as one text when it holds no whitespace but its
+    line breaks, one for each join; else each value is stripped to tell."""
+    joined = "\n".join(texts)
+    if (
+        joined
+        and joined.count("\n") == len(texts) - 1
+        and not _SPACE.search(joined)
+        and not joined.startswith("\n")
+        and not joined.endswith("\n")
+        and "\n\n" not in joined
+    ):
+        return bool(texts)
+    return all(map(str.__eq__, texts, map(str.strip, texts))) and all(texts)
 
 
 def _setting(settings: dict[str, Any], account: str, value: Any) -> None:

@@ -219,7 +219,12 @@ def test_the_column_by_column_sql_reading_is_the_row_by_row_one(
     columns, raw_rows = shape
     if "account" not in columns:
         columns = ["account", *columns[: len(columns) - 1]] if columns else ["account"]
-    rows = [tuple(row[: len(columns)]) for row in raw_rows]
+    assert_read_alike(columns, [tuple(row[: len(columns)]) for row in raw_rows])
+
+
+def assert_read_alike(columns: list[str], rows: list[tuple[object, ...]]) -> None:
+    """Read column by column, the rows give what the row-by-row reading gives, or
+    the same error naming the same bad rows."""
     try:
         expected = rows_one_by_one("sql", columns, rows)
     except SourceError as error:
@@ -239,3 +244,12 @@ def test_plain_sql_rows_read_column_by_column() -> None:
     assert data.domains == [("acme.example", "acme", 1)]
     assert data.logins == [("alice", "acme", 2), ("bob", "globex", 3)]
     assert data.accounts == {"acme": 1, "globex": 3}
+
+
+@pytest.mark.parametrize("odd", ["", " ", "a ", " a", "a\u00a0", "\u2003a", "a\nb", "\n", "a\x1c"])
+@pytest.mark.parametrize("others", [0, 1, 3])
+def test_a_login_with_whitespace_around_it_is_read_row_by_row(odd: str, others: int) -> None:
+    """Whatever its place among plain logins, the odd one reads as one row at a time
+    reads it: stripped, refused when empty."""
+    rows = [("acme", None, f"user{n}") for n in range(others)] + [("acme", None, odd)]
+    assert_read_alike(["account", "domain", "login"], rows)

@@ -23,8 +23,10 @@ from sendwarden.policy.identity import (
     identity_verdict,
 )
 from sendwarden.policy.rendering import (
+    _ASCII_PROTOTYPES,
     BidiControl,
     address_like,
+    ascii_translated,
     domain_skeleton,
     domain_skeletons,
     rendered,
@@ -170,6 +172,12 @@ def test_the_ascii_fast_path_is_icu_on_any_ascii_text(text: str) -> None:
     assert skeleton(text) == icu_skeleton(text)
 
 
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=80))
+def test_the_ascii_prototypes_translate_alike_as_bytes(text: str) -> None:
+    """Control characters (the placeholders for "m" -> "rn") and "%" included."""
+    assert ascii_translated(text) == text.translate(_ASCII_PROTOTYPES)
+
+
 @given(st.text(max_size=30))
 def test_skeleton_is_icu_on_any_text(text: str) -> None:
     assert uncached_skeleton(text) == icu_skeleton(text)
@@ -181,6 +189,7 @@ def test_skeleton_is_icu_on_any_text(text: str) -> None:
 _DOMAIN_PIECES = st.sampled_from(
     [
         *("a", "b", "m", "rn", "0", "1", "l", "I", "M", "-", "_", ".", "%", "xn--", "XN--"),
+        *('"', "`", "|", "\x00", "\x01"),
         *("xn--pypal-4ve", "xn---bbk", "xn--bbk", "paypal", "x" * 64, "\u0430"),
     ]
 )
