@@ -152,8 +152,8 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--mta", choices=("exim", "postfix"), nargs="+",
                         default=["exim", "postfix"], help="the rows to run")  # fmt: skip
     parser.add_argument("--cpu", action="store_true",
-                        help="also the CPU milliseconds per message of each part (root, "
-                        "cgroup v1 cpuacct): the median over the rounds")  # fmt: skip
+                        help="also the CPU ms per message of each part of the Exim rows "
+                        "(root, cgroup v1 cpuacct): the median over the rounds")  # fmt: skip
     args = parser.parse_args(list(argv))
     configs = [config for config in CONFIGS if config[0].split()[0] in args.mta]
     if args.cpu and not os.access(CPUACCT, os.W_OK):
@@ -178,8 +178,9 @@ def main(argv: Sequence[str]) -> None:
             rate = best[label, sessions]
             ratio = rate / best[baseline, sessions]
             print(f"{label:30} {sessions:8d} {rate:8.1f} {ratio:12.2f}")
-    if cpu:
-        print_cpu(cpu, configs, args.sessions)
+    if cpu:  # Postfix's own processes are not counted: the Exim rows only
+        print_cpu(cpu, [config for config in configs if config[2].get("mta") == "exim"],
+                  args.sessions)  # fmt: skip
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
@@ -195,6 +196,8 @@ def print_cpu(
     for sessions in all_sessions:
         totals: dict[str, float] = {}
         for label, baseline, _ in configs:
+            if (label, sessions) not in cpu:
+                continue
             runs = cpu[label, sessions]
             parts = {part: statistics.median(run[part] for run in runs) for part in PARTS}
             totals[label] = statistics.median(sum(run.values()) for run in runs)
