@@ -4,7 +4,11 @@ proxy as ``smtpd_proxy_filter``; 1 and 10 SMTP sessions; one run, configurations
 interleaved and repeated, the best of each printed with its ratio to its baseline.
 
     .venv/bin/python -m loadtest.proxy [--messages 200] [--rounds 2] [--client smtp-source]
-                                       [--sessions 1 10] [--mta exim postfix]
+                                       [--sessions 1 10] [--mta exim postfix] [--cpu]
+
+``--cpu`` adds the CPU each part used per message (Exim with all its processes, the
+sendwarden process, Redis, the client and the sink), from cgroups: on a shared machine
+msg/s swing with the other load, these much less.
 
 Rates are end to end: the client's first connection until the sink has every message
 (Exim accepts first and delivers after, through the proxy and its return port). Needs
@@ -23,6 +27,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.support.exim import PrivateExim
 from tests.support.rig import Rig, start_rig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,9 +69,54 @@ def client_command(client: str, port: int, messages: int, sessions: int) -> list
     ]  # fmt: skip
 
 
-def run_once(kwargs: dict[str, Any], messages: int, sessions: int, client: str) -> float:
-    """Messages per second, end to end."""
+CPUACCT = Path("/sys/fs/cgroup/cpuacct")  # cgroup v1; root only
+#: What --cpu accounts for, each in a cgroup of its own (children included: Exim's
+#: receiving and delivering processes are children of its daemon).
+PARTS = ("exim", "sendwarden", "redis", "client+sink")
+
+
+class CpuGroups:
+    """CPU seconds of the rig's parts, from cpuacct cgroups: unlike msg/s, these do not
+    depend on what else the shared machine runs at the time."""
+
+    def __init__(self) -> None:
+        self.groups = {part: CPUACCT / f"sw-loadtest-{os.getpid()}-{n}"
+                       for n, part in enumerate(PARTS)}  # fmt: skip
+        for group in self.groups.values():
+            group.mkdir(exist_ok=True)
+
+    def place(self, rig: Rig) -> None:
+        pids = {
+            "exim": rig.mta.pid() if isinstance(rig.mta, PrivateExim) else None,
+            "sendwarden": rig.milter.pid if rig.milter else None,
+            "redis": rig.redis.pid if rig.redis else None,
+            "client+sink": os.getpid(),  # the sink's thread; the client is a child
+        }
+        for part, pid in pids.items():
+            if pid is not None:
+                (self.groups[part] / "cgroup.procs").write_text(f"{pid}\n")
+
+    def seconds(self) -> dict[str, float]:
+        return {part: int((group / "cpuacct.usage").read_text()) / 1e9
+                for part, group in self.groups.items()}  # fmt: skip
+
+    def close(self) -> None:
+        (CPUACCT / "cgroup.procs").write_text(f"{os.getpid()}\n")
+        for group in self.groups.values():
+            with contextlib.suppress(OSError):  # still holds a process that is ending
+                group.rmdir()
+
+
+def run_once(
+    kwargs: dict[str, Any], messages: int, sessions: int, client: str,
+    cpu: dict[str, float] | None = None,
+) -> float:  # fmt: skip
+    """Messages per second, end to end; with ``cpu``, each part's CPU milliseconds per
+    message in it."""
     with contextlib.ExitStack() as stack:
+        groups = CpuGroups() if cpu is not None else None
+        if groups is not None:
+            stack.callback(groups.close)  # last: once the rig's processes have ended
         rig: Rig = start_rig(
             stack,
             policy=POLICY,
@@ -73,6 +124,9 @@ def run_once(kwargs: dict[str, Any], messages: int, sessions: int, client: str) 
             config_extra={"log": {"decisions": False}},
             **kwargs,
         )
+        if groups is not None:
+            groups.place(rig)
+            before = groups.seconds()
         command = client_command(client, rig.mta.smtp_port, messages, sessions)
         started = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True, timeout=600,
@@ -82,7 +136,11 @@ def run_once(kwargs: dict[str, Any], messages: int, sessions: int, client: str) 
                 f"{command[0]} failed: {result.stdout}{result.stderr}\n{rig.report()}"
             )
         rig.sink.wait_for(messages, timeout=600)  # all delivered: nothing was refused
-        return messages / (time.perf_counter() - started)
+        rate = messages / (time.perf_counter() - started)
+        if groups is not None and cpu is not None:
+            after = groups.seconds()
+            cpu.update({part: 1000 * (after[part] - before[part]) / messages for part in PARTS})
+        return rate
 
 
 def main(argv: Sequence[str]) -> None:
@@ -93,25 +151,60 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--mta", choices=("exim", "postfix"), nargs="+",
                         default=["exim", "postfix"], help="the rows to run")  # fmt: skip
+    parser.add_argument("--cpu", action="store_true",
+                        help="also the CPU ms per message of each part of the Exim rows "
+                        "(root, cgroup v1 cpuacct): the median over the rounds")  # fmt: skip
     args = parser.parse_args(list(argv))
     configs = [config for config in CONFIGS if config[0].split()[0] in args.mta]
+    if args.cpu and not os.access(CPUACCT, os.W_OK):
+        parser.error(f"--cpu needs root and cgroup v1 cpuacct at {CPUACCT}")
     load = os.getloadavg()[0]
     print(f"{args.messages} messages of 2 KB per run, one message per connection, "
           f"client {args.client}, best of {args.rounds} interleaved rounds; "
           f"load average {load:.1f}")  # fmt: skip
     best: dict[tuple[str, int], float] = {}
+    cpu: dict[tuple[str, int], list[dict[str, float]]] = {}
     for _ in range(args.rounds):
         for sessions in args.sessions:
             for label, _, kwargs in configs:
-                rate = run_once(kwargs, args.messages, sessions, args.client)
+                used: dict[str, float] | None = {} if args.cpu else None
+                rate = run_once(kwargs, args.messages, sessions, args.client, used)
                 best[label, sessions] = max(best.get((label, sessions), 0.0), rate)
+                if used:
+                    cpu.setdefault((label, sessions), []).append(used)
     print(f"{'configuration':30} {'sessions':>8} {'msg/s':>8} {'vs baseline':>12}")
     for sessions in args.sessions:
         for label, baseline, _ in configs:
             rate = best[label, sessions]
             ratio = rate / best[baseline, sessions]
             print(f"{label:30} {sessions:8d} {rate:8.1f} {ratio:12.2f}")
+    if cpu:  # Postfix's own processes are not counted: the Exim rows only
+        print_cpu(cpu, [config for config in configs if config[2].get("mta") == "exim"],
+                  args.sessions)  # fmt: skip
     print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+def print_cpu(
+    cpu: dict[tuple[str, int], list[dict[str, float]]],
+    configs: list[tuple[str, str, dict[str, Any]]],
+    all_sessions: list[int],
+) -> None:
+    """Median CPU ms per message of each part, and the ratio those totals predict for
+    a machine that the rig has to itself (CPU-bound: the baseline's total over this)."""
+    print(f"\nCPU ms per message (median of the rounds)\n{'configuration':30} {'sessions':>8} "
+          + " ".join(f"{part:>11}" for part in PARTS) + f" {'total':>7} {'ratio':>6}")  # fmt: skip
+    for sessions in all_sessions:
+        totals: dict[str, float] = {}
+        for label, baseline, _ in configs:
+            if (label, sessions) not in cpu:
+                continue
+            runs = cpu[label, sessions]
+            parts = {part: statistics.median(run[part] for run in runs) for part in PARTS}
+            totals[label] = statistics.median(sum(run.values()) for run in runs)
+            ratio = totals[baseline] / totals[label]
+            print(f"{label:30} {sessions:8d} "
+                  + " ".join(f"{parts[part]:11.1f}" for part in PARTS)
+                  + f" {totals[label]:7.1f} {ratio:6.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

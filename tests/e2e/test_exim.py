@@ -100,6 +100,12 @@ def test_unauthenticated_relay_gets_554_at_rcpt(rig: Rig) -> None:
     code, text = refused.value.recipients["bob@remote.example"]
     assert code == 554
     assert text.startswith(RELAY_DENIED)
+    # It was the cutthrough's RCPT to the proxy (a 5xx during the cutthrough keeps its
+    # text), not the policy socket, that the cut-through recipient asked.
+    assert (
+        "SMTP error from remote mail server after RCPT TO:<bob@remote.example>: 554 5.7.1 "
+        "Relaying denied" in exim_of(rig).log()
+    )
     # After a local recipient nothing is cut through: Exim's RCPT ACL asks the proxy's
     # policy socket while the client waits, and its reply is the same.
     with rig.smtp() as client:

@@ -127,10 +127,6 @@ class MilterProcess(ProcessService):
         self.socket_mode = socket_mode
         self.returncode: int | None = None
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
     def start(self) -> MilterProcess:
         """Start the milter; return once its socket accepts connections."""
         if self.running:

@@ -106,6 +106,10 @@ class ProcessService(LoggingService):
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
     def _wait_ready(
         self, ready: Callable[[], bool], failure: Callable[[], Exception], interval: float
     ) -> None:
