@@ -10,6 +10,7 @@ domains, logins and settings (docs/directory.md has Plesk's ``psa`` as an exampl
 
 from __future__ import annotations
 
+import importlib
 import operator
 import re
 import sqlite3
@@ -91,6 +92,9 @@ def start_sql(
         dialect, label = _checked(url, query)
     except (ValueError, SourceError):
         return lambda: read_sql(url, query, password=password, timeout_ms=timeout_ms)
+    # The driver imported here, not in the thread: two threads importing at once could
+    # meet a module the other has only half imported.
+    importlib.import_module(_DRIVERS[dialect])
     outcome: list[Result | Exception] = []
 
     def fetch() -> None:
@@ -375,3 +379,5 @@ def _fetch_all(connection: Any, query: str) -> Result:
 
 
 _RUNNERS = {"postgresql": _postgresql, "mysql": _mysql, "sqlite": _sqlite}
+#: The module each runner imports (psycopg's own imports conninfo).
+_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "sqlite": "sqlite3"}
