@@ -69,8 +69,7 @@ def decision_record(
         "mail_from": txn.mail_from,
         "recipients": len(txn.recipients),
         # An abandoned transaction delivered nothing: not a "discard" by a rule.
-        "verdict": verdict_label
-        or ("aborted" if stage == "abort" else verdict.action.value),
+        "verdict": verdict_label or ("aborted" if stage == "abort" else verdict.action.value),
         "rule": verdict.rule or None,
         "reply": verdict.reply() or None,
         "hits": trace.hits,

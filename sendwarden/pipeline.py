@@ -199,7 +199,10 @@ class Pipeline:
             return verdict
         for recipient in txn.recipients:
             verdict = self._run(
-                txn, "eom", lambda check: check.at_rcpt(txn, recipient), recipient  # noqa: B023
+                txn,
+                "eom",
+                lambda check: check.at_rcpt(txn, recipient),  # noqa: B023 (called at once)
+                recipient,
             )
             if verdict.is_final:
                 return verdict

@@ -392,9 +392,7 @@ class AttachmentScanner:
             if container.delimiter is not None and not container.closed
         ]
         self._delimiter_lines = (
-            re.compile(rb"\n(?:" + b"|".join(open_delimiters) + rb")")
-            if open_delimiters
-            else None
+            re.compile(rb"\n(?:" + b"|".join(open_delimiters) + rb")") if open_delimiters else None
         )
 
     def _on_delimiter(self, level: int, close: bool) -> None:

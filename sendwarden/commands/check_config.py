@@ -71,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
                     if token.account and not is_listed(directory.accounts.get(token.account)):
                         raise ConfigError(
                             f"api.tokens[{token.name}].account",
-                            f"no account with id {token.account!r} in the config or the "
-                            "directory",
+                            f"no account with id {token.account!r} in the config or the directory",
                         )
         except SourceError as error:
             raise ConfigError("directory", str(error)) from None

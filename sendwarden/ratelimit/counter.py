@@ -213,9 +213,7 @@ class RecipientCounter:
         # The two scripts of every message (and the refund of a refused one) skip the
         # client's per-call work; the others are for the CLI.
         self._direct = DirectCalls.for_client(client)
-        self._reserve = LuaScript(
-            client, templated_script("reserve.lua", constants), self._direct
-        )
+        self._reserve = LuaScript(client, templated_script("reserve.lua", constants), self._direct)
         self._refund = LuaScript(client, templated_script("refund.lua", constants), self._direct)
         self._reset = LuaScript(client, templated_script("reset.lua", constants))
         self._settle = LuaScript(client, templated_script("settle.lua", constants), self._direct)

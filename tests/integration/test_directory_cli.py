@@ -117,11 +117,13 @@ def test_api_tokens_for_accounts_only_the_directory_knows(
     code, out, err = run(capsys, "api", "-c", str(config), "token", "create", "--account", "ghost")
     assert code == 2 and "swt_" not in out and "no account with id 'ghost'" in err
     text = config.read_text()
-    config.write_text(text + '\n[[api.tokens]]\nname = "globex"\naccount = "globex"\n'
-                      f'sha256 = "{"a" * 64}"\n')
+    config.write_text(
+        text + f'\n[[api.tokens]]\nname = "globex"\naccount = "globex"\nsha256 = "{"a" * 64}"\n'
+    )
     code, out, err = run(capsys, "check-config", "-c", str(config))
     assert code == 0, err
-    config.write_text(text + '\n[[api.tokens]]\nname = "ghost"\naccount = "ghost"\n'
-                      f'sha256 = "{"b" * 64}"\n')
+    config.write_text(
+        text + f'\n[[api.tokens]]\nname = "ghost"\naccount = "ghost"\nsha256 = "{"b" * 64}"\n'
+    )
     code, out, err = run(capsys, "check-config", "-c", str(config))
     assert code == 2 and "api.tokens[ghost].account" in err and "'ghost'" in err

@@ -129,7 +129,10 @@ def test_quiet_accounts_and_thin_history_raise_nothing(
 
 
 def test_accounts_the_config_does_not_list_are_warned_about_too(
-    redis_server: RedisServer, dns: DnsServer, smtp_sink: SmtpSink, client: redis.Redis,
+    redis_server: RedisServer,
+    dns: DnsServer,
+    smtp_sink: SmtpSink,
+    client: redis.Redis,
     tmp_path: Path,
 ) -> None:
     """A customer only the provider's domain map knows, and a proven login no account

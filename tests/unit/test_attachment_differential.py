@@ -187,7 +187,8 @@ FOUND_CASES = [
     b"Content-Type: message/Afc822\nContent-Transfer-Encoding: 8bit\nMIME-Version: 1.0\n"
     b"From: alice@acme.example\n\nContent-Type: application/octet-stream\n"
     b"Content-Transfer-Encoding: base64\nMIME-Version: 1.0\nSubject: attached\n\n"
-    + b"QUJD" * 30 + b"\n",
+    + b"QUJD" * 30
+    + b"\n",
     b'Content-Type: multipart/related; boundary="out"\nFrom: alice@acme.example\n\n'
     b'--out\nContent-Type: multipart/related;\n\x00boundary="in"\n\n--in\n'
     b"Content-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n"

@@ -176,9 +176,7 @@ def test_without_a_snapshot_the_config_alone_answers() -> None:
         "ceo@shop.ex\u0430mple",  # Cyrillic a in the suffix
     ],
 )
-def test_look_alikes_of_a_sources_domains_are_that_customers(
-    tmp_path: Path, from_: str
-) -> None:
+def test_look_alikes_of_a_sources_domains_are_that_customers(tmp_path: Path, from_: str) -> None:
     """An unlisted proven sender may not use a domain a reader cannot tell from one
     that only the provider's own records (not the config) give to a customer."""
     d = directory(snapshot(tmp_path, parse_domain_map(MAP, "/etc/userdomains")))

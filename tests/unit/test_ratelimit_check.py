@@ -384,9 +384,9 @@ def test_provisional_recipients_that_no_longer_fit_defer_the_message_and_cost_no
     assert not pipeline.mail(first).is_final
     for n in range(20):
         assert not pipeline.rcpt(first, f"a{n}@x.net").is_final
-    assert smtp_send(pipeline, "alice@acme.example", [f"b{n}@x.net" for n in range(15)]) == [
-        ""
-    ] * 16
+    assert (
+        smtp_send(pipeline, "alice@acme.example", [f"b{n}@x.net" for n in range(15)]) == [""] * 16
+    )
     verdict = pipeline.eom(first)
     assert verdict.reply().startswith("451 4.7.1 Account acme has reached its limit of 30")
     assert counter.used("acme") == 15
