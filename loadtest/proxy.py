@@ -37,6 +37,7 @@ from typing import Any
 
 from tests.support.exim import PrivateExim
 from tests.support.rig import Rig, start_rig
+from tests.support.service import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 SENDER = "alice@acme.example"
@@ -86,8 +87,11 @@ class CpuGroups:
             group.mkdir(exist_ok=True)
 
     def place(self, rig: Rig) -> None:
+        # Exim may answer on its port before it writes its pid file: wait for the pid,
+        # or its part would silently read 0.
+        exim = rig.mta if isinstance(rig.mta, PrivateExim) else None
         pids = {
-            "exim": rig.mta.pid() if isinstance(rig.mta, PrivateExim) else None,
+            "exim": wait_until(exim.pid, 10, "Exim wrote no pid file") if exim else None,
             "sendwarden": rig.milter.pid if rig.milter else None,
             "redis": rig.redis.pid if rig.redis else None,
             "client+sink": os.getpid(),  # the sink's thread; the client is a child
