@@ -143,6 +143,10 @@ class Relay:
         commands = [f"MAIL FROM:{smtplib.quoteaddr(message.mail_from)}{_options(mail_params)}"]
         commands += [f"RCPT TO:{smtplib.quoteaddr(rcpt)}{_options(params)}"
                      for rcpt, params in recipients]  # fmt: skip
+        if any("\r" in command or "\n" in command for command in commands):
+            # As smtplib's putcmd() refuses: a line break in an address or a parameter
+            # would add a command of the sender's own to the authenticated return port.
+            raise ValueError("command and arguments contain prohibited newline characters")
         client.send("".join(f"{command}\r\n" for command in commands))
         mail = client.getreply()
         replies = [client.getreply() for _ in recipients]  # 503s when MAIL was refused

@@ -291,6 +291,17 @@ def test_relay_pipelines_the_envelope_to_a_pipelining_next_hop_and_keeps_its_rep
             ["a@x.example", "b@x.example"], ["c@x.example"],
         ]  # fmt: skip
         assert relay.sent == 5  # all on one connection
+        # A line break in an address or a parameter never adds a command of its own:
+        # addresses are requoted, and a parameter that would be passed on is refused.
+        for params in (["BODY=8BITMIME\r\nRCPT TO:<e@y.example>"], ["X=1\rRCPT TO:<e@y.example>"]):
+            with pytest.raises(ValueError, match="newline"):
+                relay.send(Outgoing("s@acme.example", params, [("a@x.example", [])], data))
+        for smuggled in (
+            Outgoing("s@acme.example", [], [("a@x.example>\r\nRCPT TO:<e@y.example", [])], data),
+            Outgoing("s@acme.example\nRCPT TO:<e@y.example>", [], [("a@x.example", [])], data),
+        ):
+            assert relay.send(smuggled).startswith("250")
+        assert all("e@y.example" not in rcpts for _, rcpts, _ in handler.delivered)
     finally:
         relay.close()
         controller.stop()
