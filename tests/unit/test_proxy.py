@@ -325,9 +325,10 @@ def test_relay_pool_shares_next_hop_connections_up_to_exims_per_connection_limit
 def test_relay_pipelines_the_envelope_to_a_pipelining_next_hop_and_keeps_its_replies() -> None:
     """Against an SMTP server that announces PIPELINING (as Exim's return port and
     Postfix's reinjection smtpd do): MAIL and the RCPTs go in one write (with DATA
-    when there is one recipient), and the replies still decide as one by one: a refused MAIL is the message's reply, one
-    refused recipient of two makes the message wait (nothing is delivered), and the
-    connection goes on with the next message."""
+    when there is one recipient), and the replies still decide as one by one: a
+    refused MAIL is the message's reply, one refused recipient of two makes the
+    message wait (nothing is delivered), and the connection goes on with the next
+    message."""
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import SMTP, Envelope, Session
 
