@@ -282,7 +282,8 @@ async def serve(spec: str) -> None:
         await server.serve_forever()
 
 
-def main(argv: list[str]) -> int:
+def run(argv: list[str]) -> int:
+    """Not ``main``: ``python -m loadtest`` runs every module's ``main()`` as a benchmark."""
     import uvloop
 
     if argv[0] == "noop":
@@ -308,4 +309,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run(sys.argv[1:]))

@@ -61,7 +61,8 @@ def context_switches(pid: int) -> tuple[int, int]:
     return voluntary, involuntary
 
 
-def main(argv: Sequence[str]) -> None:
+def probe(argv: Sequence[str]) -> None:
+    """Not ``main``: ``python -m loadtest`` runs every module's ``main()`` as a benchmark."""
     own, tool = list(argv), []
     if "--" in own:
         at = own.index("--")
@@ -139,4 +140,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    probe(sys.argv[1:])
