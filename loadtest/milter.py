@@ -123,6 +123,36 @@ class Samples:
 # -- building the set-ups -------------------------------------------------------------
 
 
+@dataclass
+class Shared:
+    """What every set-up of a run uses: a directory, the C no-op's binary, the DKIM
+    key, Redis (and a connection that stays open to read its counters), smtp-sink."""
+
+    directory: Path
+    c_binary: Path
+    key_file: Path
+    redis: RedisServer
+    observer: Redis
+    sink: SinkProcess
+
+
+def start_shared(stack: contextlib.ExitStack) -> Shared:
+    directory = Path(tempfile.mkdtemp(prefix="sw-bench-"))
+    directory.chmod(0o755)  # Postfix (user postfix) reaches the milter sockets here
+    stack.callback(subprocess.run, ["rm", "-rf", str(directory)], check=False)
+    c_binary = build_c_noop(directory)
+    key_file = directory / "dkim.key"
+    generate_key(key_file)
+    redis = RedisServer()
+    stack.callback(redis.close)
+    redis.start()
+    observer = stack.enter_context(Redis.from_url(redis.url))
+    sink = SinkProcess(backlog=512)
+    stack.callback(sink.close)
+    sink.start()
+    return Shared(directory, c_binary, key_file, redis, observer, sink)
+
+
 def build_c_noop(directory: Path) -> Path:
     """Compile the C no-op milter (libmilter-dev, from install-system-deps.sh)."""
     binary = directory / "noop_milter"
@@ -453,19 +483,9 @@ def main(argv: Sequence[str]) -> None:
         flush=True,
     )
     with contextlib.ExitStack() as stack:
-        directory = Path(tempfile.mkdtemp(prefix="sw-bench-"))
-        directory.chmod(0o755)  # Postfix (user postfix) reaches the milter sockets here
-        stack.callback(subprocess.run, ["rm", "-rf", str(directory)], check=False)
-        c_binary = build_c_noop(directory)
-        key_file = directory / "dkim.key"
-        generate_key(key_file)
-        redis = RedisServer()
-        stack.callback(redis.close)
-        redis.start()
-        observer = stack.enter_context(Redis.from_url(redis.url))
-        sink = SinkProcess(backlog=512)
-        stack.callback(sink.close)
-        sink.start()
+        shared = start_shared(stack)
+        directory, c_binary, key_file = shared.directory, shared.c_binary, shared.key_file
+        redis, observer, sink = shared.redis, shared.observer, shared.sink
         sasl_users = {login(n): PASSWORD for n in range(ACCOUNTS)}
         started: list[Running] = []
         sasldb: Path | None = None

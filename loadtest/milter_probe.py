@@ -25,27 +25,20 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
-
-from redis import Redis
 
 from loadtest.milter import (
     ACCOUNTS,
     PASSWORD,
     Setup,
-    build_c_noop,
     load_average,
     login,
     measure,
     percentile,
     start_setup,
+    start_shared,
 )
-from sendwarden.dkim.keys import generate_key
-from tests.support.redis_server import RedisServer
-from tests.support.sink import SinkProcess
 
 
 def context_switches(pid: int) -> tuple[int, int]:
@@ -76,28 +69,18 @@ def probe(argv: Sequence[str]) -> None:
     parser.add_argument("--pin", help="every other batch, the milter's threads on these CPUs")
     args = parser.parse_args(own)
     with contextlib.ExitStack() as stack:
-        directory = Path(tempfile.mkdtemp(prefix="sw-probe-"))
-        directory.chmod(0o755)
-        stack.callback(subprocess.run, ["rm", "-rf", str(directory)], check=False)
-        key = directory / "dkim.key"
-        generate_key(key)
-        redis = RedisServer()
-        stack.callback(redis.close)
-        redis.start()
-        observer = stack.enter_context(Redis.from_url(redis.url))
-        sink = SinkProcess(backlog=512)
-        stack.callback(sink.close)
-        sink.start()
+        shared = start_shared(stack)
+        observer = shared.observer
         running = start_setup(
             stack,
             Setup(args.setup, args.setup),
-            directory=directory,
-            sink_port=sink.port,
+            directory=shared.directory,
+            sink_port=shared.sink.port,
             sasl_users={login(n): PASSWORD for n in range(ACCOUNTS)},
             sasldb=None,
-            c_binary=build_c_noop(directory),
-            redis_url=redis.url,
-            key_file=key,
+            c_binary=shared.c_binary,
+            redis_url=shared.redis.url,
+            key_file=shared.key_file,
         )
         assert running.milter is not None and running.milter.pid
         pid = running.milter.pid
@@ -110,7 +93,7 @@ def probe(argv: Sequence[str]) -> None:
                 subprocess.run(["taskset", "-a", "-cp", cpus, str(pid)], check=True,
                                stdout=subprocess.DEVNULL)  # fmt: skip
                 label = f"milter on CPUs {cpus}: "
-            out = directory / f"tool-{batch}.out"
+            out = shared.directory / f"tool-{batch}.out"
             watcher = None
             if tool:
                 command = [part.format(pid=pid, out=out) for part in tool]
