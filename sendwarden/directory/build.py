@@ -69,11 +69,12 @@ def build(
     previous: str | Path | None = None,
     written: Callable[[BuildReport], None] | None = None,
     sql: Callable[[], SourceData] | None = None,
+    parallel: bool = False,
 ) -> BuildReport:
     """Read the sources and write the snapshot ``out``; SourceError leaves no file.
     ``written`` is given the report as soon as the file is in place (see
-    :func:`write_snapshot`); ``sql`` is the query already sent, as for
-    :func:`read_sources`."""
+    :func:`write_snapshot`, as is ``parallel``); ``sql`` is the query already sent, as
+    for :func:`read_sources`."""
     with _no_cycle_collection():
         sources = read_sources(settings, sql)
         users = read_system_users() if settings.system_users else None
@@ -87,6 +88,7 @@ def build(
                 max_shrink_percent=settings.max_shrink_percent,
                 fingerprint=fingerprint(settings),
                 written=written,
+                parallel=parallel,
             )
         finally:
             if before is not None:

@@ -35,7 +35,9 @@ def main() -> int:
 
     settings = DirectorySettings(**request["settings"])
     try:
-        report = build(settings, request["out"], request.get("previous"), _answer, sql)
+        report = build(
+            settings, request["out"], request.get("previous"), _answer, sql, parallel=True
+        )
     except SourceError as error:
         print(json.dumps({"error": str(error)}))
         return 1

@@ -19,16 +19,22 @@ applied on top when an account is looked up, see :mod:`sendwarden.directory.live
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
+import signal
 import sqlite3
 import struct
+import sys
 import threading
 import time
+import traceback
 from array import array
+from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import count, repeat
+from itertools import compress, count, repeat
 from pathlib import Path
 from typing import Any
 
@@ -115,63 +121,107 @@ class BuildReport:
         )
 
 
-#: A claim is the row its table keeps: ``(key, account, [shown,] src, place)``. The
-#: account is at 1, the source and its line or row last: the same tuple is merged and
-#: written, with no Python object built per identity on the way.
+#: A row of a table, as written.
 Row = tuple[Any, ...]
 
 
 class _Claims:
-    """One kind of identity, claimed by accounts; two claimants make a conflict."""
+    """One kind of identity claimed by accounts, kept as columns in the order claimed
+    (key, account index, the key as first written, source, line or row); two
+    claimants make a conflict. No object is made per claim: the claims are sorted by
+    key once, and the usual directory, where no key repeats, needs nothing more."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.owner: dict[Any, Row] = {}  # key -> its first claim
-        self.contested: dict[Any, set[int]] = {}
+        self.keys: list[Any] = []
+        self.accounts: list[int] = []
+        self.shown: list[Any] = []
+        self.srcs: list[int] = []
+        self.places: list[int] = []
+        #: The owners' claims (positions in the columns), in key order; by settle().
+        self.owners: list[int] = []
+        self.contested: set[Any] = set()
 
-    def claim(self, row: Row) -> None:
-        key = row[0]
-        earlier = self.owner.get(key)
-        if earlier is None:
-            self.owner[key] = row
-        elif earlier[1] != row[1]:
-            self.contested.setdefault(key, {earlier[1]}).add(row[1])
-
-    def claim_all(self, rows: list[Row]) -> None:
-        """One source's claims, in its order: merged whole when no key repeats (the
-        usual case, at C speed), else one by one as :meth:`claim` does."""
-        new = dict(zip(map(operator.itemgetter(0), rows), rows, strict=True))
-        if len(new) == len(rows) and new.keys().isdisjoint(self.owner):
-            if self.owner:
-                self.owner.update(new)
-            else:
-                self.owner = new
-            return
-        for row in rows:
-            self.claim(row)
+    def claim_all(
+        self,
+        keys: Sequence[Any],
+        accounts: Iterable[int],
+        src: int,
+        places: Sequence[int],
+        shown: Sequence[Any] | None = None,
+    ) -> None:
+        """One source's claims, in its order."""
+        self.keys += keys
+        self.accounts += accounts
+        self.shown += keys if shown is None else shown
+        self.srcs += repeat(src, len(keys))
+        self.places += places
 
     def settle(
         self, ids: Sequence[str], by_id: Mapping[str, int], previous: Snapshot | None
     ) -> list[Conflict]:
-        """Give each contested key to its previous owner, if that is a claimant, else
-        to nobody; the conflicts, for the log and ``account show``."""
-        conflicts = []
-        for key, claimants in self.contested.items():
-            names = tuple(sorted(ids[account] for account in claimants))
+        """Each key's owner: the account of its first claim; a key claimed by another
+        account as well goes to its previous owner, if that is a claimant, else to
+        nobody. The conflicts (in the order they arose), for the log and ``account
+        show``."""
+        keys, accounts = self.keys, self.accounts
+        order = sorted(range(len(keys)), key=keys.__getitem__)  # (stable: claim order)
+        in_order = list(map(keys.__getitem__, order))
+        repeats = list(compress(count(1), map(operator.eq, in_order[1:], in_order)))
+        if not repeats:  # the usual case
+            self.owners = order
+            return []
+        keep = [True] * len(order)
+        runs: list[list[int]] = []  # [first, last] of each key claimed more than once
+        for at in repeats:
+            keep[at] = False  # (a later claim of a key)
+            if runs and runs[-1][1] == at - 1:
+                runs[-1][1] = at
+            else:
+                runs.append([at - 1, at])
+        contests: list[tuple[int, Conflict]] = []
+        for first, last in runs:
+            claims = order[first : last + 1]  # (in claim order)
+            owner = accounts[claims[0]]
+            rivals = [claim for claim in claims if accounts[claim] != owner]
+            if not rivals:
+                continue  # one account claiming a key twice: its first claim holds
+            key = in_order[first]
+            self.contested.add(key)
+            names = tuple(sorted({ids[accounts[claim]] for claim in claims}))
             before = previous.owner(self.kind, key) if previous is not None else None
             if before is not None and before in names:
-                row = self.owner[key]
-                self.owner[key] = (row[0], by_id[before], *row[2:])
+                accounts[claims[0]] = by_id[before]  # (its first claim's place stays)
                 kept: str | None = before
             else:
-                del self.owner[key]
+                keep[first] = False
                 kept = None
-            conflicts.append(Conflict(self.kind, str(key), names, kept))
-        return conflicts
+            contests.append((rivals[0], Conflict(self.kind, str(key), names, kept)))
+        self.owners = list(compress(order, keep))
+        return [conflict for _at, conflict in sorted(contests, key=_FIRST)]
 
-    def sorted_rows(self) -> Iterable[Row]:
-        owner = self.owner
-        return map(owner.__getitem__, sorted(owner))
+    def add_owners(self, keys: list[Any], accounts: list[int], src: int, places: list[int]) -> None:
+        """Claims of keys nobody claimed (settled already: each its own owner)."""
+        start = len(self.keys)
+        self.claim_all(keys, accounts, src, places)
+        self.owners = sorted(
+            self.owners + list(range(start, len(self.keys))), key=self.keys.__getitem__
+        )
+
+    def column(self, values: Sequence[Any]) -> list[Any]:
+        """``values`` (one of the columns) of the owners' claims, in key order."""
+        return list(map(values.__getitem__, self.owners))
+
+    def by_account(self, values: Sequence[Any], rank: Sequence[int], accounts: int) -> list[str]:
+        """``values`` of the owners' claims, one text per account (by ``rank``, the
+        place of each account index in id order), one a line, in the order claimed."""
+        ranks = list(map(rank.__getitem__, self.accounts))
+        claimed = self.owners if len(self.owners) < len(self.keys) else range(len(self.keys))
+        grouped = sorted(sorted(claimed), key=ranks.__getitem__)  # (stable)
+        in_order = list(map(ranks.__getitem__, grouped))
+        starts = list(map(bisect_left, repeat(in_order), range(accounts + 1)))
+        owned = list(map(values.__getitem__, grouped))
+        return list(map(SEPARATOR.join, map(owned.__getitem__, map(slice, starts, starts[1:]))))
 
 
 def write_snapshot(
@@ -183,11 +233,15 @@ def write_snapshot(
     max_shrink_percent: int = 100,
     fingerprint: str = "",
     written: Callable[[BuildReport], None] | None = None,
+    parallel: bool = False,
 ) -> BuildReport:
     """Merge ``sources`` (in precedence order) and the password database into a new
     snapshot file at ``path`` (written beside it, then renamed into place).
     ``written`` is called with the report once the file is in place, before what the
-    build made is freed (the builder child answers in it and exits).
+    build made is freed (the builder child answers in it and exits). ``parallel``:
+    the account pages are made by a forked process while this one makes the others,
+    on a second core (only in a process of its own, such as the builder child: a fork
+    of a process with other threads could meet their locks held).
     Raises :class:`ShrinkRefused` when it would lose too much of ``previous``."""
     ids: list[str] = []
     by_id: dict[str, int] = {}
@@ -228,23 +282,10 @@ def write_snapshot(
         ):
             if claimed:
                 keys, names, places = claim_columns(claimed)
-                claims[kind].claim_all(
-                    list(zip(keys, map(index_of, names), repeat(src), places, strict=False))
-                )
+                claims[kind].claim_all(keys, map(index_of, names), src, places)
         if data.logins:
             shown, names, places = claim_columns(data.logins)
-            claims["login"].claim_all(
-                list(
-                    zip(
-                        _casefolded(shown),
-                        map(index_of, names),
-                        shown,
-                        repeat(src),
-                        places,
-                        strict=False,  # repeat() is endless; the others are one length
-                    )
-                )
-            )
+            claims["login"].claim_all(_casefolded(shown), map(index_of, names), src, places, shown)
         for account_id, limit in data.limits.items():
             index = by_id[account_id]
             limits[index] = min(limit, limits.get(index, limit))
@@ -259,44 +300,68 @@ def write_snapshot(
         # (or the account a source gave that Unix user to).
         src = len(source_rows)
         source_rows.append((src, SYSTEM_USERS, "password database", "uid"))
-        named = claims["system user"].owner
-        listed_uids = claims["uid"].owner
+        users = claims["system user"]
+        named = dict(zip(users.column(users.keys), users.column(users.accounts), strict=True))
+        listed_uids = set(claims["uid"].column(claims["uid"].keys)) | claims["uid"].contested
+        new_uids: list[int] = []
+        new_owners: list[int] = []
         for uid, name in system_users.items():
             uid_names[uid] = name
-            if uid in listed_uids or uid in claims["uid"].contested:
+            if uid in listed_uids:
                 continue
-            listed = named.get(name)
-            if listed is not None:
-                index = listed[1]
-            else:
+            owner = named.get(name)
+            if owner is None:
                 try:
-                    index = account(check_account_id(name), src, uid)
+                    owner = account(check_account_id(name), src, uid)
                 except ValueError:
                     report.notes.append(
                         f"password database: uid {uid}: {name!r} is no account name"
                     )
                     continue
-            listed_uids[uid] = (uid, index, src, uid)
+            new_uids.append(uid)
+            new_owners.append(owner)
+        claims["uid"].add_owners(new_uids, new_owners, src, new_uids)
 
     report.accounts = len(ids)
-    report.domains = len(claims["domain"].owner)
-    report.logins = len(claims["login"].owner)
-    report.uids = len(claims["uid"].owner)
+    report.domains = len(claims["domain"].owners)
+    report.logins = len(claims["login"].owners)
+    report.uids = len(claims["uid"].owners)
     _check_shrink(report, previous, max_shrink_percent)
-    owned: dict[str, dict[int, list[str]]] = {"domain": {}, "login": {}, "uid": {}}
-    for kind, shown_at in (("domain", 0), ("login", 2)):  # a login as first written
-        by_account = owned[kind]
-        for row in claims[kind].owner.values():
-            by_account.setdefault(row[1], []).append(row[shown_at])
-    for row in claims["uid"].owner.values():
-        owned["uid"].setdefault(row[1], []).append(str(row[0]))
+    by_name = sorted(range(len(ids)), key=ids.__getitem__)  # account pages are in id order
+    rank = [0] * len(ids)
+    deque(map(rank.__setitem__, by_name, count()), maxlen=0)
+
+    def write_accounts(connection: sqlite3.Connection) -> None:
+        """The account pages (see :func:`_account_pages`)."""
+        sources_of, places_of = zip(*origin, strict=True) if origin else ((), ())
+        connection.executemany(
+            f"INSERT INTO account_pages VALUES ({', '.join('?' * 14)})",
+            _account_pages(
+                list(map(ids.__getitem__, by_name)),
+                [
+                    array("q", by_name),  # where the sources named it: account_ids()
+                    array("q", map(sources_of.__getitem__, by_name)),
+                    array("q", map(places_of.__getitem__, by_name)),
+                    array("q", map(limits.get, by_name, repeat(0))),  # 0: none given
+                    array("b", map(_TRISTATE.__getitem__, map(subdomains.get, by_name))),
+                ],
+                [
+                    claims["domain"].by_account(claims["domain"].keys, rank, len(ids)),
+                    claims["login"].by_account(claims["login"].shown, rank, len(ids)),
+                    claims["uid"].by_account(list(map(str, claims["uid"].keys)), rank, len(ids)),
+                ],
+            ),
+        )
 
     target = Path(path)
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
-    domain_rows = list(claims["domain"].sorted_rows())
+    helper = None
     connection = sqlite3.connect(partial)
     try:
+        if parallel:
+            with contextlib.suppress(OSError):  # (no fork: written here, below)
+                helper = _Forked(partial.with_name(partial.name + "-accounts"), write_accounts)
         connection.executescript(_BUILDING)
         connection.executescript(SCHEMA)
         insert = connection.executemany
@@ -317,53 +382,30 @@ def write_snapshot(
                 ),
             ],
         )
-        every = range(len(ids))
-        sources_of, places_of = zip(*origin, strict=True) if origin else ((), ())
-        by_name = sorted(every, key=ids.__getitem__)  # account pages are in id order
-        insert(
-            f"INSERT INTO account_pages VALUES ({', '.join('?' * 14)})",
-            _account_pages(
-                list(map(ids.__getitem__, by_name)),
-                [
-                    array("q", by_name),  # where the sources named it: account_ids()
-                    array("q", map(sources_of.__getitem__, by_name)),
-                    array("q", map(places_of.__getitem__, by_name)),
-                    array("q", map(limits.get, by_name, repeat(0))),  # 0: none given
-                    array("b", map(_TRISTATE.__getitem__, map(subdomains.get, by_name))),
-                ],
-                [
-                    list(map(SEPARATOR.join, map(owned[kind].get, by_name, repeat(()))))
-                    for kind in ("domain", "login", "uid")
-                ],
-            ),
-        )
-        connection.execute("CREATE UNIQUE INDEX account_pages_first ON account_pages (first)")
+        if helper is None:
+            write_accounts(connection)
         insert("INSERT INTO also VALUES (?, ?, ?)", ((ids[i], s, p) for i, s, p in also))
         connection.execute("CREATE INDEX also_account ON also (account)")
         # Domains, look-alikes and logins in pages of PAGE_SIZE (see Snapshot._entry);
         # the rare key holding a line break, a row of its own.
-        for kind, rows, table in (
-            ("domain", domain_rows, "domains (domain, account, src, place)"),
-            ("look", _looks(domain_rows), "looks (look, account)"),
-            ("login", list(claims["login"].sorted_rows()), "logins (login, account, src, place)"),
+        domains = _owned_columns(claims["domain"], ids)
+        for kind, columns, table in (
+            ("domain", domains, "domains (domain, account, src, place)"),
+            ("look", _looks(domains[0], domains[1]), "looks (look, account)"),
+            ("login", _owned_columns(claims["login"], ids), "logins (login, account, src, place)"),
         ):
-            pages, odd = _pages(kind, rows, ids)
+            pages, odd = _pages(kind, *columns)
             insert("INSERT INTO pages VALUES (?, ?, ?, ?, ?, ?)", pages)
             if odd:
                 insert(f"INSERT INTO {table} VALUES ({', '.join('?' * len(odd[0]))})", odd)
+        uids, uid_owners, uid_srcs, uid_places = _owned_columns(claims["uid"], ids)
         insert(
             "INSERT INTO uids VALUES (?, ?, ?, ?, ?)",
-            (
-                (uid, ids[index], uid_names.get(int(str(uid))), src, place)
-                for uid, index, src, place in claims["uid"].owner.values()
-            ),
+            zip(uids, uid_owners, map(uid_names.get, uids), uid_srcs, uid_places, strict=True),
         )
         insert(
             "INSERT INTO system_users VALUES (?, ?, ?, ?)",
-            (
-                (name, ids[index], src, place)
-                for name, index, src, place in claims["system user"].owner.values()
-            ),
+            zip(*_owned_columns(claims["system user"], ids), strict=True),
         )
         insert(
             "INSERT INTO conflicts VALUES (?, ?, ?, ?)",
@@ -372,6 +414,9 @@ def write_snapshot(
                 for conflict in report.conflicts
             ),
         )
+        if helper is not None:
+            helper.copy_into(connection, "account_pages")
+        connection.execute("CREATE UNIQUE INDEX account_pages_first ON account_pages (first)")
         connection.commit()
     except BaseException:
         connection.close()
@@ -379,10 +424,58 @@ def write_snapshot(
         raise
     finally:
         connection.close()
+        if helper is not None:
+            helper.close()
     os.replace(partial, target)
     if written is not None:
         written(report)
     return report
+
+
+class _Forked:
+    """``write(connection)`` run in a forked process, into a file of its own with the
+    snapshot's schema, while this process goes on; :meth:`copy_into` waits for it and
+    copies its table into the snapshot (at C speed: the rows as they are)."""
+
+    def __init__(self, path: Path, write: Callable[[sqlite3.Connection], None]) -> None:
+        self.path = path
+        path.unlink(missing_ok=True)
+        self.pid: int | None = os.fork()
+        if self.pid == 0:  # the forked process: write, and exit without unwinding
+            status = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                connection = sqlite3.connect(path)
+                connection.executescript(_BUILDING)
+                connection.executescript(SCHEMA)
+                write(connection)
+                connection.commit()
+                connection.close()
+                status = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stderr.flush()
+                os._exit(status)
+
+    def copy_into(self, connection: sqlite3.Connection, table: str) -> None:
+        assert self.pid is not None
+        _pid, status = os.waitpid(self.pid, 0)
+        self.pid = None
+        if status != 0:
+            raise RuntimeError(f"writing the {table} in a forked process failed ({status})")
+        connection.commit()
+        connection.execute("ATTACH DATABASE ? AS forked", (str(self.path),))
+        connection.execute(f"INSERT INTO {table} SELECT * FROM forked.{table}")
+
+    def close(self) -> None:
+        """Stop it if it is still at work (the build failed); remove its file."""
+        if self.pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            self.pid = None
+        self.path.unlink(missing_ok=True)
 
 
 #: Identities per page: a lookup reads one page (a few pages of SQLite's) and finds
@@ -400,20 +493,35 @@ _PAGE_QUERIES = {
 }
 
 
-def _pages(kind: str, rows: list[Row], ids: Sequence[str]) -> tuple[list[Row], list[Row]]:
-    """``rows`` (sorted by key: ``(key, account, [shown,] [src, place])``) as pages
-    ``(kind, first key, keys, account ids, sources, places)`` of :data:`PAGE_SIZE`
-    rows: the keys and account ids one a line, the sources and places as 64-bit
-    integers (native order: the file never leaves this host); and the rows whose key
-    holds a line break, which no page can hold (rows of their kind's own table, without
-    the ``shown`` no lookup reads)."""
-    keys = list(map(_FIRST, rows))
+def _owned_columns(claims: _Claims, ids: Sequence[str]) -> list[list[Any]]:
+    """The owners' claims in key order, as columns: keys, account ids, sources, places."""
+    return [
+        claims.column(claims.keys),
+        list(map(ids.__getitem__, claims.column(claims.accounts))),
+        claims.column(claims.srcs),
+        claims.column(claims.places),
+    ]
+
+
+def _pages(
+    kind: str,
+    keys: list[Any],
+    accounts: list[str],
+    srcs: list[int] | None = None,
+    places: list[int] | None = None,
+) -> tuple[list[Row], list[Row]]:
+    """Keys (sorted) with their account ids, sources and places, as pages ``(kind,
+    first key, keys, account ids, sources, places)`` of :data:`PAGE_SIZE` keys: the keys
+    and account ids one a line, the sources and places as 64-bit integers (native
+    order: the file never leaves this host); and the rows whose key holds a line break,
+    which no page can hold (rows of their kind's own table)."""
     odd: list[Row] = []
+    numbers = [srcs, places] if srcs is not None and places is not None else []
     if "\n".join(keys).count("\n") != max(len(keys) - 1, 0):
-        odd = [_odd_row(kind, row, ids) for row in rows if "\n" in row[0]]
-        rows = [row for row in rows if "\n" not in row[0]]
-        keys = list(map(_FIRST, rows))
-    accounts = list(map(ids.__getitem__, map(_SECOND, rows)))
+        plain = ["\n" not in key for key in keys]
+        odd = list(compress(zip(keys, accounts, *numbers, strict=True), map(operator.not_, plain)))
+        keys, accounts = list(compress(keys, plain)), list(compress(accounts, plain))
+        numbers = [list(compress(column, plain)) for column in numbers]
     starts = range(0, len(keys), PAGE_SIZE)
     join = "\n".join
     columns: list[Iterable[Any]] = [
@@ -422,11 +530,10 @@ def _pages(kind: str, rows: list[Row], ids: Sequence[str]) -> tuple[list[Row], l
         [join(keys[start : start + PAGE_SIZE]) for start in starts],
         [join(accounts[start : start + PAGE_SIZE]) for start in starts],
     ]
-    if rows and len(rows[0]) > 2:  # the source and its line or row, last
-        for at in (-2, -1):
-            numbers = array("q", map(operator.itemgetter(at), rows))
-            columns.append([numbers[start : start + PAGE_SIZE].tobytes() for start in starts])
-    else:
+    for column in numbers:  # the source and its line or row
+        packed = array("q", column)
+        columns.append([packed[start : start + PAGE_SIZE].tobytes() for start in starts])
+    if not numbers:
         columns += (repeat(None), repeat(None))
     return list(zip(*columns, strict=False)), odd  # (repeat() is endless)
 
@@ -463,24 +570,13 @@ def _account_pages(
     return list(zip(*columns, strict=True))
 
 
-def _odd_row(kind: str, row: Row, ids: Sequence[str]) -> Row:
-    """A row of its kind's own table: the account by its id, without the ``shown`` no
-    lookup reads."""
-    return (row[0], ids[row[1]], *row[3 if kind == "login" else 2 :])
-
-
-def _looks(domain_rows: list[Row]) -> list[tuple[str, int]]:
-    """The UTS #39 skeleton of every domain, so that a look-alike of a customer's domain
-    is found as theirs (the first owner, in domain order, of a shared skeleton)."""
-    looks = dict(
-        zip(
-            reversed(domain_skeletons(list(map(_FIRST, domain_rows)))),
-            reversed(list(map(_SECOND, domain_rows))),
-            strict=True,
-        )
-    )
+def _looks(domains: list[str], accounts: list[str]) -> tuple[list[str], list[str]]:
+    """The UTS #39 skeleton of every domain (sorted), so that a look-alike of a
+    customer's domain is found as theirs (the first owner, in domain order, of a
+    shared skeleton): the skeletons, sorted, and their account ids."""
+    looks = dict(zip(reversed(domain_skeletons(domains)), reversed(accounts), strict=True))
     keys = sorted(looks)  # (strings sort faster than pairs)
-    return list(zip(keys, map(looks.__getitem__, keys), strict=True))
+    return keys, list(map(looks.__getitem__, keys))
 
 
 #: How the file being built is written: nobody reads it until it is complete and renamed
@@ -492,11 +588,11 @@ _BUILDING = (
 )
 
 
-def _casefolded(texts: Sequence[str]) -> Iterable[str]:
+def _casefolded(texts: Sequence[str]) -> Sequence[str]:
     """Each text casefolded: the texts themselves when none changes (casefolding maps
     each character on its own, so all of them read as one text tell)."""
     joined = "\n".join(texts)
-    return texts if joined.casefold() == joined else map(str.casefold, texts)
+    return texts if joined.casefold() == joined else list(map(str.casefold, texts))
 
 
 def _check_shrink(report: BuildReport, previous: Snapshot | None, max_shrink_percent: int) -> None:

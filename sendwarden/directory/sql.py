@@ -17,6 +17,7 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from itertools import compress, repeat
 from pathlib import Path
 from typing import Any, Literal
@@ -145,19 +146,37 @@ def _claims_of(label: str, rows_of: Callable[[], Result]) -> SourceData:
         raise SourceError(f"{label}: {type(error).__name__}: {error}") from None
 
 
-def rows_to_data(label: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> SourceData:
+def rows_to_data(
+    label: str, columns: Sequence[str], rows: Iterable[Sequence[Any]] | Columns
+) -> SourceData:
     """The rows' claims: read column by column when every value is plain (the usual
     big query), else row by row, naming each bad row; both read alike (a property
-    test holds them equal)."""
+    test holds them equal). ``rows`` may come as their columns (:class:`Columns`)."""
     position = _positions(label, columns)
-    rows = rows if isinstance(rows, list) else list(rows)
+    given: Columns | list[Sequence[Any]] = rows if isinstance(rows, Columns | list) else list(rows)
     if set(position) <= _PLAIN_COLUMNS:
+        if isinstance(given, Columns):
+            values = given.values
+        else:  # (only the plain columns, renumbered)
+            values = [list(map(operator.itemgetter(at), given)) for at in position.values()]
+            position = {name: at for at, name in enumerate(position)}
         plain = _plain_rows(
-            label, rows, position["account"], position.get("domain"), position.get("login")
+            label, values, position["account"], position.get("domain"), position.get("login")
         )
         if plain is not None:
             return plain
-    return rows_one_by_one(label, columns, rows)
+    return rows_one_by_one(label, columns, given.rows() if isinstance(given, Columns) else given)
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """A result as its columns, one list of values each, all one length: a PostgreSQL
+    result read as arrays (:func:`_as_arrays`), with no tuple made per row."""
+
+    values: list[list[Any]]
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        return list(zip(*self.values, strict=True))
 
 
 def _positions(label: str, columns: Sequence[str]) -> dict[str, int]:
@@ -227,19 +246,19 @@ _PLAIN_DOMAINS = re.compile(rf"(?:{_PLAIN_DOMAIN.pattern}\n)*{_PLAIN_DOMAIN.patt
 
 def _plain_rows(
     label: str,
-    rows: list[Sequence[Any]],
+    values: Sequence[list[Any]],
     i_account: int,
     i_domain: int | None,
     i_login: int | None,
 ) -> SourceData | None:
-    """The rows read column by column at C speed, when every value is as the row-by-row
-    reading would take it unchanged: every account a plain id, every domain plain
-    lower-case ASCII, every login text with no space around it. None: anything else,
-    left to the row-by-row reading, which names the bad rows."""
-    if not rows:
+    """The rows (as their columns) read column by column at C speed, when every value
+    is as the row-by-row reading would take it unchanged: every account a plain id,
+    every domain plain lower-case ASCII, every login text with no space around it.
+    None: anything else, left to the row-by-row reading, which names the bad rows."""
+    accounts = values[i_account]
+    if not accounts:
         return None
-    accounts = list(map(operator.itemgetter(i_account), rows))
-    numbers = range(1, len(rows) + 1)
+    numbers = range(1, len(accounts) + 1)
     first_row: dict[Any, int] = {}  # each account's first row, in the order of the rows
     data = SourceData("sql", label, ROW)
     columns: dict[str, ClaimColumns] = {}
@@ -253,9 +272,9 @@ def _plain_rows(
         ):
             if index is None:
                 continue
-            values = list(map(operator.itemgetter(index), rows))
-            given = list(map(operator.is_not, values, repeat(None)))
-            present = list(compress(values, given))
+            column = values[index]
+            given = list(map(operator.is_not, column, repeat(None)))
+            present = list(compress(column, given))
             if pattern is not None and present and not pattern.fullmatch("\n".join(present)):
                 return None  # (join raises TypeError for a value that is not text)
             if pattern is None and not _stripped(present):
@@ -320,7 +339,7 @@ def _boolean(value: Any) -> bool:
 
 # -- drivers --------------------------------------------------------------------------
 
-Result = tuple[list[str], list[Sequence[Any]]]
+Result = tuple[list[str], list[Sequence[Any]] | Columns]
 
 
 def _postgresql(url: str, query: str, password: str | None, timeout_ms: int) -> Result:
@@ -335,7 +354,52 @@ def _postgresql(url: str, query: str, password: str | None, timeout_ms: int) -> 
         options=f"{given} {ours}" if given else ours,
         **({"password": password} if password is not None else {}),  # type: ignore[arg-type]
     )
+    try:
+        arrays = _as_arrays(connection, query)
+    except psycopg.errors.QueryCanceled:
+        connection.close()
+        raise  # (the statement timeout: running the query again would only wait as long)
+    except psycopg.Error:
+        arrays = None  # the query as it is says what is wrong with it, just below
+    if arrays is not None:
+        connection.close()
+        return arrays
+    try:
+        connection.rollback()
+    except BaseException:
+        connection.close()
+        raise
     return _fetch_all(connection, query)
+
+
+#: PostgreSQL's text types (text, varchar): their arrays load as the values do.
+_PG_TEXT_TYPES = frozenset({25, 1043})
+
+
+def _as_arrays(connection: Any, query: str) -> Result | None:
+    """The query's result as one array per column, when every column is text: one row
+    of three arrays instead of 750,000 rows loaded value by value (half a second).
+    Run without parallel workers, so the arrays hold the rows in the order the query
+    alone gives them. None: not all text (the caller runs the query as it is)."""
+    query = query.strip().rstrip(";")  # (a subquery has no semicolon)
+    cursor = connection.cursor(binary=True)
+    cursor.execute(f"SELECT * FROM (\n{query}\n) AS sendwarden_query LIMIT 0")
+    described = cursor.description or ()
+    if not described or any(column.type_code not in _PG_TEXT_TYPES for column in described):
+        return None
+    names = [str(column.name) for column in described]
+    aliases = [f"c{at}" for at in range(len(names))]
+    arrays = ", ".join(f"array_agg({alias})" for alias in aliases)
+    cursor.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+    cursor.execute(f"SELECT {arrays} FROM (\n{query}\n) AS sendwarden_query ({', '.join(aliases)})")
+    row = cursor.fetchone()
+    if row is None or len(row) != len(names):
+        return None
+    if all(value is None for value in row):  # (no rows: array_agg gives NULL)
+        return names, Columns([[] for _name in names])
+    if any(not isinstance(value, list) for value in row) or len({len(v) for v in row}) != 1:
+        return None
+    return names, Columns(list(row))
 
 
 def _mysql(url: str, query: str, password: str | None, timeout_ms: int) -> Result:

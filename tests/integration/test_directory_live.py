@@ -5,10 +5,15 @@ goes bad."""
 from __future__ import annotations
 
 import logging
+import re
+import sqlite3
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sendwarden.alerts.rules import Alert
 from sendwarden.config import settings_from_mapping
@@ -294,3 +299,74 @@ def test_systemds_state_directory_keeps_the_directory_by_default(
         assert account_directory(second).owner_of_domain("acme.example") is not None
     finally:
         second.close()
+
+
+LOGINS = st.one_of(
+    st.sampled_from(["bob", "Bob", "ftp", "ß", "ss", " pad", "a\nb", "eve@a.example"]),
+    st.text(st.characters(blacklist_categories=["Z", "Cc", "Cs"]), min_size=1, max_size=4),
+)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    lines=st.lists(
+        st.tuples(
+            st.sampled_from(["a.example", "b.example", "Ü.example"]),
+            st.sampled_from(["acme", "web1"]),
+        )
+    ),
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["acme", "web1", "initech"]),
+            st.one_of(st.none(), st.sampled_from(["a.example", "c.example"])),
+            st.one_of(st.none(), LOGINS),
+            st.one_of(st.none(), st.integers(1000, 1002)),
+        ),
+        max_size=12,
+    ),
+)
+def test_the_builder_childs_forked_account_pages_are_the_serial_ones(
+    lines: list[tuple[str, str]], rows: list[tuple[object, ...]]
+) -> None:
+    """The builder child writes the account pages in a forked process, beside the
+    rest: its snapshot holds what a build in one process writes, table by table."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "map").write_text("".join(f"{d}: {a}\n" for d, a in lines))
+        with sqlite3.connect(folder / "panel.db") as connection:
+            connection.execute("CREATE TABLE t (n INTEGER, account, domain, login, uid)")
+            connection.executemany(
+                "INSERT INTO t VALUES (?, ?, ?, ?, ?)",
+                [(n, *row) for n, row in enumerate(rows)],
+            )
+        settings_ = settings_from_mapping(
+            {
+                "directory": {
+                    "domain_map": str(folder / "map"),
+                    "sql_url": f"sqlite:///{folder / 'panel.db'}",
+                    "sql_query": "SELECT account, domain, login, uid FROM t ORDER BY n",
+                }
+            }
+        ).directory
+
+        def tables(path: Path) -> dict[str, list[tuple[object, ...]]]:
+            with sqlite3.connect(path) as connection:
+                names = [
+                    row[0]
+                    for row in connection.execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+                    )
+                ]
+                dump = {name: list(connection.execute(f"SELECT * FROM {name}")) for name in names}
+            dump["meta"] = [row for row in dump["meta"] if row[0] != "built"]
+            return dump
+
+        try:
+            serial = build.build(settings_, folder / "serial.db")
+        except SourceError as error:
+            with pytest.raises(build.BuildFailed, match=re.escape(str(error))):
+                build.build_in_child(settings_, folder / "forked.db", None, timeout=60)
+            return
+        forked = build.build_in_child(settings_, folder / "forked.db", None, timeout=60)
+        assert forked == serial
+        assert tables(folder / "forked.db") == tables(folder / "serial.db")

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sendwarden.config import settings_from_mapping
+from sendwarden.directory import sql
 from sendwarden.directory.explain import open_directory
 from sendwarden.directory.snapshot import Snapshot, write_snapshot
 from sendwarden.directory.sources import SourceError
@@ -217,3 +220,63 @@ def test_the_documented_plesk_query_on_psa(mariadb_server: MariaDBServer, tmp_pa
             read_sql(url, plesk_query(), password="wrong")
     finally:
         mariadb_server.drop_database(database)
+
+
+TEXTS = st.one_of(
+    st.none(),
+    st.text(st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"]), max_size=6),
+)
+MOODS = st.one_of(st.none(), st.sampled_from(["ok", "sad"]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.data(),
+    login_type=st.sampled_from(["text", "varchar(40)", "mood", "integer"]),
+    query=st.sampled_from(
+        [
+            "SELECT account, domain, login FROM directory ORDER BY n",
+            "SELECT login, account FROM directory WHERE n > 1 ORDER BY n DESC",
+            "SELECT account, domain AS login, domain FROM directory ORDER BY n;",
+        ]
+    ),
+)
+def test_postgresql_rows_read_as_arrays_are_the_rows(
+    postgres_server: PostgresServer, data: st.DataObject, login_type: str, query: str
+) -> None:
+    """A PostgreSQL result of text columns is read as one array per column: the same
+    values, in the same order, as the rows one by one (other types, and anything the
+    arrays' query refuses, are read as rows); and the claims read from them alike."""
+    login = {"mood": MOODS, "integer": st.one_of(st.none(), st.integers(-5, 5))}.get(
+        login_type, TEXTS
+    )
+    rows = data.draw(st.lists(st.tuples(TEXTS, TEXTS, login), max_size=8))
+    url = postgres_server.new_schema()
+    try:
+        with psycopg.connect(url) as connection:
+            connection.execute("CREATE TYPE mood AS ENUM ('ok', 'sad')")
+            connection.execute(
+                "CREATE TABLE directory (n INTEGER PRIMARY KEY, account TEXT, "
+                f"domain VARCHAR(255), login {login_type})"
+            )
+            connection.cursor().executemany(
+                "INSERT INTO directory VALUES (%s, %s, %s, %s)",
+                [(n, *row) for n, row in enumerate(rows, start=1)],
+            )
+        names, read = sql._postgresql(url, query, None, 30000)
+        expected_names, expected = sql._fetch_all(psycopg.connect(url), query)
+        assert names == expected_names
+        as_rows = read.rows() if isinstance(read, sql.Columns) else read
+        assert [tuple(row) for row in as_rows] == [tuple(row) for row in expected]
+        all_text = login_type in ("text", "varchar(40)") or "domain AS login" in query
+        assert isinstance(read, sql.Columns) == all_text
+
+        def claims(result: object) -> object:
+            try:
+                return dataclasses.astuple(sql.rows_to_data("sql", names, result))  # type: ignore[arg-type]
+            except SourceError as error:
+                return str(error)
+
+        assert claims(read) == claims(expected)
+    finally:
+        postgres_server.drop_schema(url)
