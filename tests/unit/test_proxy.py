@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ipaddress
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -20,7 +22,13 @@ from sendwarden.proxy.identity import (
 )
 from sendwarden.proxy.message import apply_changes, split_message
 from sendwarden.proxy.policy_socket import answer, before_queue_pipeline
-from sendwarden.proxy.server import _split_params
+from sendwarden.proxy.server import (
+    _SIMPLE_PATH,
+    ProxyHandler,
+    ProxySMTP,
+    _parse_path,
+    _split_params,
+)
 from tests.unit.fakes import RecordingCheck
 
 
@@ -100,6 +108,106 @@ def test_postfix_login_only_from_smtpds_own_received_header() -> None:
     assert postfix_login(("Received", received.replace("(Postfix)", "(Exim)"))) is None
     assert postfix_login(("X-Note", received)) is None
     assert postfix_login(None) is None
+
+
+def _connection(loop: asyncio.AbstractEventLoop) -> ProxySMTP:
+    """A proxy connection as the server builds it, on a handler without a runtime."""
+
+    class Generations:
+        retired_in_use = 0
+
+        def lease(self) -> tuple[object, Callable[[], None]]:
+            return Pipeline(settings_from_mapping({}), []), lambda: None
+
+    handler = ProxyHandler.__new__(ProxyHandler)  # its hooks, not its runtime
+    handler.generations = Generations()  # type: ignore[assignment]
+    handler.relays = None  # type: ignore[assignment]
+    handler.postfix_mode = False
+    return ProxySMTP(handler, hostname="proxy.test", auth_required=True,
+                     auth_require_tls=False, auth_exclude_mechanism=["PLAIN", "LOGIN"],
+                     enable_SMTPUTF8=True, loop=loop)  # fmt: skip
+
+
+def test_a_connection_finds_every_hook_aiosmtpd_would_find() -> None:
+    """dir() of a connection and of the handler lists only their hooks (aiosmtpd's
+    constructor reads every attribute dir() lists, on every connection): the SMTP
+    commands, AUTH mechanisms and handler hooks found are all those a full dir() has."""
+    loop = asyncio.new_event_loop()
+    try:
+        connection = _connection(loop)
+        handler = connection.event_handler
+        every = object.__dir__(connection)
+        assert set(connection._smtp_methods) == {
+            name.removeprefix("smtp_") for name in every if name.startswith("smtp_")
+        }
+        assert {"MAIL", "RCPT", "DATA", "EHLO", "AUTH", "QUIT", "XFORWARD"} <= set(
+            connection._smtp_methods
+        )
+        assert set(connection._handle_hooks) == {
+            name.removeprefix("handle_")
+            for name in object.__dir__(handler)
+            if name.startswith("handle_")
+        }
+        assert set(connection._auth_methods) == {"X-SENDWARDEN"}
+        assert connection._ehlo_hook_ver == "new"  # the 5-argument hook, as declared
+    finally:
+        loop.close()
+
+
+def test_a_multi_line_reply_goes_out_in_one_write() -> None:
+    class Writer:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+        async def drain(self) -> None:
+            pass
+
+    async def run() -> list[bytes]:
+        connection = _connection(asyncio.get_running_loop())
+        writer = Writer()
+        connection._writer = writer  # type: ignore[assignment]
+        connection.session = connection._create_session()
+        for line in ("250-proxy.test", "250-DSN", "250 HELP", "221 Bye"):
+            await connection.push(line)
+        return writer.writes
+
+    assert asyncio.run(run()) == [b"250-proxy.test\r\n250-DSN\r\n250 HELP\r\n", b"221 Bye\r\n"]
+
+
+PATH_TEXT = st.text(
+    alphabet=st.sampled_from(list('ab.@<>\t ()"[]\\=+-_!é')) | st.characters(), max_size=40
+)
+
+
+@given(
+    st.one_of(
+        PATH_TEXT,
+        st.builds(lambda a, b: f"<{a}@{b}>", PATH_TEXT, PATH_TEXT),
+        st.builds(lambda a, rest: f"<{a}@acme.example>{rest}", PATH_TEXT, PATH_TEXT),
+    )
+)
+def test_the_quick_address_reading_gives_what_the_parser_gives(arg: str) -> None:
+    """A plain <local@domain> is read with a regular expression; whatever it takes,
+    the full parser gives the same address and the same rest (parameters)."""
+    simple = _SIMPLE_PATH.match(arg)
+    if simple is None:
+        return
+    assert _parse_path(arg) == (simple.group(1), arg[simple.end() :])
+
+
+def test_the_quick_address_reading_takes_the_usual_forms() -> None:
+    for arg, address, rest in (
+        ("<alice@acme.example>", "alice@acme.example", ""),
+        ("<a.b+c@x.example> SIZE=1 BODY=8BITMIME", "a.b+c@x.example", "SIZE=1 BODY=8BITMIME"),
+    ):
+        simple = _SIMPLE_PATH.match(arg)
+        assert simple is not None and (simple.group(1), arg[simple.end() :]) == (address, rest)
+        assert _parse_path(arg) == (address, rest)
+    for arg in ("<a@b> (comment) SIZE=1", '<"a b"@c>', " <a@b>", "<a..b@c>", "<é@x>", "a@b"):
+        assert _SIMPLE_PATH.match(arg) is None  # left to the parser
 
 
 def test_mail_parameters_are_taken_with_their_case() -> None:
@@ -216,10 +324,11 @@ def test_relay_pool_shares_next_hop_connections_up_to_exims_per_connection_limit
 
 def test_relay_pipelines_the_envelope_to_a_pipelining_next_hop_and_keeps_its_replies() -> None:
     """Against an SMTP server that announces PIPELINING (as Exim's return port and
-    Postfix's reinjection smtpd do): MAIL and the RCPTs go in one write, and the
-    replies still decide as one by one: a refused MAIL is the message's reply, one
-    refused recipient of two makes the message wait (nothing is delivered), and the
-    connection goes on with the next message."""
+    Postfix's reinjection smtpd do): MAIL and the RCPTs go in one write (with DATA
+    when there is one recipient), and the replies still decide as one by one: a
+    refused MAIL is the message's reply, one refused recipient of two makes the
+    message wait (nothing is delivered), and the connection goes on with the next
+    message."""
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -230,6 +339,7 @@ def test_relay_pipelines_the_envelope_to_a_pipelining_next_hop_and_keeps_its_rep
         def __init__(self) -> None:
             self.delivered: list[tuple[str, list[str], list[str]]] = []  # MAIL, RCPTs, options
             self.pipelined = False
+            self.data_with_envelope: list[bool] = []  # per MAIL: DATA in the same write
 
         async def handle_EHLO(
             self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
@@ -243,7 +353,9 @@ def test_relay_pipelines_the_envelope_to_a_pipelining_next_hop_and_keeps_its_rep
             options: list[str],
         ) -> str:  # fmt: skip
             # The RCPTs are already waiting when MAIL is read: sent in one write.
-            self.pipelined = b"RCPT TO:" in bytes(server._reader._buffer)  # type: ignore[attr-defined]
+            waiting = bytes(server._reader._buffer)  # type: ignore[attr-defined]
+            self.pipelined = b"RCPT TO:" in waiting
+            self.data_with_envelope.append(b"DATA\r\n" in waiting)
             if address.startswith("bad@"):
                 return "550 5.7.1 sender refused here"
             envelope.mail_from, envelope.mail_options = address, options
@@ -291,6 +403,9 @@ def test_relay_pipelines_the_envelope_to_a_pipelining_next_hop_and_keeps_its_rep
             ["a@x.example", "b@x.example"], ["c@x.example"],
         ]  # fmt: skip
         assert relay.sent == 5  # all on one connection
+        # DATA goes with MAIL and RCPT when there is one recipient (its 354 then says
+        # the recipient was accepted), never with several (one refused must stop all).
+        assert handler.data_with_envelope == [False, True, False, True, True]
         # A line break in an address or a parameter never adds a command of its own:
         # addresses are requoted, and a parameter that would be passed on is refused.
         for params in (["BODY=8BITMIME\r\nRCPT TO:<e@y.example>"], ["X=1\rRCPT TO:<e@y.example>"]):
