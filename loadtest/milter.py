@@ -64,7 +64,7 @@ class Setup:
     """One milter (or none) on one socket kind, behind its own Postfix."""
 
     label: str
-    milter: str  # "none", "c", "pymilter", "sendwarden"
+    milter: str  # "none", "c", "pymilter", "sendwarden", "asyncio-noop", "asyncio-sendwarden"
     socket: str = "unix"  # "unix" or "inet"
     data_reply: bool | None = None  # None: as sendwarden does it (inet sockets only)
     metrics: bool = False  # sendwarden with its Prometheus metrics on (off: listen = "")
@@ -79,6 +79,15 @@ SETUPS = (
     Setup("pymilter no-op, unix", "pymilter"),
     Setup("sendwarden, unix", "sendwarden"),
     Setup("sendwarden, inet", "sendwarden", "inet"),
+)
+#: --asyncio: the prototype transport (loadtest/asyncio_milter.py) beside libmilter's.
+ASYNCIO_SETUPS = (
+    Setup("postfix alone", "none"),
+    Setup("C no-op, unix", "c"),
+    Setup("pymilter no-op, unix", "pymilter"),
+    Setup("asyncio no-op, unix", "asyncio-noop"),
+    Setup("sendwarden, unix", "sendwarden"),
+    Setup("sendwarden asyncio, unix", "asyncio-sendwarden"),
 )
 #: --metrics: what Prometheus metrics cost, the same sendwarden with them off and on.
 METRICS_SETUPS = (
@@ -112,6 +121,36 @@ class Samples:
 
 
 # -- building the set-ups -------------------------------------------------------------
+
+
+@dataclass
+class Shared:
+    """What every set-up of a run uses: a directory, the C no-op's binary, the DKIM
+    key, Redis (and a connection that stays open to read its counters), smtp-sink."""
+
+    directory: Path
+    c_binary: Path
+    key_file: Path
+    redis: RedisServer
+    observer: Redis
+    sink: SinkProcess
+
+
+def start_shared(stack: contextlib.ExitStack) -> Shared:
+    directory = Path(tempfile.mkdtemp(prefix="sw-bench-"))
+    directory.chmod(0o755)  # Postfix (user postfix) reaches the milter sockets here
+    stack.callback(subprocess.run, ["rm", "-rf", str(directory)], check=False)
+    c_binary = build_c_noop(directory)
+    key_file = directory / "dkim.key"
+    generate_key(key_file)
+    redis = RedisServer()
+    stack.callback(redis.close)
+    redis.start()
+    observer = stack.enter_context(Redis.from_url(redis.url))
+    sink = SinkProcess(backlog=512)
+    stack.callback(sink.close)
+    sink.start()
+    return Shared(directory, c_binary, key_file, redis, observer, sink)
 
 
 def build_c_noop(directory: Path) -> Path:
@@ -181,9 +220,16 @@ def start_setup(
     elif setup.milter == "pymilter":
         argv = [sys.executable, "-m", "loadtest.noop_pymilter", socket, hex(steps)]
         process = MilterProcess(argv=argv, socket=socket, log_path=log_path)
-    elif setup.milter == "sendwarden":
+    elif setup.milter == "asyncio-noop":
+        argv = [sys.executable, "-m", "loadtest.asyncio_milter", "noop", socket, hex(steps)]
+        process = MilterProcess(argv=argv, socket=socket, log_path=log_path)
+    elif setup.milter in ("sendwarden", "asyncio-sendwarden"):
         config = sendwarden_config(directory, socket, redis_url, key_file, setup.metrics)
-        process = MilterProcess(config, log_path=log_path, start_timeout=120)
+        argv = None
+        if setup.milter == "asyncio-sendwarden":
+            config = config.rename(config.with_suffix(".asyncio.toml"))
+            argv = [sys.executable, "-m", "loadtest.asyncio_milter", "sendwarden", str(config)]
+        process = MilterProcess(config, argv=argv, log_path=log_path, start_timeout=120)
     if process is not None:
         stack.callback(process.stop)
         process.start()
@@ -310,32 +356,36 @@ def print_cell(
 
 def print_goals(figures: dict[tuple[int, int], dict[str, float]]) -> None:
     print("\nGoals (ratios from this run):")
-    for sessions, recipients in ((10, 1), (10, 10)):
-        cell = figures.get((sessions, recipients))
-        if cell:
-            ratio = cell["sendwarden, unix"] / cell["C no-op, unix"]
-            verdict = "met" if ratio >= 0.85 else "NOT met"
-            print(
-                f"  sendwarden / C no-op, unix, {sessions} sessions, {recipients} rcpt: "
-                f"{ratio:.2f} (goal >= 0.85: {verdict})"
-            )
+    milters = [m for m in ("sendwarden, unix", "sendwarden asyncio, unix")
+               if any(m in cell for cell in figures.values())]  # fmt: skip
+    for milter in milters:
+        for sessions, recipients in ((10, 1), (10, 10)):
+            cell = figures.get((sessions, recipients))
+            if cell:
+                ratio = cell[milter] / cell["C no-op, unix"]
+                verdict = "met" if ratio >= 0.85 else "NOT met"
+                print(
+                    f"  {milter.removesuffix(', unix')} / C no-op, unix, {sessions} sessions, "
+                    f"{recipients} rcpt: {ratio:.2f} (goal >= 0.85: {verdict})"
+                )
     for sessions in (1, 10):
         for recipients in (1, 10):
             cell = figures.get((sessions, recipients))
-            if cell:
+            if cell and "sendwarden, inet" in cell:
                 ratio = cell["sendwarden, inet"] / cell["sendwarden, unix"]
                 verdict = "met" if ratio >= 0.9 else "NOT met"
                 print(
                     f"  sendwarden inet / unix, {sessions} session(s), {recipients} rcpt: "
                     f"{ratio:.2f} (goal >= 0.9: {verdict})"
                 )
-    for (sessions, recipients), cell in figures.items():
-        ratio = cell["sendwarden, unix p99"] / cell["C no-op, unix p99"]
-        verdict = "met" if ratio <= 1.5 else "NOT met"
-        print(
-            f"  end-of-data p99 sendwarden / C no-op, unix, {sessions} session(s), "
-            f"{recipients} rcpt: {ratio:.2f} (goal <= 1.5: {verdict})"
-        )
+    for milter in milters:
+        for (sessions, recipients), cell in figures.items():
+            ratio = cell[f"{milter} p99"] / cell["C no-op, unix p99"]
+            verdict = "met" if ratio <= 1.5 else "NOT met"
+            print(
+                f"  end-of-data p99 {milter.removesuffix(', unix')} / C no-op, unix, "
+                f"{sessions} session(s), {recipients} rcpt: {ratio:.2f} (goal <= 1.5: {verdict})"
+            )
 
 
 def print_metrics_cost(figures: dict[tuple[int, int], dict[str, float]]) -> None:
@@ -410,8 +460,13 @@ def main(argv: Sequence[str]) -> None:
         action="store_true",
         help="what Prometheus metrics cost: sendwarden with them off and on (unix socket)",
     )
+    parser.add_argument(
+        "--asyncio",
+        action="store_true",
+        help="the prototype asyncio transport beside libmilter's (unix socket)",
+    )
     args = parser.parse_args(list(argv))
-    setups = METRICS_SETUPS if args.metrics else SETUPS
+    setups = METRICS_SETUPS if args.metrics else ASYNCIO_SETUPS if args.asyncio else SETUPS
     rounds, messages, cells = args.rounds, args.messages, CELLS
     if args.cells:
         cells = tuple(
@@ -428,19 +483,9 @@ def main(argv: Sequence[str]) -> None:
         flush=True,
     )
     with contextlib.ExitStack() as stack:
-        directory = Path(tempfile.mkdtemp(prefix="sw-bench-"))
-        directory.chmod(0o755)  # Postfix (user postfix) reaches the milter sockets here
-        stack.callback(subprocess.run, ["rm", "-rf", str(directory)], check=False)
-        c_binary = build_c_noop(directory)
-        key_file = directory / "dkim.key"
-        generate_key(key_file)
-        redis = RedisServer()
-        stack.callback(redis.close)
-        redis.start()
-        observer = stack.enter_context(Redis.from_url(redis.url))
-        sink = SinkProcess(backlog=512)
-        stack.callback(sink.close)
-        sink.start()
+        shared = start_shared(stack)
+        directory, c_binary, key_file = shared.directory, shared.c_binary, shared.key_file
+        redis, observer, sink = shared.redis, shared.observer, shared.sink
         sasl_users = {login(n): PASSWORD for n in range(ACCOUNTS)}
         started: list[Running] = []
         sasldb: Path | None = None
@@ -476,7 +521,7 @@ def main(argv: Sequence[str]) -> None:
                     samples.latencies.extend(latencies)
                     if running.milter is not None:
                         samples.cpu_ms.append(cpu_ms)
-                    if running.setup.milter == "sendwarden":
+                    if "sendwarden" in running.setup.milter:
                         samples.redis_trips.append(trips)
             print(f"round {round_number + 1}/{rounds} done, load {load_average()}", flush=True)
         if rounds:
