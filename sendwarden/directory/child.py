@@ -32,6 +32,7 @@ def main() -> int:
     sql = _sql_sent(request["settings"])
     from sendwarden.config import DirectorySettings  # after the query is sent
     from sendwarden.directory.build import build
+    from sendwarden.policy import rendering  # noqa: F401 (ICU, for the look-alikes)
 
     settings = DirectorySettings(**request["settings"])
     try:

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 from sendwarden.directory.sources import SourceData, SourceError, check_account_id, claim_columns
-from sendwarden.policy.rendering import domain_skeletons
 
 SCHEMA = """
 CREATE TABLE logins (login TEXT PRIMARY KEY, account TEXT NOT NULL, shown TEXT,
@@ -574,6 +573,11 @@ def _looks(domains: list[str], accounts: list[str]) -> tuple[list[str], list[str
     """The UTS #39 skeleton of every domain (sorted), so that a look-alike of a
     customer's domain is found as theirs (the first owner, in domain order, of a
     shared skeleton): the skeletons, sorted, and their account ids."""
+    # Imported here: ICU is only needed to write a snapshot, and the milter imports
+    # this module before it starts the builder child (see child.py, which imports it
+    # while its query runs).
+    from sendwarden.policy.rendering import domain_skeletons
+
     looks = dict(zip(reversed(domain_skeletons(domains)), reversed(accounts), strict=True))
     keys = sorted(looks)  # (strings sort faster than pairs)
     return keys, list(map(looks.__getitem__, keys))
