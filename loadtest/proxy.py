@@ -1,7 +1,8 @@
 """What the SMTP policy proxy costs: Exim alone against Exim with ``sendwarden proxy``
 (the deploy/exim wiring), and Postfix with the sendwarden milter against Postfix with the
 proxy as ``smtpd_proxy_filter``; 1 and 10 SMTP sessions; one run, configurations
-interleaved and repeated, the best of each printed with its ratio to its baseline.
+interleaved and repeated, the best of each printed with its ratio to its baseline,
+and the median of each round's ratio (steadier on a shared machine).
 
     .venv/bin/python -m loadtest.proxy [--messages 200] [--rounds 2] [--client smtp-source]
                                        [--sessions 1 10] [--mta exim postfix] [--cpu]
@@ -166,26 +167,41 @@ def main(argv: Sequence[str]) -> None:
     print(f"{args.messages} messages of 2 KB per run, one message per connection, "
           f"client {args.client}, best of {args.rounds} interleaved rounds; "
           f"load average {load:.1f}")  # fmt: skip
-    best: dict[tuple[str, int], float] = {}
+    rates: dict[tuple[str, int], list[float]] = {}
     cpu: dict[tuple[str, int], list[dict[str, float]]] = {}
     for _ in range(args.rounds):
         for sessions in args.sessions:
             for label, _, kwargs in configs:
                 used: dict[str, float] | None = {} if args.cpu else None
                 rate = run_once(kwargs, args.messages, sessions, args.client, used)
-                best[label, sessions] = max(best.get((label, sessions), 0.0), rate)
+                rates.setdefault((label, sessions), []).append(rate)
                 if used:
                     cpu.setdefault((label, sessions), []).append(used)
-    print(f"{'configuration':30} {'sessions':>8} {'msg/s':>8} {'vs baseline':>12}")
-    for sessions in args.sessions:
-        for label, baseline, _ in configs:
-            rate = best[label, sessions]
-            ratio = rate / best[baseline, sessions]
-            print(f"{label:30} {sessions:8d} {rate:8.1f} {ratio:12.2f}")
+    print_rates(rates, configs, args.sessions)
     if cpu:  # Postfix's own processes are not counted: the Exim rows only
         print_cpu(cpu, [config for config in configs if config[2].get("mta") == "exim"],
                   args.sessions)  # fmt: skip
     print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+def print_rates(
+    rates: dict[tuple[str, int], list[float]],
+    configs: list[tuple[str, str, dict[str, Any]]],
+    all_sessions: list[int],
+) -> None:
+    """The best msg/s of each cell and its ratio to the baseline's best; then the
+    median msg/s, and the median of the rounds' own ratios (each round runs a cell
+    right after its baseline): one stall of the shared machine's disk moves a best
+    of a few short runs, much less the median of the pairs."""
+    print(f"{'configuration':30} {'sessions':>8} {'msg/s':>8} {'vs baseline':>12} "
+          f"{'median':>8} {'median of round ratios':>23}")  # fmt: skip
+    for sessions in all_sessions:
+        for label, baseline, _ in configs:
+            mine, theirs = rates[label, sessions], rates[baseline, sessions]
+            ratio = max(mine) / max(theirs)
+            paired = statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
+            print(f"{label:30} {sessions:8d} {max(mine):8.1f} {ratio:12.2f} "
+                  f"{statistics.median(mine):8.1f} {paired:23.2f}")  # fmt: skip
 
 
 def print_cpu(

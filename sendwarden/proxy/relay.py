@@ -61,6 +61,7 @@ class Relay:
         self.hop = hop
         self._client: smtplib.SMTP | None = None
         self.sent = 0  # messages on the current connection
+        self.waits_for_text = False  # after the next hop's 354: only the text may follow
 
     @property
     def connected(self) -> bool:
@@ -68,10 +69,38 @@ class Relay:
 
     def send(self, message: Outgoing) -> str:
         """The next hop's reply to the message, as one SMTP reply line."""
+        return self._attempts(message, whole=True) or NEXT_HOP_DOWN  # never None
+
+    def begin(self, envelope: Outgoing) -> str | None:
+        """The envelope ahead of the text, while the MTA is still sending it to us:
+        ``None`` once the next hop waits for the text (its 354), else the reply the
+        whole message gets (a refused sender or recipient, the next hop unreachable).
+        Then :meth:`finish`, or :meth:`RelayPool.release` to give up (nothing was
+        delivered: the connection is dropped before a final dot)."""
+        return self._attempts(envelope, whole=False)
+
+    def finish(self, data: bytes) -> str | None:
+        """After :meth:`begin`: the text, and the next hop's reply to it; ``None`` if
+        the connection was lost before a reply (the next hop has nothing: send the
+        message again on another connection)."""
+        client = self._client
+        if client is None or not self.waits_for_text:
+            return None
+        try:
+            return self._text(client, data)
+        except (OSError, smtplib.SMTPException) as error:
+            self.close()
+            log.warning("next hop %s:%d: %s", self.hop.host, self.hop.port, error)
+            return None
+
+    def _attempts(self, message: Outgoing, whole: bool) -> str | None:
         self.sent += 1
         for attempt in (1, 2):  # a reused connection may have been closed meanwhile
             try:
-                return self._send_once(message)
+                reply = self._begin_once(message)
+                if reply is None and whole:
+                    return self._text(self._connect(), message.data)
+                return reply
             except (TimeoutError, smtplib.SMTPServerDisconnected, ConnectionError) as error:
                 self.close()
                 if attempt == 2:
@@ -106,7 +135,7 @@ class Relay:
         if code != 235:
             raise smtplib.SMTPAuthenticationError(code, text)
 
-    def _send_once(self, message: Outgoing) -> str:
+    def _begin_once(self, message: Outgoing) -> str | None:
         client = self._connect()
         # A message for one recipient sends DATA in the same write as MAIL and RCPT
         # (RFC 2920 lets DATA end a group): one round trip to the next hop less. Its
@@ -135,7 +164,12 @@ class Relay:
         if data_reply[0] != 354:
             client.rset()
             return _line(*data_reply)
-        client.send(_dot_terminated(message.data))
+        self.waits_for_text = True
+        return None
+
+    def _text(self, client: smtplib.SMTP, data: bytes) -> str:
+        self.waits_for_text = False  # whatever comes now, no RSET or QUIT may follow
+        client.send(_dot_terminated(data))
         return _line(*client.getreply())
 
     def _envelope(
@@ -192,7 +226,11 @@ class Relay:
         holding a worker thread."""
         client, self._client = self._client, None
         self.sent = 0
+        unfinished, self.waits_for_text = self.waits_for_text, False
         if client is None:
+            return
+        if unfinished:  # in the middle of DATA: dropped, the next hop keeps nothing
+            client.close()
             return
         try:
             client.send("QUIT\r\n")
@@ -225,8 +263,9 @@ class RelayPool:
         return Relay(self.hop)
 
     def release(self, relay: Relay) -> None:
-        """Back after a message: kept for the next one, or closed."""
-        if relay.connected and relay.sent < MESSAGES_PER_CONNECTION:
+        """Back after a message: kept for the next one, or closed (also one that
+        waits for a text that will not come)."""
+        if relay.connected and not relay.waits_for_text and relay.sent < MESSAGES_PER_CONNECTION:
             with self._lock:
                 if not self._closed and len(self._idle) < MAX_IDLE:
                     self._idle.append((time.monotonic(), relay))

@@ -16,7 +16,7 @@ from typing import Self
 import redis
 
 from tests.support.ports import PORT_ATTEMPTS, free_port
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, RedisServerError
 from tests.support.service import wait_until
 
 SLOTS = 16384
@@ -59,12 +59,12 @@ class RedisCluster:
 
     def start(self) -> Self:
         """Start and join the nodes; started again on new ports when they do not meet
-        (a bus port is chosen before its node binds it, and another process may take
-        it in between)."""
+        or a node cannot bind its port (ports are chosen before the nodes bind them,
+        and another process may take one in between)."""
         for attempt in range(1, PORT_ATTEMPTS + 1):
             try:
                 return self._start_once()
-            except TimeoutError:
+            except (TimeoutError, RedisServerError):
                 if attempt == PORT_ATTEMPTS:
                     raise
                 self.close()

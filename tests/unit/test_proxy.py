@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import ipaddress
+import time
 from collections.abc import Callable
 
 import pytest
@@ -22,6 +24,7 @@ from sendwarden.proxy.identity import (
 )
 from sendwarden.proxy.message import apply_changes, split_message
 from sendwarden.proxy.policy_socket import answer, before_queue_pipeline
+from sendwarden.proxy.relay import Outgoing
 from sendwarden.proxy.server import (
     _SIMPLE_PATH,
     ProxyHandler,
@@ -319,6 +322,51 @@ def test_relay_pool_shares_next_hop_connections_up_to_exims_per_connection_limit
         pool.close()
         assert pool.acquire().connected is False  # nothing idle kept after close
     finally:
+        sink.stop()
+
+
+def test_the_transaction_opened_at_data_carries_the_message_or_delivers_nothing() -> None:
+    """The proxy sends the envelope to the next hop while the MTA still sends the text
+    (a real SMTP server, the test sink): the message then goes on that transaction;
+    one the policy took recipients from goes on a transaction of its own; one not
+    relayed at all (refused at end of data, connection lost) delivers nothing, and the
+    connection that waited for its text is dropped, not reused."""
+    from sendwarden.proxy.relay import NextHop, RelayPool
+    from sendwarden.proxy.server import _give_up_early, _open_early, _relay
+    from tests.support.sink import SmtpSink
+
+    sink = SmtpSink().start()
+    executor = concurrent.futures.ThreadPoolExecutor(2)
+    pool = RelayPool(NextHop("127.0.0.1", sink.port, timeout=10))
+    data = b"Subject: s\r\n\r\nbody\r\n"
+
+    def envelope(*recipients: str) -> Outgoing:
+        return Outgoing("s@acme.example", [], [(r, []) for r in recipients])
+
+    def message(*recipients: str) -> Outgoing:
+        return Outgoing("s@acme.example", [], [(r, []) for r in recipients], data)
+
+    try:
+        early = executor.submit(_open_early, pool, envelope("a@x.example", "b@x.example"))
+        assert _relay(pool, message("a@x.example", "b@x.example"), early).startswith("250")
+        first = early.result()[0]
+        assert first.connected and not first.waits_for_text  # kept for the next one
+        early = executor.submit(_open_early, pool, envelope("c@x.example", "d@x.example"))
+        assert _relay(pool, message("c@x.example"), early).startswith("250")
+        abandoned = executor.submit(_open_early, pool, envelope("e@x.example"))
+        _give_up_early(pool, abandoned)
+        assert not abandoned.result()[0].connected  # dropped in the middle of DATA
+        early = executor.submit(_open_early, pool, envelope("f@x.example"))
+        assert _relay(pool, message("f@x.example"), early).startswith("250")
+        delivered = sink.wait_for(3, timeout=10)
+        time.sleep(0.3)  # nothing more comes
+        assert [list(m.rcpt_tos) for m in sink.messages] == [
+            ["a@x.example", "b@x.example"], ["c@x.example"], ["f@x.example"],
+        ]  # fmt: skip
+        assert all(m.data.rstrip().endswith(b"body") for m in delivered)
+    finally:
+        pool.close()
+        executor.shutdown()
         sink.stop()
 
 
