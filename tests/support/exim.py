@@ -1,11 +1,12 @@
 """A private Exim 4.96 (Debian's exim4-daemon-heavy, unpacked) for end-to-end tests.
 
-The recipe of ``/work/shared/recipes`` made reusable. Exim is set-uid root and re-execs
-itself for delivery, which drops ``LD_LIBRARY_PATH`` and forbids ``-C``: so it runs in a
-private mount+UTS namespace where read-only overlays put the unpacked libraries and
-binaries over ``/usr/lib`` and ``/usr/sbin`` and a private ``/etc`` (passwd with the
-compiled-in ``Debian-exim`` user, hosts, ``hosts: files``, ``exim4/exim4.conf``) over
-``/etc``. Inside, Exim behaves as if installed: ``/usr/sbin/sendmail`` is Exim's.
+The shared recipe (``../shared/recipes/README.md``) made reusable. Exim is set-uid root
+and re-execs itself for delivery, which drops ``LD_LIBRARY_PATH`` and forbids ``-C``: so
+it runs in a private mount+UTS namespace where read-only overlays put the unpacked
+libraries and binaries over ``/usr/lib`` and ``/usr/sbin`` and a private ``/etc``
+(passwd with the compiled-in ``Debian-exim`` user, hosts, ``hosts: files``,
+``exim4/exim4.conf``) over ``/etc``. Inside, Exim behaves as if installed:
+``/usr/sbin/sendmail`` is Exim's.
 
 The configuration is sendwarden's Exim wiring (deploy/exim/): outbound mail is routed
 to the proxy, which logs in with the shared secret and gets the sender's identity as a

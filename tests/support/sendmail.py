@@ -1,10 +1,11 @@
 """A private Sendmail 8.17 (Debian's, unpacked) for end-to-end tests.
 
-The recipe of ``/work/shared/recipes`` made reusable: the MTA runs from the unpacked
-tree in a private mount+UTS namespace (host name ``mta.sendwarden.test``, a hosts file
-with both 127.0.0.1 and ::1, ``hosts: files``: without them Sendmail sleeps 60 s looking
-up its own name), with its sasldb bind-mounted over ``/usr/lib/sasl2`` (Sendmail scrubs
-``SASL_CONF_PATH``). Everything it relays, and every DSN, goes to one SMTP sink.
+The shared recipe (``../shared/recipes/README.md``) made reusable: the MTA runs from the
+unpacked tree in a private mount+UTS namespace (host name ``mta.sendwarden.test``, a
+hosts file with both 127.0.0.1 and ::1, ``hosts: files``: without them Sendmail sleeps
+60 s looking up its own name), with its sasldb bind-mounted over ``/usr/lib/sasl2``
+(Sendmail scrubs ``SASL_CONF_PATH``). Everything it relays, and every DSN, goes to one
+SMTP sink.
 
 Two daemons listen on loopback: ``MTA`` (SMTP clients, AUTH offered) and ``Local``, the
 one the MSP (``sendmail -C submit.cf``, as ``/usr/sbin/sendmail`` is on a Sendmail host)
