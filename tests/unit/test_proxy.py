@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -370,6 +371,18 @@ def test_the_transaction_opened_at_data_carries_the_message_or_delivers_nothing(
         sink.stop()
 
 
+class PipeliningHop:
+    """aiosmtpd hooks of a next hop that announces PIPELINING, as Exim's return port
+    and Postfix's reinjection smtpd do."""
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+        responses: list[str],
+    ) -> list[str]:  # fmt: skip
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
 def test_relay_pipelines_the_envelope_to_a_pipelining_next_hop_and_keeps_its_replies() -> None:
     """Against an SMTP server that announces PIPELINING (as Exim's return port and
     Postfix's reinjection smtpd do): MAIL and the RCPTs go in one write (with DATA
@@ -378,23 +391,15 @@ def test_relay_pipelines_the_envelope_to_a_pipelining_next_hop_and_keeps_its_rep
     message wait (nothing is delivered), and the connection goes on with the next
     message."""
     from aiosmtpd.controller import Controller
-    from aiosmtpd.smtp import SMTP, Envelope, Session
 
     from sendwarden.proxy.relay import NextHop, Outgoing, Relay
     from tests.support.ports import free_port
 
-    class Handler:
+    class Handler(PipeliningHop):
         def __init__(self) -> None:
             self.delivered: list[tuple[str, list[str], list[str]]] = []  # MAIL, RCPTs, options
             self.pipelined = False
             self.data_with_envelope: list[bool] = []  # per MAIL: DATA in the same write
-
-        async def handle_EHLO(
-            self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
-            responses: list[str],
-        ) -> list[str]:  # fmt: skip
-            session.host_name = hostname
-            return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
         async def handle_MAIL(
             self, server: SMTP, session: Session, envelope: Envelope, address: str,
@@ -558,21 +563,13 @@ def test_the_reply_to_the_text_is_read_on_the_event_loop_and_a_lost_one_is_sent_
     hop that closes the connection instead of replying gives ``None`` (the proxy then
     sends the message again on another connection), never a reply it did not send."""
     from aiosmtpd.controller import Controller
-    from aiosmtpd.smtp import SMTP, Envelope, Session
 
     from sendwarden.proxy.relay import NextHop, Relay
     from tests.support.ports import free_port
 
-    class Handler:
+    class Handler(PipeliningHop):
         def __init__(self) -> None:
             self.delivered: list[bytes] = []
-
-        async def handle_EHLO(
-            self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
-            responses: list[str],
-        ) -> list[str]:  # fmt: skip
-            session.host_name = hostname
-            return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
         async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
             if b"drop me" in (envelope.original_content or b""):
