@@ -130,6 +130,9 @@ class Relay:
         except (OSError, TimeoutError) as error:
             self._drop(error)
             return None
+        except asyncio.CancelledError as error:  # the MTA is gone: its reply must not
+            self._drop(error)  # be read by the next message on this connection
+            raise
         sock.settimeout(self.hop.timeout)  # back to smtplib's blocking reads
         lines = [line.strip(b" \t\r") for line in received.rstrip(b"\r\n").split(b"\n")]
         try:

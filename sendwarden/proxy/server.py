@@ -568,7 +568,10 @@ class ProxyHandler(_HooksOnly):
             reply = await sent.relay.reply()
         finally:
             if not relays.keep(sent.relay):
-                self.executor.submit(sent.relay.close)  # QUIT waits for a 221
+                try:
+                    self.executor.submit(sent.relay.close)  # QUIT waits for a 221
+                except RuntimeError:  # the proxy is shutting down
+                    sent.relay.close()
         if reply is not None:
             return reply
         return await self._run(_send, relays, sent.outgoing)

@@ -572,6 +572,8 @@ def test_the_reply_to_the_text_is_read_on_the_event_loop_and_a_lost_one_is_sent_
             self.delivered: list[bytes] = []
 
         async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+            if b"slow" in (envelope.original_content or b""):
+                await asyncio.sleep(0.5)
             if b"drop me" in (envelope.original_content or b""):
                 assert server.transport is not None
                 server.transport.close()  # gone before its reply
@@ -597,8 +599,23 @@ def test_the_reply_to_the_text_is_read_on_the_event_loop_and_a_lost_one_is_sent_
         assert asyncio.run(relay.reply()) is None
         assert not relay.connected
         assert relay.send(message(b"three\r\n")).startswith("250")  # a new connection
+        # The MTA gone while the reply is awaited: that connection is not used again
+        # (its late reply would be taken for the next message's).
+        slow = message(b"slow\r\n")
+        assert relay.begin(slow) is None and relay.send_text(slow.data)
+
+        async def give_up() -> None:
+            waiting = asyncio.ensure_future(relay.reply())
+            await asyncio.sleep(0.1)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+
+        asyncio.run(give_up())
+        assert not relay.connected
+        assert relay.send(message(b"four\r\n")).startswith("250")
         assert [d.rsplit(b"\r\n\r\n", 1)[1] for d in handler.delivered] == [
-            b"one\r\n", b"two\r\n", b"three\r\n",
+            b"one\r\n", b"two\r\n", b"three\r\n", b"four\r\n",
         ]  # fmt: skip
     finally:
         relay.close()
