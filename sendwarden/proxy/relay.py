@@ -6,6 +6,7 @@ hop has the message (the proxy keeps no queue); DSN parameters pass."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import re
@@ -92,6 +93,62 @@ class Relay:
             self.close()
             log.warning("next hop %s:%d: %s", self.hop.host, self.hop.port, error)
             return None
+
+    def send_text(self, data: bytes) -> bool:
+        """After :meth:`begin`: the text and its final dot only; :meth:`reply` reads
+        the answer. ``False`` if the connection was lost (nothing was delivered)."""
+        client = self._client
+        if client is None or not self.waits_for_text:
+            return False
+        self.waits_for_text = False  # whatever comes now, no RSET or QUIT may follow
+        try:
+            client.send(_dot_terminated(data))
+        except (OSError, smtplib.SMTPException) as error:
+            self._drop(error)
+            return False
+        return True
+
+    async def reply(self) -> str | None:
+        """After :meth:`send_text`, on the event loop: the next hop's reply to the
+        text. No worker thread waits while the next hop writes its spool copy, and
+        none has to hand the reply back: the reply wakes the event loop, which passes
+        it on at once. ``None`` if the connection was lost first (as :meth:`finish`).
+        """
+        client = self._client
+        sock = client.sock if client is not None else None
+        if sock is None:
+            return None
+        received = b""
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)  # smtplib's buffered reader holds nothing now: the
+        try:  # next hop says nothing between its 354 and its reply to the text
+            while not _whole_reply(received):
+                chunk = await asyncio.wait_for(loop.sock_recv(sock, 8192), self.hop.timeout)
+                if not chunk:
+                    raise ConnectionError("the next hop closed the connection")
+                received += chunk
+        except (OSError, TimeoutError) as error:
+            self._drop(error)
+            return None
+        except asyncio.CancelledError as error:  # the MTA is gone: its reply must not
+            self._drop(error)  # be read by the next message on this connection
+            raise
+        sock.settimeout(self.hop.timeout)  # back to smtplib's blocking reads
+        lines = [line.strip(b" \t\r") for line in received.rstrip(b"\r\n").split(b"\n")]
+        try:
+            code = int(lines[-1][:3])
+        except ValueError:  # as smtplib reads a reply that is not one
+            code = -1
+        return _line(code, b"\n".join(line[4:] for line in lines))
+
+    def _drop(self, error: BaseException) -> None:
+        """The connection is unusable: closed without QUIT (no message is half sent)."""
+        log.warning("next hop %s:%d: %s", self.hop.host, self.hop.port, error)
+        client, self._client = self._client, None
+        self.sent = 0
+        self.waits_for_text = False
+        if client is not None:
+            client.close()
 
     def _attempts(self, message: Outgoing, whole: bool) -> str | None:
         self.sent += 1
@@ -265,12 +322,18 @@ class RelayPool:
     def release(self, relay: Relay) -> None:
         """Back after a message: kept for the next one, or closed (also one that
         waits for a text that will not come)."""
+        if not self.keep(relay):
+            relay.close()
+
+    def keep(self, relay: Relay) -> bool:
+        """Back after a message if it can take the next one (never blocks); ``False``:
+        the caller closes it."""
         if relay.connected and not relay.waits_for_text and relay.sent < MESSAGES_PER_CONNECTION:
             with self._lock:
                 if not self._closed and len(self._idle) < MAX_IDLE:
                     self._idle.append((time.monotonic(), relay))
-                    return
-        relay.close()
+                    return True
+        return False
 
     def close_idle(self, older_than: float = IDLE_SECONDS) -> None:
         deadline = time.monotonic() - older_than
@@ -285,6 +348,13 @@ class RelayPool:
         with self._lock:
             self._closed = True
         self.close_idle(older_than=-1.0)
+
+
+def _whole_reply(received: bytes) -> bool:
+    """A whole SMTP reply: complete lines, the last without a continuation dash."""
+    if not received.endswith(b"\n"):
+        return False
+    return received.rstrip(b"\r\n").rpartition(b"\n")[2][3:4] != b"-"
 
 
 def _options(params: Sequence[str]) -> str:

@@ -35,6 +35,7 @@ import re
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
 from pathlib import Path
@@ -105,6 +106,18 @@ class _Session(Session):
         self._login_data = value
 
 
+class _Reader(asyncio.StreamReader):
+    """How the proxy reads its MTA once the MTA's FIN has come: the commands it sent
+    before are still read and answered; reading past them ends the session, as
+    aiosmtpd ends it at the FIN itself."""
+
+    async def readuntil(self, separator: Any = b"\n") -> bytes:
+        try:
+            return await super().readuntil(separator)
+        except asyncio.IncompleteReadError:  # the end of what the client sent
+            raise asyncio.CancelledError from None  # what aiosmtpd expects then
+
+
 class _HooksOnly:
     """``dir()`` lists only the SMTP hooks. aiosmtpd's constructor finds the hooks of
     the connection and of the handler with ``dir()`` and ``inspect.getmembers()``
@@ -149,6 +162,19 @@ class ProxySMTP(_HooksOnly, SMTP):
 
     def _create_session(self) -> Session:
         return _Session(self.loop)
+
+    def _cb_client_connected(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:  # fmt: skip
+        reader.__class__ = _Reader  # only readuntil differs
+        super()._cb_client_connected(reader, writer)
+
+    def eof_received(self) -> bool | None:
+        """The MTA's FIN. aiosmtpd drops the session here, with commands unanswered;
+        an MTA may send its last commands and its FIN together when the server
+        announces PIPELINING (Exim's transport: the final dot, QUIT and the FIN), and
+        expects their replies. So the commands already received are answered (the
+        transport stays open for writing) and the session ends after them."""
+        return asyncio.StreamReaderProtocol.eof_received(self)
 
     async def push(self, status: AnyStr) -> None:
         """The lines of a multi-line reply (EHLO's) go out in one write with the last
@@ -287,13 +313,31 @@ def _give_up_early(relays: RelayPool, early: Early) -> None:
     relays.release(relay)
 
 
-def _relay(relays: RelayPool, outgoing: Outgoing, early: Early | None) -> str:
+@dataclass(frozen=True)
+class TextSent:
+    """The message's text went to the next hop on ``relay`` (held until its reply is
+    read, on the event loop)."""
+
+    relay: Relay
+    outgoing: Outgoing
+
+
+def _relay(
+    relays: RelayPool, outgoing: Outgoing, early: Early | None, text_only: bool = False
+) -> str | TextSent:
     """The next hop's reply to the message: on the transaction opened at DATA when it
-    is for the same envelope, else (recipients removed, connection lost) on another."""
+    is for the same envelope, else (recipients removed, connection lost) on another.
+    ``text_only``: on the transaction opened at DATA, only send the text (the reply
+    is then read on the event loop, :meth:`ProxyHandler._reply_to_text`)."""
     if early is not None:
-        reply = _relay_early(relays, outgoing, early)
+        reply = _relay_early(relays, outgoing, early, text_only)
         if reply is not None:
             return reply
+    return _send(relays, outgoing)
+
+
+def _send(relays: RelayPool, outgoing: Outgoing) -> str:
+    """The whole message on a connection of the pool, and the next hop's reply."""
     relay = relays.acquire()
     try:
         return relay.send(outgoing)
@@ -301,12 +345,16 @@ def _relay(relays: RelayPool, outgoing: Outgoing, early: Early | None) -> str:
         relays.release(relay)
 
 
-def _relay_early(relays: RelayPool, outgoing: Outgoing, early: Early) -> str | None:
-    """The reply on the transaction opened at DATA, or ``None`` to send it anew."""
+def _relay_early(
+    relays: RelayPool, outgoing: Outgoing, early: Early, text_only: bool
+) -> str | TextSent | None:
+    """The reply on the transaction opened at DATA (or the text sent on it), or
+    ``None`` to send it anew."""
     try:
         relay, answer, envelope = early.result()
     except Exception:  # send() will fail the same way, and say why
         return None
+    held = False
     try:
         if (envelope.mail_from, envelope.mail_params, envelope.recipients) != (
             outgoing.mail_from, outgoing.mail_params, outgoing.recipients,
@@ -314,9 +362,13 @@ def _relay_early(relays: RelayPool, outgoing: Outgoing, early: Early) -> str | N
             return None  # the policy removed recipients: a transaction of its own
         if answer is not None:  # the next hop refused the envelope (or is unreachable)
             return answer
-        return relay.finish(outgoing.data)  # None: lost before its reply
+        if not text_only:
+            return relay.finish(outgoing.data)  # None: lost before its reply
+        held = relay.send_text(outgoing.data)
+        return TextSent(relay, outgoing) if held else None
     finally:
-        relays.release(relay)
+        if not held:
+            relays.release(relay)
 
 
 def _end_connection(policy: PolicySession, release: Callable[[], None]) -> None:
@@ -441,12 +493,16 @@ class ProxyHandler(_HooksOnly):
         responses: list[str],
     ) -> list[str]:  # fmt: skip
         session.host_name = hostname
-        # No PIPELINING: with it Exim's transport sends QUIT and its FIN right behind
-        # the final dot, and aiosmtpd 1.4 drops a session at the client's FIN, before
-        # the reply to the dot (the message would only wait in Exim's queue).
         extra = ["250-DSN"]
         if self.postfix_mode:
             extra.append("250-XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT")
+        else:
+            # Exim's cutthrough to the proxy is on the way of every message (the
+            # client waits at RCPT): with PIPELINING it sends MAIL and RCPT together,
+            # one round trip less; its transport sends the envelope and DATA
+            # together, and the final dot, QUIT and its FIN (eof_received). Every
+            # command still gets its own reply, in order.
+            extra.append("250-PIPELINING")
         return [*responses[:-1], *extra, responses[-1]]
 
     async def handle_RSET(self, server: ProxySMTP, session: Session, envelope: Envelope) -> str:
@@ -494,11 +550,31 @@ class ProxyHandler(_HooksOnly):
         content = envelope.original_content or b""
         early, server.early = server.early, None  # ours now, whatever happens
         try:
-            return await self._run(self._judge_and_relay, server, envelope, content, early)
+            result = await self._run(self._judge_and_relay, server, envelope, content, early)
+            if isinstance(result, TextSent):
+                return await self._reply_to_text(server.relays, result)
+            return result
         except Exception:
             log.exception("proxy: end of data failed")
             await self._run(server.policy.abort)
             return smtp_reply(INTERNAL_ERROR)
+
+    async def _reply_to_text(self, relays: RelayPool, sent: TextSent) -> str:
+        """The next hop's reply to the text, read here on the event loop (the next
+        hop's spool write is most of the wait at the dot, and the reply is passed on
+        the moment it comes); lost before it: the message again on another
+        connection, as :meth:`Relay.finish` would."""
+        try:
+            reply = await sent.relay.reply()
+        finally:
+            if not relays.keep(sent.relay):
+                try:
+                    self.executor.submit(sent.relay.close)  # QUIT waits for a 221
+                except RuntimeError:  # the proxy is shutting down
+                    sent.relay.close()
+        if reply is not None:
+            return reply
+        return await self._run(_send, relays, sent.outgoing)
 
     async def _guarded(
         self, server: ProxySMTP, step: Callable[..., Verdict], *args: Any
@@ -514,7 +590,7 @@ class ProxyHandler(_HooksOnly):
 
     def _judge_and_relay(
         self, server: ProxySMTP, envelope: Envelope, content: bytes, early: Early | None = None
-    ) -> str:
+    ) -> str | TextSent:
         try:
             judged = self._judge(server, envelope, content)
         except BaseException:
@@ -525,7 +601,7 @@ class ProxyHandler(_HooksOnly):
             if early is not None:
                 _give_up_early(server.relays, early)
             return judged
-        return _relay(server.relays, judged, early)
+        return _relay(server.relays, judged, early, text_only=True)
 
     def _judge(self, server: ProxySMTP, envelope: Envelope, content: bytes) -> str | Outgoing:
         """The reply the message gets without relaying, or what to relay."""

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -370,6 +371,18 @@ def test_the_transaction_opened_at_data_carries_the_message_or_delivers_nothing(
         sink.stop()
 
 
+class PipeliningHop:
+    """aiosmtpd hooks of a next hop that announces PIPELINING, as Exim's return port
+    and Postfix's reinjection smtpd do."""
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+        responses: list[str],
+    ) -> list[str]:  # fmt: skip
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
 def test_relay_pipelines_the_envelope_to_a_pipelining_next_hop_and_keeps_its_replies() -> None:
     """Against an SMTP server that announces PIPELINING (as Exim's return port and
     Postfix's reinjection smtpd do): MAIL and the RCPTs go in one write (with DATA
@@ -378,23 +391,15 @@ def test_relay_pipelines_the_envelope_to_a_pipelining_next_hop_and_keeps_its_rep
     message wait (nothing is delivered), and the connection goes on with the next
     message."""
     from aiosmtpd.controller import Controller
-    from aiosmtpd.smtp import SMTP, Envelope, Session
 
     from sendwarden.proxy.relay import NextHop, Outgoing, Relay
     from tests.support.ports import free_port
 
-    class Handler:
+    class Handler(PipeliningHop):
         def __init__(self) -> None:
             self.delivered: list[tuple[str, list[str], list[str]]] = []  # MAIL, RCPTs, options
             self.pipelined = False
             self.data_with_envelope: list[bool] = []  # per MAIL: DATA in the same write
-
-        async def handle_EHLO(
-            self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
-            responses: list[str],
-        ) -> list[str]:  # fmt: skip
-            session.host_name = hostname
-            return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
         async def handle_MAIL(
             self, server: SMTP, session: Session, envelope: Envelope, address: str,
@@ -465,6 +470,153 @@ def test_relay_pipelines_the_envelope_to_a_pipelining_next_hop_and_keeps_its_rep
         ):
             assert relay.send(smuggled).startswith("250")
         assert all("e@y.example" not in rcpts for _, rcpts, _ in handler.delivered)
+    finally:
+        relay.close()
+        controller.stop()
+
+
+def test_an_exim_that_pipelines_up_to_its_fin_gets_every_reply() -> None:
+    """The proxy (a real server on a loopback port, relaying to the test sink) as Exim
+    meets it when it announces PIPELINING: MAIL, RCPT and DATA in one write, and the
+    final dot, QUIT and the client's FIN together (what Exim's transport sends). Every
+    command gets its reply, in order, and the message is delivered once. A FIN in the
+    middle of the text ends the session: nothing is delivered and no reply claims the
+    message."""
+    from aiosmtpd.controller import Controller
+
+    from sendwarden.proxy.relay import NextHop, RelayPool
+    from tests.support.ports import free_port
+    from tests.support.sink import SmtpSink
+
+    sink = SmtpSink().start()
+    handler = ProxyHandler.__new__(ProxyHandler)  # its hooks, without Redis behind them
+
+    class Generations:
+        retired_in_use = 0
+
+        def lease(self) -> tuple[object, Callable[[], None]]:
+            return Pipeline(settings_from_mapping({}), []), lambda: None
+
+    handler.generations = Generations()  # type: ignore[assignment]
+    handler.postfix_mode = False
+    handler.settings = settings_from_mapping({})
+    handler.secret = SECRET
+    handler.executor = concurrent.futures.ThreadPoolExecutor(2)
+    handler.relays = RelayPool(NextHop("127.0.0.1", sink.port, timeout=10))
+
+    class ProxyController(Controller):
+        def factory(self) -> ProxySMTP:
+            return ProxySMTP(handler, hostname="proxy.test", auth_required=True,
+                             auth_require_tls=False, auth_exclude_mechanism=["PLAIN", "LOGIN"],
+                             enable_SMTPUTF8=True, decode_data=False, loop=self.loop)  # fmt: skip
+
+    controller = ProxyController(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    token = base64.b64encode(f"\0exim\0{SECRET}".encode()).decode()
+    identity = exim_value("esmtpa", "alice@acme.example", "", "192.0.2.7")
+    envelope = (f"MAIL FROM:<alice@acme.example> AUTH={identity}\r\n"
+                "RCPT TO:<bob@remote.example>\r\nDATA\r\n").encode()  # fmt: skip
+    text = b"From: <alice@acme.example>\r\nSubject: s\r\n\r\nbody\r\n"
+
+    def session(rest: bytes) -> list[bytes]:
+        """Every reply line the proxy sends until it closes the connection."""
+        import socket
+
+        with socket.create_connection(("127.0.0.1", controller.port), timeout=10) as sock:
+            reader = sock.makefile("rb")
+
+            def reply() -> list[bytes]:
+                lines = [reader.readline()]
+                while lines[-1][3:4] == b"-":
+                    lines.append(reader.readline())
+                return lines
+
+            assert reply()[0].startswith(b"220")
+            sock.sendall(b"EHLO exim.test\r\n")
+            assert b"250-PIPELINING\r\n" in reply()
+            sock.sendall(f"AUTH X-SENDWARDEN {token}\r\n".encode())
+            assert reply()[0].startswith(b"235")
+            sock.sendall(envelope)
+            assert [reply()[0][:3] for _ in range(3)] == [b"250", b"250", b"354"]
+            sock.sendall(rest)
+            sock.shutdown(socket.SHUT_WR)
+            return [line for line in iter(reader.readline, b"")]
+
+    try:
+        replies = session(text + b".\r\nQUIT\r\n")
+        assert [line[:4] for line in replies] == [b"250 ", b"221 "]
+        assert [list(m.rcpt_tos) for m in sink.wait_for(1, timeout=10)] == [["bob@remote.example"]]
+        assert session(text) == []  # no final dot: the text never counts as a message
+        time.sleep(0.3)
+        assert len(sink.messages) == 1
+    finally:
+        controller.stop()
+        handler.executor.shutdown()
+        handler.relays.close()
+        sink.stop()
+
+
+def test_the_reply_to_the_text_is_read_on_the_event_loop_and_a_lost_one_is_sent_again() -> None:
+    """Against a real SMTP server: after the text, the next hop's reply is read on an
+    event loop (a multi-line reply whole, as smtplib reads it), and the connection
+    then carries the next message with smtplib's blocking reads as before. A next
+    hop that closes the connection instead of replying gives ``None`` (the proxy then
+    sends the message again on another connection), never a reply it did not send."""
+    from aiosmtpd.controller import Controller
+
+    from sendwarden.proxy.relay import NextHop, Relay
+    from tests.support.ports import free_port
+
+    class Handler(PipeliningHop):
+        def __init__(self) -> None:
+            self.delivered: list[bytes] = []
+
+        async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+            if b"slow" in (envelope.original_content or b""):
+                await asyncio.sleep(0.5)
+            if b"drop me" in (envelope.original_content or b""):
+                assert server.transport is not None
+                server.transport.close()  # gone before its reply
+                return "250 never sent"
+            self.delivered.append(envelope.original_content or b"")
+            return "250-2.0.0 queued\r\n250 as 1234"
+
+    handler = Handler()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    relay = Relay(NextHop("127.0.0.1", controller.port, timeout=10))
+
+    def message(text: bytes) -> Outgoing:
+        return Outgoing("s@acme.example", [], [("a@x.example", [])], b"Subject: s\r\n\r\n" + text)
+
+    try:
+        first = message(b"one\r\n")
+        assert relay.begin(first) is None and relay.send_text(first.data)
+        assert asyncio.run(relay.reply()) == "250 2.0.0 queued as 1234"
+        assert relay.send(message(b"two\r\n")) == "250 2.0.0 queued as 1234"  # blocking again
+        lost = message(b"drop me\r\n")
+        assert relay.begin(lost) is None and relay.send_text(lost.data)
+        assert asyncio.run(relay.reply()) is None
+        assert not relay.connected
+        assert relay.send(message(b"three\r\n")).startswith("250")  # a new connection
+        # The MTA gone while the reply is awaited: that connection is not used again
+        # (its late reply would be taken for the next message's).
+        slow = message(b"slow\r\n")
+        assert relay.begin(slow) is None and relay.send_text(slow.data)
+
+        async def give_up() -> None:
+            waiting = asyncio.ensure_future(relay.reply())
+            await asyncio.sleep(0.1)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+
+        asyncio.run(give_up())
+        assert not relay.connected
+        assert relay.send(message(b"four\r\n")).startswith("250")
+        assert [d.rsplit(b"\r\n\r\n", 1)[1] for d in handler.delivered] == [
+            b"one\r\n", b"two\r\n", b"three\r\n", b"four\r\n",
+        ]  # fmt: skip
     finally:
         relay.close()
         controller.stop()
