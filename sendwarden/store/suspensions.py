@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import redis
 
 from sendwarden.policy.suspension import Suspension
-from sendwarden.store import StoreError, open_once
+from sendwarden.store import Shared, StoreError, open_once
 from sendwarden.store.redis import account_key, redis_errors
 
 if typing.TYPE_CHECKING:
@@ -259,15 +259,12 @@ def parse_suspension(raw: bytes | str) -> Suspension:
 
 
 class _OpenedDatabase:
-    """One pool on the durable database, opened on first use, with the handles that
-    use it; closed when the last handle is."""
+    """The durable database, opened on first use."""
 
     def __init__(self, settings: ConsentSettings) -> None:
         self.settings = settings
         self._lock = threading.Lock()  # held while the database is being opened
         self._store: Any = None
-        self._handles = 1
-        self._handles_lock = threading.Lock()
 
     def get(self) -> Any:
         """The open database. While one thread opens it the others wait at most
@@ -284,28 +281,11 @@ class _OpenedDatabase:
             self._store = open_from_settings(self.settings)
         return self._store
 
-    def join(self, settings: ConsentSettings) -> bool:
-        """One more handle, if ``settings`` open the same database the same way and
-        this pool is still open."""
-        same = (settings.database, settings.timeout_ms) == (
-            self.settings.database,
-            self.settings.timeout_ms,
-        )
-        with self._handles_lock:
-            if not same or self._handles == 0:
-                return False
-            self._handles += 1
-            return True
-
-    def leave(self) -> None:
-        with self._handles_lock:
-            self._handles -= 1
-            last = self._handles == 0
-        if last:
-            with self._lock:
-                store, self._store = self._store, None
-            if store is not None:
-                store.close()
+    def close(self) -> None:
+        with self._lock:
+            store, self._store = self._store, None
+        if store is not None:
+            store.close()
 
 
 class SharedDatabase:
@@ -314,31 +294,25 @@ class SharedDatabase:
 
     A reload hands the running configuration's to the new one (``previous``): when
     both name the same database with the same timeout, the pool and its open
-    connections carry over, so the first messages after a reload wait for no new
-    connection (under load that wait could outlast ``consent.timeout_ms`` and
-    tempfail them). The pool is closed when the last configuration using it is."""
+    connections carry over (see :class:`~sendwarden.store.Shared`), and the pool is
+    closed when the last configuration using it is."""
 
     def __init__(self, settings: Settings, previous: SharedDatabase | None = None) -> None:
-        self._handle_lock = threading.Lock()
-        self._closed = False
-        self._database: _OpenedDatabase
-        if previous is not None and previous._database.join(settings.consent):
-            self._database = previous._database
-        else:
-            self._database = _OpenedDatabase(settings.consent)
+        consent = settings.consent
+        self._shared: Shared[_OpenedDatabase] = Shared(
+            (consent.database, consent.timeout_ms),
+            lambda: _OpenedDatabase(consent),
+            _OpenedDatabase.close,
+            previous._shared if previous is not None else None,
+        )
 
     def __call__(self) -> Any:
         """The open database (StoreError when it cannot be opened in time)."""
-        return self._database.get()
+        return self._shared.resource.get()
 
     def close(self) -> None:
-        """Give this configuration's use back (once, however often it is called); the
-        pool closes with its last user."""
-        with self._handle_lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._database.leave()
+        """Give this configuration's use back (once, however often it is called)."""
+        self._shared.close()
 
 
 def suspension_store_from_settings(

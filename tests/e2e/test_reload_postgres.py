@@ -2,9 +2,9 @@
 item 2): the milter must survive every reload, and every message must be accepted.
 A reload never blocks, slows or fails a decision: a connection keeps the
 configuration it started with, and the new configuration takes over the running
-one's open database pool, so no message is tempfailed because a configuration
-changed hands (tests/integration/test_reload_database.py shows the pool carried over
-deterministically).
+one's open Redis and database connections, so no message is tempfailed because a
+configuration changed hands (tests/integration/test_reload_connections.py shows the
+connections carried over, deterministically).
 
 Real Postfix, the sendwarden milter process, Redis and a private PostgreSQL; the
 test sends bulk mail from several SMTP clients at once while it reloads repeatedly.

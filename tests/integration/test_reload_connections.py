@@ -1,11 +1,12 @@
-"""A reload carries the open consent database over to the new configuration.
+"""A reload hands the open store connections on to the new configuration.
 
-Before, every SIGHUP dropped the database pool: the first bulk message of the new
-configuration had to open a new connection (and check the schema) while the
-messages behind it waited, each for at most ``consent.timeout_ms``; on a loaded
-host that wait could tempfail mail although the database was up. Now a
-configuration naming the same database shares the running one's pool, and the
-pool is closed when the last configuration using it is.
+Before, every SIGHUP dropped them: the first messages of the new configuration had
+to connect to Redis again (a connection costs round trips of its own before the
+first script) and to the consent database (a new connection and a schema check,
+while the bulk messages behind it waited, each for at most ``consent.timeout_ms``);
+on a loaded host those waits could tempfail mail although both stores were up. Now
+a configuration naming the same store (URL and timeout) shares the running one's
+client and pool, closed when the last configuration using them is.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sendwarden.store import StoreError
 from sendwarden.store.suspensions import SharedDatabase
 from tests.e2e.scenarios import record_consent
 from tests.integration.test_consent_faults import bulk_config, send
+from tests.integration.test_round_trips import round_trips
 from tests.support.postgres import PostgresServer
 from tests.support.redis_server import RedisServer
 
@@ -94,6 +96,26 @@ def test_a_reload_needs_no_new_database_connection(
         runtimes.pop(0).close()  # the old configuration's last connection ended
         assert send(runtimes[0].pipeline, 60) == ""
         assert send(runtimes[0].pipeline, 60) == ""
+    finally:
+        for runtime in runtimes:
+            runtime.close()
+
+
+def test_a_message_after_a_reload_opens_no_new_redis_connection(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Its Redis round trips are those of the same message before the reload (before
+    this change, two more: the handshake of a new connection)."""
+    config = bulk_config(redis_server.url, f"sqlite:///{tmp_path / 'consent.db'}")
+    runtimes: list[Runtime] = [build_runtime(settings_from_mapping(config))]
+    try:
+        assert send(runtimes[0].pipeline, 1) == ""  # the connections are open
+        before = round_trips(redis_server, lambda: send(runtimes[0].pipeline, 1))
+        runtimes.append(build_runtime(settings_from_mapping(config), runtimes[0]))  # SIGHUP
+        after = round_trips(redis_server, lambda: send(runtimes[1].pipeline, 1))
+        assert after == before == 2
+        runtimes.pop(0).close()  # the old configuration's last connection ended
+        assert round_trips(redis_server, lambda: send(runtimes[0].pipeline, 1)) == 2
     finally:
         for runtime in runtimes:
             runtime.close()
