@@ -22,11 +22,14 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sendwarden.directory.build import start_early, start_early_from
+
+    # The directory's first read starts now, while the rest of the config is checked
+    # and the rest of the milter starts (taken over only if the whole config agrees).
+    start_early_from(args.config)
     settings = load_settings(args.config)
     configure_logging(settings.log.level, settings.log.decisions)
-    from sendwarden.directory.build import start_early
-
-    start_early(settings.directory)  # the directory is read while the rest starts
+    start_early(settings.directory)  # (if the section alone could not start it)
     # libmilter is imported only when needed
     from sendwarden.milter.server import MilterServer, SocketInUse
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sendwarden.config import DirectorySettings
+from sendwarden.config import DirectorySettings, load_directory_settings
 from sendwarden.directory.snapshot import BuildReport, Conflict, Snapshot, write_snapshot
 from sendwarden.directory.sources import SourceData, SourceError, read_domain_map, read_system_users
 from sendwarden.directory.sql import read_sql, sql_password
@@ -258,6 +258,16 @@ def start_early(settings: DirectorySettings) -> None:
     out = workdir / f"snapshot-{os.getpid()}-early.db"
     _early = EarlyBuild(settings, workdir, own, BuildChild(settings, out, None))
     atexit.register(_discard_early)
+
+
+def start_early_from(config_path: str | Path) -> None:
+    """:func:`start_early` on the ``[directory]`` of the config file alone, before the
+    rest of it is read and checked: the milter (or proxy) then takes the build over
+    if its settings are the ones the whole file gives (:func:`take_early`), and
+    stops it otherwise. Nothing starts when that section cannot be read."""
+    settings = load_directory_settings(config_path)
+    if settings is not None:
+        start_early(settings)
 
 
 def take_early(settings: DirectorySettings) -> EarlyBuild | None:

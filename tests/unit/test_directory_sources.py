@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sendwarden.directory.snapshot import Snapshot, write_snapshot
 from sendwarden.directory.sources import (
+    _PLAIN_DOMAIN,
     ClaimColumns,
     SourceData,
     SourceError,
@@ -16,7 +19,14 @@ from sendwarden.directory.sources import (
     parse_map_line,
     read_domain_map,
 )
-from sendwarden.directory.sql import parse_sql_url, redacted, rows_one_by_one, rows_to_data
+from sendwarden.directory.sql import (
+    _has_space,
+    _plain_domains,
+    parse_sql_url,
+    redacted,
+    rows_one_by_one,
+    rows_to_data,
+)
 
 
 def test_domain_map_lines_comments_and_blank_lines() -> None:
@@ -316,3 +326,74 @@ def test_a_login_with_whitespace_around_it_is_read_row_by_row(odd: str, others: 
     reads it: stripped, refused when empty."""
     rows = [("acme", None, f"user{n}") for n in range(others)] + [("acme", None, odd)]
     assert_read_alike(["account", "domain", "login"], rows)
+
+
+#: Text near the edge of a plain domain: labels of 0 to 70 characters (63 is the most
+#: allowed) between dots and line breaks, upper case, whitespace, controls, non-ASCII.
+_DOMAIN_PIECES = st.one_of(
+    st.sampled_from(["a", "0", "_", "-", ".", "\n", "A", " ", "\t", "\x1c", "\xe9", "\u0131"]),
+    (st.sampled_from([0, 1, 62, 63, 64, 65]) | st.integers(0, 70)).map(lambda n: "x" * n),
+    st.characters(max_codepoint=0x17F),
+)
+#: Mostly plain labels (some empty, some too long), now and then anything.
+_LABELS = st.one_of(
+    *[st.sampled_from(["a", "site1", "x-y_z", "0", ""])] * 3,
+    st.sampled_from([62, 63, 64, 65]).map(lambda n: "x" * n),
+    _DOMAIN_PIECES,
+)
+_DOMAIN_TEXTS = st.one_of(
+    st.lists(_DOMAIN_PIECES, max_size=12).map("".join),
+    st.lists(st.tuples(st.sampled_from([".", "\n"]), _LABELS), min_size=1, max_size=8).map(
+        lambda pieces: "".join(separator + piece for separator, piece in pieces)[1:]
+    ),
+)
+
+
+@given(_DOMAIN_TEXTS)
+def test_the_fast_plain_domain_check_is_the_regular_expression(joined: str) -> None:
+    """Domains one a line are plain exactly when every line matches the plain domain's
+    regular expression (what the column-by-column reading takes as it is)."""
+    pattern = _PLAIN_DOMAIN.pattern
+    expected = re.fullmatch(rf"(?:{pattern}\n)*{pattern}", joined) is not None
+    assert _plain_domains(joined) is expected
+
+
+@given(
+    st.lists(_DOMAIN_PIECES | st.sampled_from(["\x0b", "\x0c", "\r", "\x85", "\u2003"])).map(
+        "".join
+    )
+)
+def test_the_fast_whitespace_check_is_the_regular_expression(joined: str) -> None:
+    """Whitespace other than a line break is found in ASCII text as the regular
+    expression (any Unicode whitespace but the line break) finds it."""
+    assert _has_space(joined) is (re.search(r"[^\S\n]", joined) is not None)
+
+
+def test_each_character_is_whitespace_to_both_checks_alike() -> None:
+    """Every character up to U+3000, alone among plain ones, in a label and between
+    labels: the fast checks and the regular expressions agree."""
+    pattern = _PLAIN_DOMAIN.pattern
+    for character in map(chr, range(0x3001)):
+        text = f"ab{character}cd"
+        assert _has_space(text) is (re.search(r"[^\S\n]", text) is not None), repr(character)
+        for domain in (f"a{character}b.example", f"ab.{character}.example"):
+            expected = re.fullmatch(rf"(?:{pattern}\n)*{pattern}", domain) is not None
+            assert _plain_domains(domain) is expected, repr(domain)
+
+
+@pytest.mark.parametrize(
+    ("domain", "plain"),
+    [
+        ("site1.example", True),
+        (f"{'a' * 63}.example", True),
+        (f"{'a' * 64}.example", False),
+        ("a..example", False),
+        (".example", False),
+        ("example.", False),
+        ("Example.com", False),
+        ("exämple.com", False),
+    ],
+)
+def test_plain_domains_at_their_edges(domain: str, plain: bool) -> None:
+    assert _plain_domains(f"acme.example\n{domain}\nglobex.example") is plain
+    assert _plain_domains(domain) is plain
