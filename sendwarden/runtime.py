@@ -27,12 +27,15 @@ from sendwarden.monitoring import MonitorRecorder, MonitorStore
 from sendwarden.pipeline import Pipeline
 from sendwarden.policy.accounts import AccountDirectory
 from sendwarden.ratelimit import counter_from_settings
-from sendwarden.store.redis import connect
+from sendwarden.store import Shared
+from sendwarden.store.redis import close_client, connect
 from sendwarden.store.suspensions import (
     CachedSuspensions,
     SharedDatabase,
     suspension_store_from_settings,
 )
+
+RedisClient = redis.Redis  # the field ``Runtime.redis`` hides the module in the class
 
 
 @dataclass
@@ -42,12 +45,21 @@ class Runtime:
     pipeline: Pipeline
     live_directory: LiveDirectory | None = None  # refreshes the [directory] sources
     volume: VolumeRecorder | None = None
+    # The durable database's pool (consent ledger, suspension history) and the Redis
+    # client: a reload hands them on to the next configuration when it names the same.
+    database: SharedDatabase | None = None
+    shared_redis: Shared[RedisClient] | None = None
 
     def close(self) -> None:
         self.pipeline.close()
+        if self.database is not None:
+            self.database.close()  # once for the runtime (the checks gave it back too)
         if self.volume is not None:
             self.volume.close()  # its last counts, before the client goes
-        self.redis.close()
+        if self.shared_redis is not None:
+            self.shared_redis.close()
+        else:
+            close_client(self.redis)
         if self.live_directory is not None:
             self.live_directory.close()
 
@@ -67,13 +79,17 @@ def attachment_checks(settings: Settings, client: redis.Redis) -> list[Check]:
 
 
 def build_checks(
-    settings: Settings, client: redis.Redis, directory: AccountDirectory | None = None
+    settings: Settings,
+    client: redis.Redis,
+    directory: AccountDirectory | None = None,
+    database: SharedDatabase | None = None,
 ) -> list[Check]:
     """The active checks in the order they run. At RCPT, checks that refuse for
     good come before ones that count, so a refused recipient consumes no quota."""
     # The durable database (consent ledger, suspension history): one pool, opened on
-    # first use, shared by the checks that need it.
-    database = SharedDatabase(settings)
+    # first use, shared by the checks that need it (and given back when they close).
+    if database is None:
+        database = SharedDatabase(settings)
     suspensions = suspension_store_from_settings(settings, client, database)
     # Shared: reservations refresh the MAIL-time suspension cache, and the rate
     # limit's end-of-message round trip counts recipients for the consent rule.
@@ -122,11 +138,25 @@ def load_directory(
 
 def build_runtime(settings: Settings, previous: Runtime | None = None) -> Runtime:
     """``previous``: the running configuration, on a reload (its directory's owners
-    keep the domains a new read finds contested)."""
+    keep the domains a new read finds contested; its Redis client and database pool
+    carry over when this configuration names the same)."""
     running = previous.live_directory if previous is not None else None
     directory, live = load_directory(settings, running)  # shared by pipeline and checks
-    client = connect(settings.redis)
-    checks = build_checks(settings, client, directory)
+    # The running configuration's open connections, where this one names the same.
+    shared_redis = Shared(
+        (settings.redis.url, settings.redis.timeout_ms),
+        lambda: connect(settings.redis),
+        close_client,
+        previous.shared_redis if previous is not None else None,
+    )
+    client = shared_redis.resource
+    database = SharedDatabase(settings, previous.database if previous is not None else None)
+    try:
+        checks = build_checks(settings, client, directory, database)
+    except BaseException:  # a refused reload gives them back
+        database.close()
+        shared_redis.close()
+        raise
     # Counts refusals that put the provider's addresses at risk, for the alert sweep.
     risk = RiskRecorder(RiskStore(client, settings.redis.key_prefix))
     # Counts what monitor-only mode let pass, for `sendwarden report`.
@@ -136,4 +166,4 @@ def build_runtime(settings: Settings, previous: Runtime | None = None) -> Runtim
         VolumeStore(client, settings.redis.key_prefix), settings.alerts.sending_address
     )
     pipeline = Pipeline(settings, checks, directory, observers=[risk, monitor, volume])
-    return Runtime(settings, client, pipeline, live, volume)
+    return Runtime(settings, client, pipeline, live, volume, database, shared_redis)

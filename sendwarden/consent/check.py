@@ -54,10 +54,14 @@ class ConsentCheck(Check):
         settings: ConsentSettings,
         open_store: Callable[[], ConsentStore],
         recent: RecipientCounter,
+        release: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
         self._open_store = open_store
         self._recent = recent
+        # A ledger shared with others (other checks, the configurations a reload
+        # replaced) is given back by ``release``, never closed here under their feet.
+        self._release = release
         self._store: ConsentStore | None = None
         self._store_lock = threading.Lock()
 
@@ -114,7 +118,9 @@ class ConsentCheck(Check):
     def close(self) -> None:
         with self._store_lock:
             store, self._store = self._store, None
-        if store is not None:
+        if self._release is not None:
+            self._release()
+        elif store is not None:
             store.close()
 
     def _bulk_reasons(self, txn: Transaction, distinct_count: int) -> list[str]:
@@ -149,8 +155,9 @@ def consent_check_from_settings(
     recent: RecipientCounter | None = None,
 ) -> ConsentCheck:
     """The check of one configuration: its ledger URL (or ``open_database``, shared
-    with the other users of the durable database), its Redis and key prefix (or
-    ``recent``, the distinct-recipient counter shared with the rate limit)."""
+    with the other users of the durable database and given back by its ``close``),
+    its Redis and key prefix (or ``recent``, the distinct-recipient counter shared
+    with the rate limit)."""
 
     def open_store() -> ConsentStore:
         if open_database is not None:
@@ -161,4 +168,5 @@ def consent_check_from_settings(
 
     if recent is None:
         recent = RecentRecipients(client, settings.redis.key_prefix)
-    return ConsentCheck(settings.consent, open_store, recent)
+    release = getattr(open_database, "close", None) if open_database is not None else None
+    return ConsentCheck(settings.consent, open_store, recent, release)

@@ -221,10 +221,8 @@ class RecipientCounter:
         self._keys: dict[str, list[str]] = {}
 
     def close(self) -> None:
-        """Close the connections of the per-message scripts (the client's own pool is
-        its owner's to close)."""
-        if self._direct is not None:
-            self._direct.close()
+        """Nothing to close: the per-message scripts' connections belong with the
+        client (a reload may hand it on), closed by its owner (``close_client``)."""
 
     def keys(self, account_id: str) -> list[str]:
         """The account's rate hash, strike set, suspension key, void hash and the base

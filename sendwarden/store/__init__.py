@@ -6,9 +6,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextvars import ContextVar
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 #: The backends that answered during the current pipeline stage (see watching()).
 _answered: ContextVar[set[str] | None] = ContextVar("sendwarden_store_answered", default=None)
@@ -88,3 +88,65 @@ def open_once(lock: threading.Lock, timeout_ms: int, opener: Callable[[], T]) ->
         return opener()
     finally:
         lock.release()
+
+
+class _Holders(Generic[T]):
+    """A resource and how many configurations hold it."""
+
+    def __init__(self, key: Hashable, resource: T, close: Callable[[T], None]) -> None:
+        self.key = key
+        self.resource = resource
+        self._close = close
+        self._count = 1
+        self._lock = threading.Lock()
+
+    def join(self, key: Hashable) -> bool:
+        """One more holder, if it would open the same (``key``) and this is still open."""
+        with self._lock:
+            if self._count == 0 or key != self.key:
+                return False
+            self._count += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self._count -= 1
+            last = self._count == 0
+        if last:
+            self._close(self.resource)
+
+
+class Shared(Generic[T]):
+    """One configuration's hold on a store's connections (a Redis client, the
+    database pool), which a reload hands on to the next configuration when that
+    would open the same: equal ``key`` (URL, timeout). So the first messages after a
+    reload reuse open connections and wait for no new one (under load that wait can
+    outlast the store's timeout and tempfail them). The resource is closed when the
+    last configuration holding it closes."""
+
+    def __init__(
+        self,
+        key: Hashable,
+        make: Callable[[], T],
+        close: Callable[[T], None],
+        previous: Shared[T] | None = None,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._closed = False
+        self._holders: _Holders[T]
+        if previous is not None and previous._holders.join(key):
+            self._holders = previous._holders
+        else:
+            self._holders = _Holders(key, make(), close)
+
+    @property
+    def resource(self) -> T:
+        return self._holders.resource
+
+    def close(self) -> None:
+        """Let go (once, however often it is called); the last holder closes it."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._holders.leave()

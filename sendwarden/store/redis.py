@@ -11,6 +11,7 @@ node.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import typing
 from collections.abc import Iterator
@@ -119,6 +120,19 @@ def redis_errors(what: str) -> Iterator[None]:
         recorder.store_done(BACKEND, time.perf_counter() - started, False)
 
 
+#: The client attribute holding its DirectCalls, and the lock that makes it once.
+_DIRECT = "_sendwarden_direct_calls"
+_DIRECT_LOCK = threading.Lock()
+
+
+def close_client(client: redis.Redis) -> None:
+    """Close a client: its pool and the connections :class:`DirectCalls` made for it."""
+    direct = getattr(client, _DIRECT, None)
+    if isinstance(direct, DirectCalls):
+        direct.close()
+    client.close()
+
+
 class DirectCalls:
     """Commands on redis-py's own connections through its lower-level API
     (``send_command``/``read_response``), for the per-message scripts.
@@ -131,7 +145,9 @@ class DirectCalls:
     that fails is dropped, and one that was idle and found dead (Redis restarted)
     is replaced once: the scripts sent this way are idempotent. A cluster client is
     not a :class:`redis.Redis`: :meth:`for_client` returns None and the caller uses
-    the client as it is.
+    the client as it is. The connections belong with the client (one set per client,
+    whoever asks: a reload that keeps the client keeps them) and are closed with it
+    by :func:`close_client`.
     """
 
     def __init__(self, make: typing.Callable[[], AbstractConnection]) -> None:
@@ -142,9 +158,16 @@ class DirectCalls:
     def for_client(cls, client: redis.Redis) -> DirectCalls | None:
         if type(client) is not redis.Redis:
             return None
-        pool = client.connection_pool
-        kwargs = dict(pool.connection_kwargs)
-        return cls(lambda: typing.cast(AbstractConnection, pool.connection_class(**kwargs)))
+        with _DIRECT_LOCK:
+            direct = typing.cast(DirectCalls | None, getattr(client, _DIRECT, None))
+            if direct is None:
+                pool = client.connection_pool
+                kwargs = dict(pool.connection_kwargs)
+                direct = cls(
+                    lambda: typing.cast(AbstractConnection, pool.connection_class(**kwargs))
+                )
+                setattr(client, _DIRECT, direct)
+        return direct
 
     def __call__(self, *args: EncodableT) -> Any:
         try:

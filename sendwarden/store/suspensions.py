@@ -28,11 +28,11 @@ from typing import Any, Protocol
 import redis
 
 from sendwarden.policy.suspension import Suspension
-from sendwarden.store import StoreError, open_once
+from sendwarden.store import Shared, StoreError, open_once
 from sendwarden.store.redis import account_key, redis_errors
 
 if typing.TYPE_CHECKING:
-    from sendwarden.config import Settings
+    from sendwarden.config import ConsentSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -258,28 +258,27 @@ def parse_suspension(raw: bytes | str) -> Suspension:
         return Suspension(reason="suspended (record unreadable)", since="unknown")
 
 
-class SharedDatabase:
-    """The durable database of one configuration, opened once on first use and
-    shared (the consent check and the suspension store use one pool)."""
+class _OpenedDatabase:
+    """The durable database, opened on first use."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._lock = threading.Lock()
+    def __init__(self, settings: ConsentSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()  # held while the database is being opened
         self._store: Any = None
 
-    def __call__(self) -> Any:
+    def get(self) -> Any:
         """The open database. While one thread opens it the others wait at most
         ``consent.timeout_ms`` (then StoreError), never one behind another."""
         store = self._store
         if store is not None:
             return store
-        return open_once(self._lock, self._settings.consent.timeout_ms, self._open)
+        return open_once(self._lock, self.settings.timeout_ms, self._open)
 
     def _open(self) -> Any:
         if self._store is None:
             from sendwarden.consent.store import open_from_settings  # driver on demand
 
-            self._store = open_from_settings(self._settings.consent)
+            self._store = open_from_settings(self.settings)
         return self._store
 
     def close(self) -> None:
@@ -287,6 +286,33 @@ class SharedDatabase:
             store, self._store = self._store, None
         if store is not None:
             store.close()
+
+
+class SharedDatabase:
+    """The durable database of one configuration, opened once on first use and
+    shared (the consent check and the suspension store use one pool).
+
+    A reload hands the running configuration's to the new one (``previous``): when
+    both name the same database with the same timeout, the pool and its open
+    connections carry over (see :class:`~sendwarden.store.Shared`), and the pool is
+    closed when the last configuration using it is."""
+
+    def __init__(self, settings: Settings, previous: SharedDatabase | None = None) -> None:
+        consent = settings.consent
+        self._shared: Shared[_OpenedDatabase] = Shared(
+            (consent.database, consent.timeout_ms),
+            lambda: _OpenedDatabase(consent),
+            _OpenedDatabase.close,
+            previous._shared if previous is not None else None,
+        )
+
+    def __call__(self) -> Any:
+        """The open database (StoreError when it cannot be opened in time)."""
+        return self._shared.resource.get()
+
+    def close(self) -> None:
+        """Give this configuration's use back (once, however often it is called)."""
+        self._shared.close()
 
 
 def suspension_store_from_settings(

@@ -1,9 +1,20 @@
 """SIGHUP reloads under bulk mail with the consent ledger in PostgreSQL (issue 13,
-item 2): the milter must survive every reload, and every message must be accepted
-(or, at worst, tempfailed while a configuration changes hands), never crash it.
+item 2): the milter must survive every reload, and every message must be accepted.
+A reload never blocks, slows or fails a decision: a connection keeps the
+configuration it started with, and the new configuration takes over the running
+one's open Redis and database connections, so no message is tempfailed because a
+configuration changed hands (tests/integration/test_reload_connections.py shows the
+connections carried over, deterministically).
 
 Real Postfix, the sendwarden milter process, Redis and a private PostgreSQL; the
 test sends bulk mail from several SMTP clients at once while it reloads repeatedly.
+
+The stores get timeouts a starved machine does not reach (Redis 5 s instead of the
+250 ms default, the ledger 3 s): when this test shares two cores with benchmarks
+running at a higher priority, the Redis server and the milter sometimes get no CPU
+for more than 250 ms, and a Redis reply that late is a 451 4.3.0 with or without a
+reload (measured: as many such 451s in runs without any SIGHUP). A store that is
+really down is tested elsewhere; here any 451 is a reload's fault.
 """
 
 from __future__ import annotations
@@ -64,6 +75,7 @@ def postgres_rig() -> Iterator[Rig]:
             stack,
             policy={"recipients_per_hour": 1_000_000},
             consent={"database": url, "timeout_ms": 3000},
+            config_extra={"redis": {"timeout_ms": 5000}},  # see the module docstring
             milter_env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         )
         try:
