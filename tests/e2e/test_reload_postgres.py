@@ -7,7 +7,9 @@ configuration changed hands (tests/integration/test_reload_connections.py shows 
 connections carried over, deterministically).
 
 Real Postfix, the sendwarden milter process, Redis and a private PostgreSQL; the
-test sends bulk mail from several SMTP clients at once while it reloads repeatedly.
+test sends bulk mail from several SMTP clients at once while it reloads repeatedly,
+each SIGHUP once one more message has been answered, so that mail flows between all
+reloads however slow the machine is.
 
 The stores get timeouts a starved machine does not reach (Redis 5 s instead of the
 250 ms default, the ledger 3 s): when this test shares two cores with benchmarks
@@ -84,6 +86,11 @@ def postgres_rig() -> Iterator[Rig]:
             print(rig.report())
 
 
+def answered(replies: list[str], lock: threading.Lock) -> int:
+    with lock:
+        return len(replies)
+
+
 def reloads_logged(rig: Rig) -> int:
     return rig.milter.log().count("configuration reloaded") if rig.milter else 0
 
@@ -116,6 +123,14 @@ def test_repeated_reloads_under_bulk_mail_with_postgresql(postgres_rig: Rig) -> 
     try:
         for number in range(1, RELOADS + 1):
             time.sleep(0.4)
+            # Mail flows between reloads: the n-th SIGHUP waits for the n-th reply (on a
+            # starved machine the first SMTP sessions alone can outlast several 0.4 s).
+            wait_until(
+                lambda count=number: answered(replies, lock) >= count,
+                60,
+                rig.report,
+                abort=lambda: rig.milter is None or not rig.milter.running,
+            )
             os.kill(rig.milter.pid, signal.SIGHUP)
             wait_until(
                 lambda count=number: reloads_logged(rig) >= count,
