@@ -287,7 +287,9 @@ def _plain_rows(
     columns: dict[str, ClaimColumns] = {}
     try:
         deque(map(first_row.setdefault, accounts, numbers), maxlen=0)  # (TypeError: unhashable)
-        if not _PLAIN_IDS.fullmatch("\n".join(first_row)):
+        ids = "\n".join(first_row)
+        # (one line per account: an id holding a line break is not two plain ones)
+        if ids.count("\n") != len(first_row) - 1 or not _PLAIN_IDS.fullmatch(ids):
             return None
         for kind, index in (("domains", i_domain), ("logins", i_login)):
             if index is None:

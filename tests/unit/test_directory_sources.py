@@ -397,3 +397,13 @@ def test_each_character_is_whitespace_to_both_checks_alike() -> None:
 def test_plain_domains_at_their_edges(domain: str, plain: bool) -> None:
     assert _plain_domains(f"acme.example\n{domain}\nglobex.example") is plain
     assert _plain_domains(domain) is plain
+
+
+@pytest.mark.parametrize("odd", ["acme\nbeta", "\nacme", "acme\n", "acme\n\nbeta", "acme\x1c"])
+@pytest.mark.parametrize("others", [0, 1, 3])
+def test_an_account_id_holding_a_line_break_is_read_row_by_row(odd: str, others: int) -> None:
+    """An account id with a line break inside is refused by the row-by-row reading;
+    read column by column, it must not pass as two plain ids joined."""
+    rows = [(f"user{n}", f"d{n}.example", None) for n in range(others)]
+    rows.append((odd, "odd.example", None))
+    assert_read_alike(["account", "domain", "login"], rows)
