@@ -229,7 +229,7 @@ def _map_line_problem(raw: str) -> str | None:
 def _domain(text: str) -> str:
     if _PLAIN_DOMAIN.fullmatch(text):  # the usual case: already normalised
         return text
-    if not text or "@" in text or " " in text:
+    if not text or "@" in text or any(c.isspace() or not c.isprintable() for c in text):
         raise ValueError(f"{text!r} is not a domain name")
     return normalise_domain(text)
 

@@ -297,8 +297,11 @@ def _plain_rows(
             column = values[index]
             given = list(map(operator.is_not, column, repeat(None)))
             present = list(compress(column, given))
-            if kind == "domains" and present and not _plain_domains("\n".join(present)):
-                return None  # (join raises TypeError for a value that is not text)
+            if kind == "domains" and present:
+                joined = "\n".join(present)  # (TypeError for a value that is not text)
+                # (one line per domain: a line break inside one is not two plain ones)
+                if joined.count("\n") != len(present) - 1 or not _plain_domains(joined):
+                    return None
             if kind == "logins" and not _stripped(present):
                 return None
             columns[kind] = ClaimColumns(

@@ -407,3 +407,23 @@ def test_an_account_id_holding_a_line_break_is_read_row_by_row(odd: str, others:
     rows = [(f"user{n}", f"d{n}.example", None) for n in range(others)]
     rows.append((odd, "odd.example", None))
     assert_read_alike(["account", "domain", "login"], rows)
+
+
+@pytest.mark.parametrize(
+    "odd", ["a.example\nb.example", "a.example\tb", "a.exam\x00ple", "a.example\u2028b"]
+)
+@pytest.mark.parametrize("others", [0, 1, 3])
+def test_a_domain_holding_a_line_break_or_control_character_is_a_bad_row(
+    odd: str, others: int
+) -> None:
+    """A domain with whitespace or a control character inside is a bad row (named),
+    read column by column or row by row alike, never a claim of its own."""
+    rows = [("acme", f"d{n}.example", None) for n in range(others)] + [("acme", odd, None)]
+    with pytest.raises(SourceError, match=f"row {others + 1}"):
+        rows_one_by_one("sql", ["account", "domain", "login"], rows)
+    assert_read_alike(["account", "domain", "login"], rows)
+
+
+def test_a_mapped_domain_holding_a_tab_is_a_bad_line() -> None:
+    with pytest.raises(SourceError, match="line 2"):
+        parse_domain_map("acme.example: acme\na.example\tb.example: acme\n", "map")
