@@ -177,15 +177,27 @@ class ProxySMTP(_HooksOnly, SMTP):
         return asyncio.StreamReaderProtocol.eof_received(self)
 
     async def push(self, status: AnyStr) -> None:
-        """The lines of a multi-line reply (EHLO's) go out in one write with the last
-        one: the MTA reads the reply once instead of once a line."""
+        """Replies are written as RFC 2920 asks of a pipelining server: held while the
+        MTA's next command is already here (it reads them all before it goes on), and
+        written with the first reply after which nothing waits; the lines of a
+        multi-line reply (EHLO's) with the last one. Each write is a system call here
+        and a read and a wake-up in the MTA: Exim sends MAIL and RCPT together, and the
+        final dot with QUIT. A 3xx (354, an AUTH challenge) is never held: the client
+        waits for it before it sends more."""
         line = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") if isinstance(
             status, str) else bytes(status)  # fmt: skip
-        if line[3:4] == b"-":  # "250-...": more lines follow
+        if line[3:4] == b"-" or (line[:1] != b"3" and self._next_command_waits()):
             self._held.append(line + b"\r\n")
             return
         held, self._held = self._held, []
         await super().push(b"".join(held) + line)
+
+    def _next_command_waits(self) -> bool:
+        """A whole line of the MTA's is already read and not yet taken: it will be
+        answered next, so the reply just made can go out with that one."""
+        reader = getattr(self, "_reader", None)
+        buffer = getattr(reader, "_buffer", None)  # asyncio.StreamReader's own
+        return buffer is not None and b"\n" in buffer
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's own parsing of a MAIL/RCPT address, without the class it defines

@@ -181,6 +181,54 @@ def test_a_multi_line_reply_goes_out_in_one_write() -> None:
     assert asyncio.run(run()) == [b"250-proxy.test\r\n250-DSN\r\n250 HELP\r\n", b"221 Bye\r\n"]
 
 
+def test_replies_to_pipelined_commands_go_out_together_and_none_is_lost() -> None:
+    """RFC 2920's rule for a pipelining server: a reply waits while the client's next
+    command is already read (Exim sends MAIL with RCPT, and the final dot with QUIT),
+    and goes out with the first reply after which nothing waits. A 354 or an AUTH
+    challenge is never held (the client waits for it before it sends more); nothing is
+    held once the client's commands are all answered."""
+
+    class Writer:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+        async def drain(self) -> None:
+            pass
+
+    async def run() -> list[bytes]:
+        connection = _connection(asyncio.get_running_loop())
+        writer = Writer()
+        reader = asyncio.StreamReader()
+        connection._writer = writer  # type: ignore[assignment]
+        connection._reader = reader
+        connection.session = connection._create_session()
+        reader.feed_data(b"RCPT TO:<b@remote.example>\r\nDATA\r\n")
+        await connection.push("250 2.1.0 OK")  # to MAIL: RCPT and DATA wait
+        await reader.readuntil()
+        await connection.push("250 2.1.5 OK")  # to RCPT: DATA waits
+        await reader.readuntil()
+        await connection.push("354 End data with <CR><LF>.<CR><LF>")  # never held
+        reader.feed_data(b"QUI")  # not a whole command yet: nothing waits
+        await connection.push("250 2.0.0 OK queued")
+        reader.feed_data(b"T\r\n")
+        await connection.push("250 2.0.0 OK again")  # QUIT waits
+        await reader.readuntil()
+        await connection.push("221 Bye")
+        reader.feed_data(b"AUTH X-SENDWARDEN\r\n")
+        await connection.push("334 ")  # a challenge goes out at once
+        return writer.writes
+
+    assert asyncio.run(run()) == [
+        b"250 2.1.0 OK\r\n250 2.1.5 OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n",
+        b"250 2.0.0 OK queued\r\n",
+        b"250 2.0.0 OK again\r\n221 Bye\r\n",
+        b"334 \r\n",
+    ]
+
+
 PATH_TEXT = st.text(
     alphabet=st.sampled_from(list('ab.@<>\t ()"[]\\=+-_!é')) | st.characters(), max_size=40
 )
