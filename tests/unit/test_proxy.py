@@ -6,12 +6,14 @@ import asyncio
 import base64
 import concurrent.futures
 import ipaddress
+import itertools
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sendwarden.config import settings_from_mapping
@@ -31,6 +33,7 @@ from sendwarden.proxy.server import (
     ProxyHandler,
     ProxySMTP,
     _parse_path,
+    _Reader,
     _split_params,
 )
 from tests.unit.fakes import RecordingCheck
@@ -227,6 +230,95 @@ def test_replies_to_pipelined_commands_go_out_together_and_none_is_lost() -> Non
         b"250 2.0.0 OK again\r\n221 Bye\r\n",
         b"334 \r\n",
     ]
+
+
+TEXT_PARTS = st.sampled_from(
+    [b"a", b"xyz", b".", b"..", b"\r", b"\n", b"\r\n", b"\r\n.", b"\r\n..", b"\r\n.\r\n", b"x" * 30]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@example(parts=[b"x" * 30, b"\r\n", b"..", b"\r\n"], cuts=[7], line_limit=20, size_limit=None,
+         ends=True)  # fmt: skip
+@example(parts=[b"xyz", b"\r\n"] * 20, cuts=[3, 50], line_limit=40, size_limit=60, ends=True)
+@example(parts=[b".", b"\r\n", b"..", b"\r\n.", b"\r\n"], cuts=[], line_limit=40,
+         size_limit=None, ends=True)  # fmt: skip
+@given(
+    parts=st.lists(TEXT_PARTS, max_size=30),
+    cuts=st.lists(st.integers(0, 500), max_size=8),
+    line_limit=st.integers(6, 40),
+    size_limit=st.sampled_from([None, 0, 10, 60, 200]),
+    ends=st.booleans(),
+)
+def test_the_text_is_read_as_aiosmtpd_reads_it(
+    parts: list[bytes], cuts: list[int], line_limit: int, size_limit: int | None, ends: bool
+) -> None:
+    """The proxy reads the text after DATA a buffer at a time; aiosmtpd's own DATA
+    reads it a line at a time. Whatever the text (dots to unstuff, a lone dot, bare CR
+    or LF, lines past the limit, too much data, the MTA leaving before the dot) and
+    however it arrives in pieces, both give the same content or the same refusal,
+    the same replies, and leave the same bytes (the next command) unread."""
+    stream = b"".join(parts) + (b"\r\n.\r\nQUIT\r\n" if ends else b"")
+    edges = sorted({0, len(stream), *(cut for cut in cuts if cut < len(stream))})
+    chunks = [stream[a:b] for a, b in itertools.pairwise(edges)]
+
+    class Writer:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+        async def drain(self) -> None:
+            pass
+
+        def close(self) -> None:
+            self.writes.append(b"<closed>")
+
+    async def run(data: Callable[[ProxySMTP, str | None], Any]) -> tuple[object, ...]:
+        connection = _connection(asyncio.get_running_loop())
+        connection.proxy.executor = executor  # nothing to relay to: the early open fails
+        connection._writer = Writer()  # type: ignore[assignment]
+        connection._reader = reader = _Reader(limit=line_limit)
+        connection.transport = object()  # type: ignore[assignment]
+        connection.line_length_limit = line_limit
+        connection.data_size_limit = size_limit
+        connection._auth_required = False
+        connection.session = connection._create_session()
+        connection.session.host_name = "exim.test"
+        connection.envelope = connection._create_envelope()
+        connection.envelope.rcpt_tos.append("bob@remote.example")
+        received: list[object] = []
+
+        async def handle_data(server: SMTP, session: Session, envelope: Envelope) -> str:
+            received.append(envelope.original_content)
+            return "250 2.0.0 OK"
+
+        connection._handle_hooks = {"DATA": handle_data}
+
+        async def feed() -> None:
+            for chunk in chunks:
+                reader.feed_data(chunk)
+                await asyncio.sleep(0)
+            reader.feed_eof()
+
+        feeder = asyncio.ensure_future(feed())
+        try:
+            await data(connection, None)
+            outcome = "read"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+        await feeder
+        left = await reader.read()
+        return outcome, received, connection._writer.writes, connection._held, left
+
+    executor = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        ours = asyncio.run(run(ProxySMTP.smtp_DATA))
+        theirs = asyncio.run(run(SMTP.smtp_DATA))
+    finally:
+        executor.shutdown()
+    assert ours == theirs
 
 
 PATH_TEXT = st.text(
