@@ -232,6 +232,42 @@ def test_replies_to_pipelined_commands_go_out_together_and_none_is_lost() -> Non
     ]
 
 
+def test_a_step_on_a_worker_gives_its_result_or_error_and_a_cancelled_one_never_starts() -> None:
+    """The proxy's steps run on worker threads and hand their result straight back to
+    the event loop: the result or the exception arrives as the step's; a step whose
+    MTA left before a worker took it (cancelled) never runs."""
+    import threading
+
+    handler = ProxyHandler.__new__(ProxyHandler)
+    handler.executor = concurrent.futures.ThreadPoolExecutor(1)
+    ran: list[str] = []
+    gate = threading.Event()
+
+    def fail() -> None:
+        raise ValueError("store down")
+
+    async def run() -> None:
+        where, total = await handler._run(lambda a, b: (threading.current_thread(), a + b), 1, 2)
+        assert total == 3 and where is not threading.current_thread()
+        with pytest.raises(ValueError, match="store down"):
+            await handler._run(fail)
+        busy = asyncio.ensure_future(handler._run(gate.wait))  # the only worker waits
+        waiting = asyncio.ensure_future(handler._run(ran.append, "late"))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        gate.set()
+        assert await busy is True
+        await handler._run(ran.append, "next")
+
+    try:
+        asyncio.run(run())
+    finally:
+        handler.executor.shutdown()
+    assert ran == ["next"]
+
+
 TEXT_PARTS = st.sampled_from(
     [b"a", b"xyz", b".", b"..", b"\r", b"\n", b"\r\n", b"\r\n.", b"\r\n..", b"\r\n.\r\n", b"x" * 30]
 )
