@@ -191,6 +191,24 @@ def sendwarden_config(
     )
 
 
+#: The no-op milters, each negotiating the steps, no-reply flags and macro lists it is given.
+NOOPS = ("c", "pymilter", "asyncio-noop")
+
+
+def noop_argv(milter: str, socket: str, steps: int, c_binary: Path) -> list[str]:
+    """The command of a no-op milter (one of :data:`NOOPS`) negotiating ``steps`` and
+    sendwarden's macro lists (tests/integration/test_benchmark_noops.py holds their
+    negotiation to sendwarden's)."""
+    if milter == "c":
+        symlists = [f"{stage}={macros}" for stage, macros in MACROS.items()]
+        return [str(c_binary), socket, hex(steps), hex(_STEP_BITS), *symlists]
+    if milter == "pymilter":
+        return [sys.executable, "-m", "loadtest.noop_pymilter", socket, hex(steps)]
+    if milter == "asyncio-noop":
+        return [sys.executable, "-m", "loadtest.asyncio_milter", "noop", socket, hex(steps)]
+    raise ValueError(f"not a no-op milter: {milter}")
+
+
 def start_setup(
     stack: contextlib.ExitStack,
     setup: Setup,
@@ -213,15 +231,8 @@ def start_setup(
     process: MilterProcess | None = None
     suffix = "-metrics" if setup.metrics else ""
     log_path = directory / f"{setup.milter}-{setup.socket}-{data_reply}{suffix}.log"
-    if setup.milter == "c":
-        symlists = [f"{stage}={macros}" for stage, macros in MACROS.items()]
-        argv = [str(c_binary), socket, hex(steps), hex(_STEP_BITS), *symlists]
-        process = MilterProcess(argv=argv, socket=socket, log_path=log_path)
-    elif setup.milter == "pymilter":
-        argv = [sys.executable, "-m", "loadtest.noop_pymilter", socket, hex(steps)]
-        process = MilterProcess(argv=argv, socket=socket, log_path=log_path)
-    elif setup.milter == "asyncio-noop":
-        argv = [sys.executable, "-m", "loadtest.asyncio_milter", "noop", socket, hex(steps)]
+    if setup.milter in NOOPS:
+        argv = noop_argv(setup.milter, socket, steps, c_binary)
         process = MilterProcess(argv=argv, socket=socket, log_path=log_path)
     elif setup.milter in ("sendwarden", "asyncio-sendwarden"):
         config = sendwarden_config(directory, socket, redis_url, key_file, setup.metrics)

@@ -18,10 +18,12 @@ import dkim
 import pytest
 import redis
 
+from sendwarden.checks.base import Check
 from sendwarden.checks.identity import IdentityCheck
 from sendwarden.cli import main
 from sendwarden.config import ConfigError, load_settings
 from sendwarden.dkim.signer import DkimSigner, SigningKey, headers_after_changes
+from sendwarden.pipeline import Pipeline
 from sendwarden.policy.facts import Client, Transaction
 from sendwarden.runtime import build_checks
 from tests.support.dns_server import TxtDnsServer
@@ -265,3 +267,27 @@ def test_the_signer_runs_last_and_only_when_a_key_is_configured(
     assert [type(check) for check in checks].count(DkimSigner) == 1
     assert not any(isinstance(check, DkimSigner) for check in build_checks(without_key, client))
     assert any(isinstance(check, IdentityCheck) for check in checks)
+
+
+def test_the_body_step_only_when_a_check_reads_the_body(
+    generated: tuple[Path, str], tmp_path: Path
+) -> None:
+    """With the checks a configuration really builds: the body is asked for (and the
+    adapter negotiates the body step) only when the attachment cap is on or a DKIM key
+    is configured; and every check that asks for it reads it."""
+    key_file, _ = generated
+    client = redis.Redis(port=free_port())  # never contacted while building
+    with_key = load_settings(_config(tmp_path, key_file))
+    no_cap = dataclasses.replace(with_key.policy, check_attachments=False)
+    for keys, policy, wanted in (
+        ((), no_cap, False),
+        (with_key.dkim, no_cap, True),
+        ((), with_key.policy, True),
+        (with_key.dkim, with_key.policy, True),
+    ):
+        settings = dataclasses.replace(with_key, dkim=keys, policy=policy)
+        checks = build_checks(settings, client)
+        assert Pipeline(settings, checks).needs_body is wanted
+        for check in checks:
+            if check.needs_body:
+                assert type(check).at_body is not Check.at_body, check.name

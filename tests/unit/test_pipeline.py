@@ -241,10 +241,12 @@ def test_recipients_removed_for_missing_consent_are_recorded(
 def test_no_decision_record_is_built_when_the_decision_log_is_off(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Nobody reads it, so no one pays for it; observers (alerts) are still told."""
+    """Nobody reads it, so no one pays for it, whatever the outcome (a refusal, an
+    accepted message, a refusal only watched in monitor mode); observers (alerts) are
+    still told."""
     caplog.set_level(logging.CRITICAL + 1, logger="sendwarden.decisions")  # log.decisions off
 
-    def no_record(*args: object) -> dict[str, object]:
+    def no_record(*args: object, **kwargs: object) -> dict[str, object]:
         raise AssertionError("a decision record was built with the decision log off")
 
     monkeypatch.setattr("sendwarden.pipeline.decision_record", no_record)
@@ -254,12 +256,27 @@ def test_no_decision_record_is_built_when_the_decision_log_is_off(
         def observe(self, txn: Transaction, stage: str, verdict: Verdict) -> None:
             seen.append((stage, verdict.action.value))
 
+        def observe_monitored(self, txn: Transaction, stage: str, verdict: Verdict) -> None:
+            seen.append((stage, f"watched {verdict.action.value}"))
+
     pipeline, _, _ = build()
     pipeline = Pipeline(pipeline.settings, pipeline.checks, observers=[Observer()])
     txn = pipeline.begin(REMOTE, login=None, mail_from="x@elsewhere.example")
     assert pipeline.mail(txn).action is Action.CONTINUE
     assert pipeline.rcpt(txn, "bob@remote.example").action is Action.REJECT
-    assert seen == [("rcpt", "reject")]
+    txn = pipeline.begin(REMOTE, login="alice@acme.example", mail_from="a@acme.example")
+    assert pipeline.mail(txn).action is Action.CONTINUE
+    assert pipeline.rcpt(txn, "bob@remote.example").action is Action.CONTINUE
+    assert pipeline.eom(txn).action is Action.CONTINUE
+    watching = settings_from_mapping(
+        {**CONFIG, "policy": {**CONFIG["policy"], "monitor_only": ["relay"]}}
+    )
+    checks = [RelayCheck(watching.policy.local_domains)]
+    monitored = Pipeline(watching, checks, observers=[Observer()])
+    txn = monitored.begin(REMOTE, login=None, mail_from="x@elsewhere.example")
+    assert monitored.mail(txn).action is Action.CONTINUE
+    assert monitored.rcpt(txn, "bob@remote.example").action is Action.CONTINUE  # only watched
+    assert seen == [("rcpt", "reject"), ("eom", "continue"), ("rcpt", "watched reject")]
 
 
 def test_only_the_checks_that_act_per_recipient_or_header_are_called_there(
