@@ -161,20 +161,26 @@ def test_a_connection_finds_every_hook_aiosmtpd_would_find() -> None:
         loop.close()
 
 
+class _Writer:
+    """Where a connection's replies go in these tests: each write kept as it was made."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    async def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.writes.append(b"<closed>")
+
+
 def test_a_multi_line_reply_goes_out_in_one_write() -> None:
-    class Writer:
-        def __init__(self) -> None:
-            self.writes: list[bytes] = []
-
-        def write(self, data: bytes) -> None:
-            self.writes.append(data)
-
-        async def drain(self) -> None:
-            pass
-
     async def run() -> list[bytes]:
         connection = _connection(asyncio.get_running_loop())
-        writer = Writer()
+        writer = _Writer()
         connection._writer = writer  # type: ignore[assignment]
         connection.session = connection._create_session()
         for line in ("250-proxy.test", "250-DSN", "250 HELP", "221 Bye"):
@@ -191,19 +197,9 @@ def test_replies_to_pipelined_commands_go_out_together_and_none_is_lost() -> Non
     challenge is never held (the client waits for it before it sends more); nothing is
     held once the client's commands are all answered."""
 
-    class Writer:
-        def __init__(self) -> None:
-            self.writes: list[bytes] = []
-
-        def write(self, data: bytes) -> None:
-            self.writes.append(data)
-
-        async def drain(self) -> None:
-            pass
-
     async def run() -> list[bytes]:
         connection = _connection(asyncio.get_running_loop())
-        writer = Writer()
+        writer = _Writer()
         reader = asyncio.StreamReader()
         connection._writer = writer  # type: ignore[assignment]
         connection._reader = reader
@@ -298,23 +294,10 @@ def test_the_text_is_read_as_aiosmtpd_reads_it(
     edges = sorted({0, len(stream), *(cut for cut in cuts if cut < len(stream))})
     chunks = [stream[a:b] for a, b in itertools.pairwise(edges)]
 
-    class Writer:
-        def __init__(self) -> None:
-            self.writes: list[bytes] = []
-
-        def write(self, data: bytes) -> None:
-            self.writes.append(data)
-
-        async def drain(self) -> None:
-            pass
-
-        def close(self) -> None:
-            self.writes.append(b"<closed>")
-
     async def run(data: Callable[[ProxySMTP, str | None], Any]) -> tuple[object, ...]:
         connection = _connection(asyncio.get_running_loop())
         connection.proxy.executor = executor  # nothing to relay to: the early open fails
-        connection._writer = Writer()  # type: ignore[assignment]
+        connection._writer = _Writer()  # type: ignore[assignment]
         connection._reader = reader = _Reader(limit=line_limit)
         connection.transport = object()  # type: ignore[assignment]
         connection.line_length_limit = line_limit
