@@ -11,20 +11,26 @@ import gc
 import json
 import logging
 import os
+import selectors
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sendwarden.config import DirectorySettings, load_directory_settings
-from sendwarden.directory.snapshot import BuildReport, Conflict, Snapshot, write_snapshot
 from sendwarden.directory.sources import SourceData, SourceError, read_domain_map, read_system_users
-from sendwarden.directory.sql import read_sql, sql_password
+
+if TYPE_CHECKING:
+    from sendwarden.directory.snapshot import BuildReport, Snapshot
+
+# The snapshot and SQL modules are imported where they are used, not here: the milter
+# imports this module to start the builder child (start_early), and every hundredth
+# of a second before that start is one more before it answers.
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,8 @@ def read_sources(
 ) -> list[SourceData]:
     """Each configured file and query, read whole and validated (SourceError if not).
     ``sql``: the query already sent (:func:`start_sql`), for its rows."""
+    from sendwarden.directory.sql import read_sql, sql_password
+
     sources = []
     if settings.domain_map:
         sources.append(read_domain_map(settings.domain_map))
@@ -75,6 +83,8 @@ def build(
     ``written`` is given the report as soon as the file is in place (see
     :func:`write_snapshot`, as is ``parallel``); ``sql`` is the query already sent, as
     for :func:`read_sources`."""
+    from sendwarden.directory.snapshot import Snapshot, write_snapshot
+
     with _no_cycle_collection():
         sources = read_sources(settings, sql)
         users = read_system_users() if settings.system_users else None
@@ -141,24 +151,70 @@ class BuildChild:
             self.process.terminate()
 
     def report(self, timeout: float) -> BuildReport:
-        """The child's report once it is done; BuildFailed with its reason if it failed."""
-        with self.process as child:
-            try:
-                stdout, stderr = child.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
+        """The child's report once it is done; BuildFailed with its reason if it failed.
+        A report is taken as soon as its line is complete (the snapshot is in place by
+        then), without waiting for the child to exit: its exit frees a heap of
+        hundreds of megabytes, which takes a few hundredths of a second."""
+        child = self.process
+        deadline = time.monotonic() + timeout
+        try:
+            stdout, stderr = _first_line(child, deadline)
+            answer = _answer_of(stdout)
+            if "report" in answer and "error" not in answer:
+                threading.Thread(target=_reap, args=(child,), daemon=True).start()
+                return _report_from_json(answer["report"])
+            with child:
+                more, errors = child.communicate(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with child:
                 child.kill()
                 child.communicate()
-                raise BuildFailed(
-                    f"reading the directory sources took over {timeout:.0f}s"
-                ) from None
-        try:
-            answer = json.loads(stdout.decode() or "{}")
-        except ValueError:
-            answer = {}
+            raise BuildFailed(f"reading the directory sources took over {timeout:.0f}s") from None
+        answer = _answer_of(stdout + more)
         if child.returncode != 0 or "error" in answer or "report" not in answer:
-            reason = answer.get("error") or stderr.decode(errors="replace").strip()[-2000:]
-            raise BuildFailed(reason or f"the directory builder exited with {child.returncode}")
+            reason = answer.get("error") or (stderr + errors).decode(errors="replace").strip()
+            raise BuildFailed(
+                reason[-2000:] or f"the directory builder exited with {child.returncode}"
+            )
         return _report_from_json(answer["report"])
+
+
+def _first_line(child: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes]:
+    """What the child wrote until its first line on stdout is complete (or both its
+    outputs closed): stdout and stderr, both read as they come, so that neither pipe
+    fills up and blocks it. TimeoutExpired at the deadline."""
+    assert child.stdout is not None and child.stderr is not None
+    read: dict[int, bytearray] = {child.stdout.fileno(): bytearray()}
+    read[child.stderr.fileno()] = bytearray()
+    stdout = read[child.stdout.fileno()]
+    with selectors.DefaultSelector() as selector:
+        for fd in read:
+            selector.register(fd, selectors.EVENT_READ)
+        while b"\n" not in stdout and selector.get_map():
+            remaining = deadline - time.monotonic()
+            ready = selector.select(remaining) if remaining > 0 else []
+            if not ready:
+                raise subprocess.TimeoutExpired(child.args, 0)
+            for key, _events in ready:
+                data = os.read(key.fd, 1 << 16)
+                if not data:
+                    selector.unregister(key.fd)
+                read[key.fd] += data
+    return bytes(stdout), bytes(read[child.stderr.fileno()])
+
+
+def _answer_of(stdout: bytes) -> dict[str, Any]:
+    try:
+        answer = json.loads(stdout.decode() or "{}")
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def _reap(child: subprocess.Popen[bytes]) -> None:
+    """Wait for a child that has answered to exit, and close its pipes."""
+    with child:
+        child.communicate()
 
 
 def build_in_child(
@@ -197,6 +253,10 @@ def kept_snapshot(settings: DirectorySettings, state: Path | None) -> Snapshot |
     kept = state / KEPT_SNAPSHOT if state is not None else None
     if kept is None or not kept.exists():
         return None
+    import sqlite3
+
+    from sendwarden.directory.snapshot import Snapshot
+
     try:
         snapshot = Snapshot(kept)
         if snapshot.meta("fingerprint") == fingerprint(settings):
@@ -288,6 +348,8 @@ def _discard_early() -> None:
 
 
 def _report_from_json(document: dict[str, Any]) -> BuildReport:
+    from sendwarden.directory.snapshot import BuildReport, Conflict
+
     conflicts = [
         Conflict(c["kind"], c["key"], tuple(c["claimants"]), c["kept"])
         for c in document.pop("conflicts")

@@ -59,10 +59,18 @@ CREATE TABLE system_users (name TEXT PRIMARY KEY, account TEXT NOT NULL, src INT
 CREATE TABLE conflicts (kind TEXT, key TEXT, claimants TEXT, kept TEXT);
 CREATE TABLE pages (kind TEXT, first TEXT, keys TEXT, accounts TEXT, srcs TEXT,
     places TEXT, PRIMARY KEY (kind, first)) WITHOUT ROWID;
+CREATE TABLE login_pages (kind TEXT, first TEXT, keys TEXT, accounts TEXT, srcs TEXT,
+    places TEXT, PRIMARY KEY (kind, first)) WITHOUT ROWID;
+CREATE TABLE account_logins (page INTEGER PRIMARY KEY, logins TEXT, login_lengths BLOB);
 """
 #: Every table names an account by its id (older versions: by its index in accounts).
 #: An account's domains, logins and uids are also kept with it (one line each), so
 #: building an account is one read, and no index on the big tables is needed.
+#: The logins' pages, and the account pages' logins, are tables of their own (older
+#: versions: in pages and in account_pages, whose logins are now NULL): the builder
+#: child writes them in a forked process, and a table copied whole into an empty one
+#: is copied at C speed, where rows added to a table holding some are inserted one by
+#: one (see _Forked.copy_logins).
 SEPARATOR = "\n"
 #: The snapshot of the system_users source (uids found in the password database).
 SYSTEM_USERS = "system_users"
@@ -248,7 +256,10 @@ def write_snapshot(
     also: list[tuple[int, int, int]] = []
     limits: dict[int, int] = {}
     subdomains: dict[int, bool] = {}
-    claims = {kind: _Claims(kind) for kind in ("domain", "login", "uid", "system user")}
+    claims = {kind: _Claims(kind) for kind in ("domain", "uid", "system user")}
+    #: Each source's logins as given (source, texts, account ids, places): claimed,
+    #: settled and paged on their own (see :func:`_settle_logins`).
+    login_claims: list[tuple[int, Sequence[str], Sequence[str], Sequence[int]]] = []
     uid_names: dict[int, str] = {}
     report = BuildReport()
 
@@ -283,8 +294,7 @@ def write_snapshot(
                 keys, names, places = claim_columns(claimed)
                 claims[kind].claim_all(keys, map(index_of, names), src, places)
         if data.logins:
-            shown, names, places = claim_columns(data.logins)
-            claims["login"].claim_all(_casefolded(shown), map(index_of, names), src, places, shown)
+            login_claims.append((src, *claim_columns(data.logins)))
         for account_id, limit in data.limits.items():
             index = by_id[account_id]
             limits[index] = min(limit, limits.get(index, limit))
@@ -292,8 +302,7 @@ def write_snapshot(
             index = by_id[account_id]
             subdomains[index] = allowed and subdomains.get(index, True)
 
-    for kind in ("domain", "login", "system user", "uid"):
-        report.conflicts += claims[kind].settle(ids, by_id, previous)
+    conflicts = {kind: claims[kind].settle(ids, by_id, previous) for kind in claims}
     if system_users is not None:
         # The fallback for a uid no source lists: the account named by its user name
         # (or the account a source gave that Unix user to).
@@ -323,15 +332,34 @@ def write_snapshot(
 
     report.accounts = len(ids)
     report.domains = len(claims["domain"].owners)
-    report.logins = len(claims["login"].owners)
     report.uids = len(claims["uid"].owners)
-    _check_shrink(report, previous, max_shrink_percent)
     by_name = sorted(range(len(ids)), key=ids.__getitem__)  # account pages are in id order
     rank = [0] * len(ids)
     deque(map(rank.__setitem__, by_name, count()), maxlen=0)
 
+    def settle_logins(before: Snapshot | None) -> _Logins:
+        return _settle_logins(login_claims, ids, by_id, rank, before)
+
+    def logins_known(kept: int, login_conflicts: list[Conflict]) -> None:
+        """The report complete, and checked against the previous directory."""
+        report.logins = kept
+        report.conflicts = [
+            *conflicts["domain"],
+            *login_conflicts,
+            *conflicts["system user"],
+            *conflicts["uid"],
+        ]
+        _check_shrink(report, previous, max_shrink_percent)
+
+    def write_logins(connection: sqlite3.Connection) -> None:
+        """The logins' part, in a forked process (the previous snapshot opened anew:
+        an SQLite connection is not to be used across a fork)."""
+        before = Snapshot(previous.path) if previous is not None else None
+        _hand_logins_back(connection, settle_logins(before))
+
     def write_accounts(connection: sqlite3.Connection) -> None:
-        """The account pages (see :func:`_account_pages`)."""
+        """The account pages (see :func:`_account_pages`), but for their logins: those
+        are in account_logins (see :func:`_write_logins`)."""
         sources_of, places_of = zip(*origin, strict=True) if origin else ((), ())
         connection.executemany(
             f"INSERT INTO account_pages VALUES ({', '.join('?' * 14)})",
@@ -346,7 +374,7 @@ def write_snapshot(
                 ],
                 [
                     claims["domain"].by_account(claims["domain"].keys, rank, len(ids)),
-                    claims["login"].by_account(claims["login"].shown, rank, len(ids)),
+                    None,  # (in account_logins: see _write_logins)
                     claims["uid"].by_account(list(map(str, claims["uid"].keys)), rank, len(ids)),
                 ],
             ),
@@ -355,16 +383,49 @@ def write_snapshot(
     target = Path(path)
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
-    helper = None
+    logins: _Logins | None = None  # (None: settled by the forked process)
+    logins_helper = None
     connection = sqlite3.connect(partial)
     try:
+        # Parallel: the logins (settled, paged and grouped by account: the biggest
+        # kind) by a forked process into a file of its own, copied in below, while
+        # this one does the rest (without a fork, all here).
         if parallel:
-            with contextlib.suppress(OSError):  # (no fork: written here, below)
-                helper = _Forked(partial.with_name(partial.name + "-accounts"), write_accounts)
+            with contextlib.suppress(OSError):
+                logins_helper = _Forked(partial.with_name(partial.name + "-logins"), write_logins)
+        if logins_helper is None:
+            logins = settle_logins(previous)
+            logins_known(logins.count, logins.conflicts)
         connection.executescript(_BUILDING)
         connection.executescript(SCHEMA)
         insert = connection.executemany
         insert("INSERT INTO sources VALUES (?, ?, ?, ?)", source_rows)
+        write_accounts(connection)
+        insert("INSERT INTO also VALUES (?, ?, ?)", ((ids[i], s, p) for i, s, p in also))
+        connection.execute("CREATE INDEX also_account ON also (account)")
+        # Domains, look-alikes and logins in pages of PAGE_SIZE (see Snapshot._entry);
+        # the rare key holding a line break, a row of its own.
+        domains = _owned_columns(claims["domain"], ids)
+        for kind, columns, table in (
+            ("domain", domains, "domains (domain, account, src, place)"),
+            ("look", _looks(domains[0], domains[1]), "looks (look, account)"),
+        ):
+            _insert_pages(connection, "pages", table, *_pages(kind, *columns))
+        uids, uid_owners, uid_srcs, uid_places = _owned_columns(claims["uid"], ids)
+        insert(
+            "INSERT INTO uids VALUES (?, ?, ?, ?, ?)",
+            zip(uids, uid_owners, map(uid_names.get, uids), uid_srcs, uid_places, strict=True),
+        )
+        insert(
+            "INSERT INTO system_users VALUES (?, ?, ?, ?)",
+            zip(*_owned_columns(claims["system user"], ids), strict=True),
+        )
+        if logins is not None:
+            _write_logins(connection, logins)
+        else:  # (settled and paged by the forked process: its tables copied in)
+            assert logins_helper is not None
+            logins_known(*logins_helper.copy_logins(connection))
+        _insert_conflicts(connection, report.conflicts)
         insert(
             "INSERT INTO meta VALUES (?, ?)",
             [
@@ -381,40 +442,6 @@ def write_snapshot(
                 ),
             ],
         )
-        if helper is None:
-            write_accounts(connection)
-        insert("INSERT INTO also VALUES (?, ?, ?)", ((ids[i], s, p) for i, s, p in also))
-        connection.execute("CREATE INDEX also_account ON also (account)")
-        # Domains, look-alikes and logins in pages of PAGE_SIZE (see Snapshot._entry);
-        # the rare key holding a line break, a row of its own.
-        domains = _owned_columns(claims["domain"], ids)
-        for kind, columns, table in (
-            ("domain", domains, "domains (domain, account, src, place)"),
-            ("look", _looks(domains[0], domains[1]), "looks (look, account)"),
-            ("login", _owned_columns(claims["login"], ids), "logins (login, account, src, place)"),
-        ):
-            pages, odd = _pages(kind, *columns)
-            insert("INSERT INTO pages VALUES (?, ?, ?, ?, ?, ?)", pages)
-            if odd:
-                insert(f"INSERT INTO {table} VALUES ({', '.join('?' * len(odd[0]))})", odd)
-        uids, uid_owners, uid_srcs, uid_places = _owned_columns(claims["uid"], ids)
-        insert(
-            "INSERT INTO uids VALUES (?, ?, ?, ?, ?)",
-            zip(uids, uid_owners, map(uid_names.get, uids), uid_srcs, uid_places, strict=True),
-        )
-        insert(
-            "INSERT INTO system_users VALUES (?, ?, ?, ?)",
-            zip(*_owned_columns(claims["system user"], ids), strict=True),
-        )
-        insert(
-            "INSERT INTO conflicts VALUES (?, ?, ?, ?)",
-            (
-                (conflict.kind, conflict.key, "\n".join(conflict.claimants), conflict.kept)
-                for conflict in report.conflicts
-            ),
-        )
-        if helper is not None:
-            helper.copy_into(connection, "account_pages")
         connection.execute("CREATE UNIQUE INDEX account_pages_first ON account_pages (first)")
         connection.commit()
     except BaseException:
@@ -423,8 +450,8 @@ def write_snapshot(
         raise
     finally:
         connection.close()
-        if helper is not None:
-            helper.close()
+        if logins_helper is not None:
+            logins_helper.close()
     os.replace(partial, target)
     if written is not None:
         written(report)
@@ -433,8 +460,9 @@ def write_snapshot(
 
 class _Forked:
     """``write(connection)`` run in a forked process, into a file of its own with the
-    snapshot's schema, while this process goes on; :meth:`copy_into` waits for it and
-    copies its table into the snapshot (at C speed: the rows as they are)."""
+    snapshot's schema, while this process goes on; :meth:`copy_logins` waits for it
+    and copies its tables into the snapshot's empty ones (at C speed: SQLite copies a
+    whole table into an empty one page by page)."""
 
     def __init__(self, path: Path, write: Callable[[sqlite3.Connection], None]) -> None:
         self.path = path
@@ -457,15 +485,28 @@ class _Forked:
                 sys.stderr.flush()
                 os._exit(status)
 
-    def copy_into(self, connection: sqlite3.Connection, table: str) -> None:
+    def attach(self, connection: sqlite3.Connection, name: str) -> None:
+        """Wait for it to be done, and attach its file to ``connection`` as ``name``."""
         assert self.pid is not None
         _pid, status = os.waitpid(self.pid, 0)
         self.pid = None
         if status != 0:
-            raise RuntimeError(f"writing the {table} in a forked process failed ({status})")
+            raise RuntimeError(f"writing the {name} in a forked process failed ({status})")
         connection.commit()
-        connection.execute("ATTACH DATABASE ? AS forked", (str(self.path),))
-        connection.execute(f"INSERT INTO {table} SELECT * FROM forked.{table}")
+        connection.execute("ATTACH DATABASE ? AS ?", (str(self.path), name))
+
+    def copy_logins(self, connection: sqlite3.Connection) -> tuple[int, list[Conflict]]:
+        """The tables of the logins it settled (:func:`_write_logins`), copied in; how
+        many logins it kept, and their conflicts, in order."""
+        self.attach(connection, "logins_part")
+        for table in _LOGIN_TABLES:
+            connection.execute(f"INSERT INTO {table} SELECT * FROM logins_part.{table}")
+        (kept,) = connection.execute(
+            "SELECT value FROM logins_part.meta WHERE key = 'count logins'"
+        ).fetchone()
+        return int(kept), _conflicts_from(
+            connection.execute("SELECT * FROM logins_part.conflicts ORDER BY rowid")
+        )
 
     def close(self) -> None:
         """Stop it if it is still at work (the build failed); remove its file."""
@@ -477,16 +518,113 @@ class _Forked:
         self.path.unlink(missing_ok=True)
 
 
+#: What :func:`_write_logins` writes (copied whole into the empty tables of the
+#: snapshot, see _Forked.copy_logins).
+_LOGIN_TABLES = ("login_pages", "logins", "account_logins")
+
+
+@dataclass
+class _Logins:
+    """The logins, settled: how many are kept, the conflicts (in the order they
+    arose), each account's logins (one text per account, in id order, one a line),
+    and the pages and odd rows of the logins table."""
+
+    count: int
+    conflicts: list[Conflict]
+    by_account: list[str]
+    pages: list[Row]
+    odd: list[Row]
+
+
+def _settle_logins(
+    claimed: Sequence[tuple[int, Sequence[str], Sequence[str], Sequence[int]]],
+    ids: Sequence[str],
+    by_id: Mapping[str, int],
+    rank: Sequence[int],
+    previous: Snapshot | None,
+) -> _Logins:
+    """Each source's logins (source, texts, account ids, places) claimed casefolded,
+    settled as every kind is (:meth:`_Claims.settle`) and paged; the largest part of
+    a big build, so that the builder child does it in a process of its own."""
+    claims = _Claims("login")
+    for src, shown, names, places in claimed:
+        claims.claim_all(_casefolded(shown), map(by_id.__getitem__, names), src, places, shown)
+    conflicts = claims.settle(ids, by_id, previous)
+    pages, odd = _pages("login", *_owned_columns(claims, ids))
+    by_account = claims.by_account(claims.shown, rank, len(ids))
+    return _Logins(len(claims.owners), conflicts, by_account, pages, odd)
+
+
+def _write_logins(connection: sqlite3.Connection, logins: _Logins) -> None:
+    """The logins' tables (:data:`_LOGIN_TABLES`)."""
+    _insert_pages(
+        connection, "login_pages", "logins (login, account, src, place)", logins.pages, logins.odd
+    )
+    texts, lengths = _text_pages(logins.by_account)
+    connection.executemany(
+        "INSERT INTO account_logins VALUES (?, ?, ?)",
+        zip(range(len(texts)), texts, lengths, strict=True),
+    )
+
+
+def _hand_logins_back(connection: sqlite3.Connection, logins: _Logins) -> None:
+    """In the logins' forked process: its tables, and what the build reports, its
+    conflicts and count (read back by _Forked.copy_logins)."""
+    _write_logins(connection, logins)
+    _insert_conflicts(connection, logins.conflicts)
+    connection.execute("INSERT INTO meta VALUES ('count logins', ?)", (str(logins.count),))
+
+
+def _insert_pages(
+    connection: sqlite3.Connection, pages_table: str, table: str, pages: list[Row], odd: list[Row]
+) -> None:
+    """A kind's pages into ``pages_table``, and its rows no page can hold into
+    ``table`` (see :func:`_pages`)."""
+    connection.executemany(f"INSERT INTO {pages_table} VALUES (?, ?, ?, ?, ?, ?)", pages)
+    if odd:
+        marks = ", ".join("?" * len(odd[0]))
+        connection.executemany(f"INSERT INTO {table} VALUES ({marks})", odd)
+
+
+def _insert_conflicts(connection: sqlite3.Connection, conflicts: Iterable[Conflict]) -> None:
+    connection.executemany(
+        "INSERT INTO conflicts VALUES (?, ?, ?, ?)",
+        (
+            (conflict.kind, conflict.key, "\n".join(conflict.claimants), conflict.kept)
+            for conflict in conflicts
+        ),
+    )
+
+
+def _conflicts_from(rows: Iterable[Sequence[Any]]) -> list[Conflict]:
+    """Conflicts as the conflicts table holds them (see :func:`_insert_conflicts`)."""
+    return [
+        Conflict(
+            str(kind),
+            str(key),
+            tuple(str(claimants).split("\n")),
+            None if kept is None else str(kept),
+        )
+        for kind, key, claimants, kept in rows
+    ]
+
+
 #: Identities per page: a lookup reads one page (a few pages of SQLite's) and finds
 #: its key in it; writing 500,000 logins is 8,000 rows instead of 500,000.
 PAGE_SIZE = 32
-_ACCOUNT_PAGE_QUERY = (
-    "SELECT ids, idxs, srcs, places, limits, subdomains, domains, domain_lengths, logins, "
-    "login_lengths, uids, uid_lengths FROM account_pages WHERE first <= ? "
-    "ORDER BY first DESC LIMIT 1"
-)
+#: An account's page, with its logins from account_logins (True) or, in a snapshot of
+#: an older version, from the page itself (False).
+_ACCOUNT_PAGE_QUERIES = {
+    logins_apart: "SELECT a.ids, a.idxs, a.srcs, a.places, a.limits, a.subdomains, a.domains, "
+    f"a.domain_lengths, {'l' if logins_apart else 'a'}.logins, "
+    f"{'l' if logins_apart else 'a'}.login_lengths, a.uids, a.uid_lengths FROM account_pages "
+    f"AS a {'JOIN account_logins AS l USING (page) ' if logins_apart else ''}"
+    "WHERE a.first <= ? ORDER BY a.first DESC LIMIT 1"
+    for logins_apart in (False, True)
+}
+#: A key's page, in its kind's pages table ({}).
 _PAGE_QUERIES = {
-    numbers: f"SELECT keys, accounts{', srcs, places' if numbers else ''} FROM pages "
+    numbers: f"SELECT keys, accounts{', srcs, places' if numbers else ''} FROM {{}} "
     "WHERE kind = ? AND first <= ? ORDER BY first DESC LIMIT 1"
     for numbers in (False, True)
 }
@@ -548,11 +686,12 @@ _FROM_TRISTATE = (None, False, True)
 
 
 def _account_pages(
-    ids: Sequence[str], numbers: list[array[int]], texts: list[list[str]]
+    ids: Sequence[str], numbers: list[array[int]], texts: list[list[str] | None]
 ) -> list[Row]:
     """The accounts (sorted by id), :data:`ACCOUNT_PAGE` to a row: ``(page, first id,
     ids one a line, *numbers as arrays, *(texts run together, each one's length))``, so
-    that building an account is one read, and writing 100,000 of them is 6,000 rows."""
+    that building an account is one read, and writing 100,000 of them is 6,000 rows.
+    A text given as None: NULL (filled in later, see _Forked.copy_accounts)."""
     starts = range(0, len(ids), ACCOUNT_PAGE)
     columns: list[Iterable[Any]] = [
         range(len(starts)),
@@ -563,10 +702,19 @@ def _account_pages(
         [column[start : start + ACCOUNT_PAGE].tobytes() for start in starts] for column in numbers
     )
     for text in texts:
-        lengths = array("I", map(len, text))
-        columns.append(["".join(text[start : start + ACCOUNT_PAGE]) for start in starts])
-        columns.append([lengths[start : start + ACCOUNT_PAGE].tobytes() for start in starts])
+        columns += _text_pages(text) if text is not None else ([None] * len(starts),) * 2
     return list(zip(*columns, strict=True))
+
+
+def _text_pages(text: list[str]) -> tuple[list[str], list[bytes]]:
+    """One text per account (in id order), :data:`ACCOUNT_PAGE` to a page: each page's
+    texts run together, and their lengths."""
+    starts = range(0, len(text), ACCOUNT_PAGE)
+    lengths = array("I", map(len, text))
+    return (
+        ["".join(text[start : start + ACCOUNT_PAGE]) for start in starts],
+        [lengths[start : start + ACCOUNT_PAGE].tobytes() for start in starts],
+    )
 
 
 def _looks(domains: list[str], accounts: list[str]) -> tuple[list[str], list[str]]:
@@ -681,6 +829,11 @@ class Snapshot:
         self._has_looks = "looks" in tables
         self._paged = "pages" in tables
         self._accounts_paged = "account_pages" in tables
+        # (older versions: the logins' pages in pages, the accounts' in account_pages)
+        self._page_table = {kind: "pages" for kind in _PAGED}
+        if "login_pages" in tables:
+            self._page_table["login"] = "login_pages"
+        self._account_query = _ACCOUNT_PAGE_QUERIES["account_logins" in tables]
         self._has_also = (
             self._connection.execute("SELECT 1 FROM also LIMIT 1").fetchone() is not None
         )
@@ -744,7 +897,7 @@ class Snapshot:
         source and place only when asked for."""
         if not self._paged or kind not in _PAGED or not isinstance(key, str) or "\n" in key:
             return None  # (no page holds a key with a line break)
-        page = self._one(_PAGE_QUERIES[numbers], (kind, key))
+        page = self._one(_PAGE_QUERIES[numbers].format(self._page_table[kind]), (kind, key))
         if page is None:
             return None
         keys = f"\n{page[0]}\n"
@@ -785,7 +938,7 @@ class Snapshot:
         )
 
     def _paged_record(self, account_id: str) -> AccountRecord | None:
-        page: tuple[Any, ...] | None = self._one(_ACCOUNT_PAGE_QUERY, (account_id,))
+        page: tuple[Any, ...] | None = self._one(self._account_query, (account_id,))
         if page is None:
             return None
         ids = f"\n{page[0]}\n"
@@ -859,15 +1012,7 @@ class Snapshot:
         return None if row is None or row[0] is None else str(row[0])
 
     def conflicts(self) -> list[Conflict]:
-        return [
-            Conflict(
-                str(kind),
-                str(key),
-                tuple(str(claimants).split("\n")),
-                None if kept is None else str(kept),
-            )
-            for kind, key, claimants, kept in self._all("SELECT * FROM conflicts")
-        ]
+        return _conflicts_from(self._all("SELECT * FROM conflicts"))
 
     def counts(self) -> dict[str, int]:
         """How many accounts, domains, logins and uids it holds."""

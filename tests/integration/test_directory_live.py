@@ -25,6 +25,7 @@ from sendwarden.config import (
 from sendwarden.directory import build
 from sendwarden.directory.live import DIRECTORY_FAILED, LiveDirectory, account_directory
 from sendwarden.directory.sources import SourceError
+from tests.support.forked_build import snapshot_tables
 from tests.support.sendwarden_config import dumps_toml
 from tests.support.service import wait_until
 
@@ -375,10 +376,10 @@ LOGINS = st.one_of(
         max_size=12,
     ),
 )
-def test_the_builder_childs_forked_account_pages_are_the_serial_ones(
+def test_the_builder_childs_forked_logins_are_the_serial_ones(
     lines: list[tuple[str, str]], rows: list[tuple[object, ...]]
 ) -> None:
-    """The builder child writes the account pages in a forked process, beside the
+    """The builder child settles and pages the logins in a forked process, beside the
     rest: its snapshot holds what a build in one process writes, table by table."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -399,18 +400,6 @@ def test_the_builder_childs_forked_account_pages_are_the_serial_ones(
             }
         ).directory
 
-        def tables(path: Path) -> dict[str, list[tuple[object, ...]]]:
-            with sqlite3.connect(path) as connection:
-                names = [
-                    row[0]
-                    for row in connection.execute(
-                        "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
-                    )
-                ]
-                dump = {name: list(connection.execute(f"SELECT * FROM {name}")) for name in names}
-            dump["meta"] = [row for row in dump["meta"] if row[0] != "built"]
-            return dump
-
         try:
             serial = build.build(settings_, folder / "serial.db")
         except SourceError as error:
@@ -419,4 +408,4 @@ def test_the_builder_childs_forked_account_pages_are_the_serial_ones(
             return
         forked = build.build_in_child(settings_, folder / "forked.db", None, timeout=60)
         assert forked == serial
-        assert tables(folder / "forked.db") == tables(folder / "serial.db")
+        assert snapshot_tables(folder / "forked.db") == snapshot_tables(folder / "serial.db")

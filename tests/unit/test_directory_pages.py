@@ -206,3 +206,40 @@ def test_a_snapshot_of_one_row_per_key_is_still_read(tmp_path: Path) -> None:
     assert snap.account_ids() == ["acme", "globex"]
     assert snap.counts() == {"accounts": 2, "domains": 2, "logins": 2, "uids": 1}
     snap.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    domains=st.lists(st.tuples(DOMAINS, ACCOUNTS), max_size=40),
+    logins=st.lists(st.tuples(LOGINS, ACCOUNTS), max_size=120),
+)
+def test_a_snapshot_with_the_logins_among_the_pages_is_still_read(
+    domains: list[tuple[str, str]], logins: list[tuple[str, str]]
+) -> None:
+    """As the version before kept it: the logins' pages in ``pages`` and each account
+    page's logins in ``account_pages`` (now tables of their own): the same answers."""
+    with tempfile.TemporaryDirectory() as tmp:
+        now, before = Path(tmp) / "now.db", Path(tmp) / "before.db"
+        write_snapshot(now, [source("sql", domains, logins)])
+        before.write_bytes(now.read_bytes())
+        with sqlite3.connect(before) as connection:
+            connection.execute("INSERT INTO pages SELECT * FROM login_pages")
+            connection.execute(
+                "UPDATE account_pages SET (logins, login_lengths) = (SELECT logins, "
+                "login_lengths FROM account_logins AS l WHERE l.page = account_pages.page)"
+            )
+            connection.execute("DROP TABLE login_pages")
+            connection.execute("DROP TABLE account_logins")
+        connection.close()
+        current, older = Snapshot(now), Snapshot(before)
+        try:
+            for login, _account in logins:
+                key = login.casefold()
+                assert older.owner("login", key) == current.owner("login", key)
+                assert older.origin_of("login", key) == current.origin_of("login", key)
+            for account in current.account_ids():
+                assert older.record(account) == current.record(account)
+            assert older.account_ids() == current.account_ids()
+        finally:
+            current.close()
+            older.close()
