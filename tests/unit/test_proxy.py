@@ -6,12 +6,14 @@ import asyncio
 import base64
 import concurrent.futures
 import ipaddress
+import itertools
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sendwarden.config import settings_from_mapping
@@ -31,6 +33,7 @@ from sendwarden.proxy.server import (
     ProxyHandler,
     ProxySMTP,
     _parse_path,
+    _Reader,
     _split_params,
 )
 from tests.unit.fakes import RecordingCheck
@@ -158,20 +161,26 @@ def test_a_connection_finds_every_hook_aiosmtpd_would_find() -> None:
         loop.close()
 
 
+class _Writer:
+    """Where a connection's replies go in these tests: each write kept as it was made."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    async def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.writes.append(b"<closed>")
+
+
 def test_a_multi_line_reply_goes_out_in_one_write() -> None:
-    class Writer:
-        def __init__(self) -> None:
-            self.writes: list[bytes] = []
-
-        def write(self, data: bytes) -> None:
-            self.writes.append(data)
-
-        async def drain(self) -> None:
-            pass
-
     async def run() -> list[bytes]:
         connection = _connection(asyncio.get_running_loop())
-        writer = Writer()
+        writer = _Writer()
         connection._writer = writer  # type: ignore[assignment]
         connection.session = connection._create_session()
         for line in ("250-proxy.test", "250-DSN", "250 HELP", "221 Bye"):
@@ -179,6 +188,156 @@ def test_a_multi_line_reply_goes_out_in_one_write() -> None:
         return writer.writes
 
     assert asyncio.run(run()) == [b"250-proxy.test\r\n250-DSN\r\n250 HELP\r\n", b"221 Bye\r\n"]
+
+
+def test_replies_to_pipelined_commands_go_out_together_and_none_is_lost() -> None:
+    """RFC 2920's rule for a pipelining server: a reply waits while the client's next
+    command is already read (Exim sends MAIL with RCPT, and the final dot with QUIT),
+    and goes out with the first reply after which nothing waits. A 354 or an AUTH
+    challenge is never held (the client waits for it before it sends more); nothing is
+    held once the client's commands are all answered."""
+
+    async def run() -> list[bytes]:
+        connection = _connection(asyncio.get_running_loop())
+        writer = _Writer()
+        reader = asyncio.StreamReader()
+        connection._writer = writer  # type: ignore[assignment]
+        connection._reader = reader
+        connection.session = connection._create_session()
+        reader.feed_data(b"RCPT TO:<b@remote.example>\r\nDATA\r\n")
+        await connection.push("250 2.1.0 OK")  # to MAIL: RCPT and DATA wait
+        await reader.readuntil()
+        await connection.push("250 2.1.5 OK")  # to RCPT: DATA waits
+        await reader.readuntil()
+        await connection.push("354 End data with <CR><LF>.<CR><LF>")  # never held
+        reader.feed_data(b"QUI")  # not a whole command yet: nothing waits
+        await connection.push("250 2.0.0 OK queued")
+        reader.feed_data(b"T\r\n")
+        await connection.push("250 2.0.0 OK again")  # QUIT waits
+        await reader.readuntil()
+        await connection.push("221 Bye")
+        reader.feed_data(b"AUTH X-SENDWARDEN\r\n")
+        await connection.push("334 ")  # a challenge goes out at once
+        return writer.writes
+
+    assert asyncio.run(run()) == [
+        b"250 2.1.0 OK\r\n250 2.1.5 OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n",
+        b"250 2.0.0 OK queued\r\n",
+        b"250 2.0.0 OK again\r\n221 Bye\r\n",
+        b"334 \r\n",
+    ]
+
+
+def test_a_step_on_a_worker_gives_its_result_or_error_and_a_cancelled_one_never_starts() -> None:
+    """The proxy's steps run on worker threads and hand their result straight back to
+    the event loop: the result or the exception arrives as the step's; a step whose
+    MTA left before a worker took it (cancelled) never runs."""
+    import threading
+
+    handler = ProxyHandler.__new__(ProxyHandler)
+    handler.executor = concurrent.futures.ThreadPoolExecutor(1)
+    ran: list[str] = []
+    gate = threading.Event()
+
+    def fail() -> None:
+        raise ValueError("store down")
+
+    async def run() -> None:
+        where, total = await handler._run(lambda a, b: (threading.current_thread(), a + b), 1, 2)
+        assert total == 3 and where is not threading.current_thread()
+        with pytest.raises(ValueError, match="store down"):
+            await handler._run(fail)
+        busy = asyncio.ensure_future(handler._run(gate.wait))  # the only worker waits
+        waiting = asyncio.ensure_future(handler._run(ran.append, "late"))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        gate.set()
+        assert await busy is True
+        await handler._run(ran.append, "next")
+
+    try:
+        asyncio.run(run())
+    finally:
+        handler.executor.shutdown()
+    assert ran == ["next"]
+
+
+TEXT_PARTS = st.sampled_from(
+    [b"a", b"xyz", b".", b"..", b"\r", b"\n", b"\r\n", b"\r\n.", b"\r\n..", b"\r\n.\r\n", b"x" * 30]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@example(parts=[b"x" * 30, b"\r\n", b"..", b"\r\n"], cuts=[7], line_limit=20, size_limit=None,
+         ends=True)  # fmt: skip
+@example(parts=[b"xyz", b"\r\n"] * 20, cuts=[3, 50], line_limit=40, size_limit=60, ends=True)
+@example(parts=[b".", b"\r\n", b"..", b"\r\n.", b"\r\n"], cuts=[], line_limit=40,
+         size_limit=None, ends=True)  # fmt: skip
+@given(
+    parts=st.lists(TEXT_PARTS, max_size=30),
+    cuts=st.lists(st.integers(0, 500), max_size=8),
+    line_limit=st.integers(6, 40),
+    size_limit=st.sampled_from([None, 0, 10, 60, 200]),
+    ends=st.booleans(),
+)
+def test_the_text_is_read_as_aiosmtpd_reads_it(
+    parts: list[bytes], cuts: list[int], line_limit: int, size_limit: int | None, ends: bool
+) -> None:
+    """The proxy reads the text after DATA a buffer at a time; aiosmtpd's own DATA
+    reads it a line at a time. Whatever the text (dots to unstuff, a lone dot, bare CR
+    or LF, lines past the limit, too much data, the MTA leaving before the dot) and
+    however it arrives in pieces, both give the same content or the same refusal,
+    the same replies, and leave the same bytes (the next command) unread."""
+    stream = b"".join(parts) + (b"\r\n.\r\nQUIT\r\n" if ends else b"")
+    edges = sorted({0, len(stream), *(cut for cut in cuts if cut < len(stream))})
+    chunks = [stream[a:b] for a, b in itertools.pairwise(edges)]
+
+    async def run(data: Callable[[ProxySMTP, str | None], Any]) -> tuple[object, ...]:
+        connection = _connection(asyncio.get_running_loop())
+        connection.proxy.executor = executor  # nothing to relay to: the early open fails
+        connection._writer = _Writer()  # type: ignore[assignment]
+        connection._reader = reader = _Reader(limit=line_limit)
+        connection.transport = object()  # type: ignore[assignment]
+        connection.line_length_limit = line_limit
+        connection.data_size_limit = size_limit
+        connection._auth_required = False
+        connection.session = connection._create_session()
+        connection.session.host_name = "exim.test"
+        connection.envelope = connection._create_envelope()
+        connection.envelope.rcpt_tos.append("bob@remote.example")
+        received: list[object] = []
+
+        async def handle_data(server: SMTP, session: Session, envelope: Envelope) -> str:
+            received.append(envelope.original_content)
+            return "250 2.0.0 OK"
+
+        connection._handle_hooks = {"DATA": handle_data}
+
+        async def feed() -> None:
+            for chunk in chunks:
+                reader.feed_data(chunk)
+                await asyncio.sleep(0)
+            reader.feed_eof()
+
+        feeder = asyncio.ensure_future(feed())
+        try:
+            await data(connection, None)
+            outcome = "read"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+        await feeder
+        left = await reader.read()
+        return outcome, received, connection._writer.writes, connection._held, left
+
+    executor = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        ours = asyncio.run(run(ProxySMTP.smtp_DATA))
+        theirs = asyncio.run(run(SMTP.smtp_DATA))
+    finally:
+        executor.shutdown()
+    assert ours == theirs
 
 
 PATH_TEXT = st.text(
