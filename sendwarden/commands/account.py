@@ -79,21 +79,21 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "suspend":
             by = args.by or staff_member()
             store.suspend(account.id, Suspension(reason=args.reason, since=utc_now_text(), by=by))
-            print(f"account {account.id}: suspended by {by} ({args.reason})")
+            print(f"account {explain.shown(account.id)}: suspended by {by} ({args.reason})")
         elif args.action == "unsuspend":
             by = args.by or staff_member()
             lifted = store.lift(account.id, by, args.reason)
             print(
-                f"account {account.id}: "
+                f"account {explain.shown(account.id)}: "
                 + (f"suspension lifted by {by}" if lifted else "was not suspended")
             )
         else:
             suspension = store.get(account.id)
             if suspension is None:
-                print(f"account {account.id}: active")
+                print(f"account {explain.shown(account.id)}: active")
             else:
                 print(
-                    f"account {account.id}: suspended since {suspension.since} "
+                    f"account {explain.shown(account.id)}: suspended since {suspension.since} "
                     f"by {suspension.by or '?'}: {suspension.reason}"
                 )
             for event in store.history(account.id):

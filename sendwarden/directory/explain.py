@@ -29,6 +29,12 @@ from sendwarden.policy.facts import IPAddress
 CONFIG = "[[accounts]] in the config"
 
 
+def shown(text: str) -> str:
+    """An identity as staff should read it: as is when every character prints, else
+    quoted with escapes, so that a login holding a line break never reads as two."""
+    return text if text.isprintable() else ascii(text)
+
+
 @dataclass
 class OpenDirectory:
     """The directory as the milter would build it now, with the means to explain it."""
@@ -85,7 +91,7 @@ def show_account(directory: OpenDirectory, account: Account) -> list[str]:
     snapshot = directory.snapshot
     record = snapshot.record(account.id) if snapshot is not None else None
     override = config.get(account.id)
-    lines = [f"account {account.id}"]
+    lines = [f"account {shown(account.id)}"]
     if not is_listed(account):
         lines.append("  an unlisted proven sender: an account of its own at the default limits")
     if record is not None:
@@ -96,21 +102,21 @@ def show_account(directory: OpenDirectory, account: Account) -> list[str]:
         lines.append(f"  {'overridden by' if record else 'from'}: {CONFIG} ({written})")
     lines.append(f"  domains ({len(account.domains)}):")
     for domain in account.domains:
-        lines.append(f"    {domain}  ({_identity_origin(directory, 'domain', domain, account)})")
+        origin = _identity_origin(directory, "domain", domain, account)
+        lines.append(f"    {shown(domain)}  ({origin})")
     if account.allow_subdomains:
         lines.append("    and their subdomains (allow_subdomains)")
     lines.append(
         f"  logins ({len(account.logins)} listed; any address in its domains is its login too):"
     )
     for login in account.logins:
-        lines.append(
-            f"    {login}  ({_identity_origin(directory, 'login', login.casefold(), account)})"
-        )
+        origin = _identity_origin(directory, "login", login.casefold(), account)
+        lines.append(f"    {shown(login)}  ({origin})")
     if account.uids:
         lines.append("  uids:")
         for uid in account.uids:
             name = snapshot.uid_name(uid) if snapshot is not None else None
-            user = f" (Unix user {name})" if name else ""
+            user = f" (Unix user {shown(name)})" if name else ""
             lines.append(f"    {uid}{user}  ({_identity_origin(directory, 'uid', uid, account)})")
     if account.networks:
         lines.append(f"  networks: {', '.join(str(net) for net in account.networks)}  ({CONFIG})")
@@ -198,13 +204,13 @@ def _which_address(directory: OpenDirectory, address: IPAddress) -> list[str]:
     if account is None:
         return [f"{head}: no account (not in any account's networks nor trusted_networks)"]
     if not is_listed(account):
-        return [f"{head}: {account.id}", *_unlisted(directory, account, "a trusted host")]
+        return [f"{head}: {shown(account.id)}", *_unlisted(directory, account, "a trusted host")]
     network = next(
         (net for net in account.networks if net.version == address.version and address in net),
         None,
     )
     return [
-        f"{head}: account {account.id}",
+        f"{head}: account {shown(account.id)}",
         f"  why: it is in {network}, one of the account's networks ({CONFIG})",
     ]
 
@@ -216,7 +222,8 @@ def _which_uid(directory: OpenDirectory, uid: int) -> list[str]:
     account = attribution.account
     head = f"uid {uid} (sendmail(1), PHP mail())"
     if account is not None and is_listed(account):
-        return [f"{head}: account {account.id}", f"  why: {_why('uid', uid, account, directory)}"]
+        why = _why("uid", uid, account, directory)
+        return [f"{head}: account {shown(account.id)}", f"  why: {why}"]
     reason = (
         "no source lists it and system_users is off"
         if not directory.settings.directory.system_users
@@ -224,26 +231,26 @@ def _which_uid(directory: OpenDirectory, uid: int) -> list[str]:
     )
     if account is None:
         return [f"{head}: nobody ({reason})"]
-    return [f"{head}: {account.id}", *_unlisted(directory, account, f"the uid ({reason})")]
+    return [f"{head}: {shown(account.id)}", *_unlisted(directory, account, f"the uid ({reason})")]
 
 
 def _which_login(directory: OpenDirectory, login: str) -> list[str]:
     attribution = directory.accounts.resolve(login=login, uid=None, client_address=None)
     account = attribution.account
-    head = f"SASL login {login}"
+    head = f"SASL login {shown(login)}"
     if account is None:
         return [f"{head}: nobody"]
     if not is_listed(account):
-        return [f"{head}: {account.id}", *_unlisted(directory, account, "the login")]
+        return [f"{head}: {shown(account.id)}", *_unlisted(directory, account, "the login")]
     if directory.lookups.listed_login(login) is not None:
         why = f"the login is listed ({_why('login', login.casefold(), account, directory)})"
-        return [f"{head}: account {account.id}", f"  why: {why}"]
+        return [f"{head}: account {shown(account.id)}", f"  why: {why}"]
     domain = domain_of(login) or ""
     why = (
-        f"an address in {domain}, which the account owns "
+        f"an address in {shown(domain)}, which the account owns "
         f"({_why('domain', domain, account, directory)}); such logins need no listing"
     )
-    return [f"{head}: account {account.id}", f"  why: {why}"]
+    return [f"{head}: account {shown(account.id)}", f"  why: {why}"]
 
 
 def _which_sender(directory: OpenDirectory, address: str) -> list[str]:
@@ -251,12 +258,12 @@ def _which_sender(directory: OpenDirectory, address: str) -> list[str]:
     owner = directory.accounts.owner_of_domain(domain) if domain else None
     claim = "  a claim, not a proof: it never picks the account; only a login, uid or address does"
     if owner is None:
-        return [f"envelope sender {address}: its domain belongs to no account", claim]
+        return [f"envelope sender {shown(address)}: its domain belongs to no account", claim]
     where = _why("domain", _owned_domain(owner, domain), owner, directory)
     return [
-        f"envelope sender {address}: in a domain of account {owner.id} ({where})",
+        f"envelope sender {shown(address)}: in a domain of account {shown(owner.id)} ({where})",
         claim,
-        f"  only {owner.id} may send From it; anyone else is refused as an impersonation",
+        f"  only {shown(owner.id)} may send From it; anyone else is refused as an impersonation",
     ]
 
 
@@ -272,7 +279,7 @@ def _why(kind: str, key: object, account: Account, directory: OpenDirectory) -> 
     if kind == "uid" and origin.startswith("system_users") and snapshot is not None:
         name = snapshot.uid_name(int(str(key)))
         if name == account.id:
-            return f"its Unix user is {name}, the account of that name ({origin})"
+            return f"its Unix user is {shown(name)}, the account of that name ({origin})"
         given = snapshot.origin_of("system user", name)
-        return f"its Unix user is {name}, which {given} gives to the account"
+        return f"its Unix user is {shown(str(name))}, which {given} gives to the account"
     return origin

@@ -190,6 +190,12 @@ def _positions(label: str, columns: Sequence[str]) -> dict[str, int]:
     return {name: index for index, name in enumerate(names)}
 
 
+def _source_data(label: str) -> SourceData:
+    """Where the claims come from: errors are labelled "sql URL", and an origin names
+    its source itself ("sql URL row N", not "sql sql URL row N")."""
+    return SourceData("sql", label.removeprefix("sql "), ROW)
+
+
 def rows_one_by_one(
     label: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
 ) -> SourceData:
@@ -202,7 +208,7 @@ def rows_one_by_one(
     i_uid = position.get("uid")
     i_limit = position.get("recipients_per_hour")
     i_sub = position.get("allow_subdomains")
-    data = SourceData("sql", label, ROW)
+    data = _source_data(label)
     domains: list[tuple[str, str, int]] = []
     logins: list[tuple[str, str, int]] = []
     problems: list[str] = []
@@ -219,6 +225,8 @@ def rows_one_by_one(
                 login = str(value).strip()
                 if not login:
                     raise ValueError("empty login")
+                if not login.isprintable():  # (one line per login where it is kept)
+                    raise ValueError(f"login {login!r} holds a character that does not print")
                 logins.append((login, account, number))
             if i_user is not None and (value := row[i_user]) is not None:
                 data.system_users.append((str(value).strip(), account, number))
@@ -283,7 +291,7 @@ def _plain_rows(
         return None
     numbers = range(1, len(accounts) + 1)
     first_row: dict[Any, int] = {}  # each account's first row, in the order of the rows
-    data = SourceData("sql", label, ROW)
+    data = _source_data(label)
     columns: dict[str, ClaimColumns] = {}
     try:
         deque(map(first_row.setdefault, accounts, numbers), maxlen=0)  # (TypeError: unhashable)
@@ -317,34 +325,46 @@ def _plain_rows(
 
 #: Whitespace other than a line break.
 _SPACE = re.compile(r"[^\S\n]")
-#: The same, in ASCII (bytes to delete: deleting none tells there is none).
-_ASCII_SPACE = bytes(code for code in range(128) if chr(code).isspace() and chr(code) != "\n")
+#: Whitespace but the line break, or a character that does not print (controls,
+#: format characters, separators), in ASCII: the bytes to delete (deleting none
+#: tells there is none).
+_ASCII_ODD = bytes(
+    code
+    for code in range(128)
+    if chr(code) != "\n" and (chr(code).isspace() or not chr(code).isprintable())
+)
 
 
-def _has_space(joined: str) -> bool:
-    """Whether the text holds whitespace other than a line break (ASCII text at C
-    speed: a fifth of the time the regular expression takes)."""
+def _has_odd_character(joined: str) -> bool:
+    """Whether the text holds whitespace other than a line break, or a character that
+    does not print (ASCII text at C speed: a fifth of the time a regular expression
+    takes)."""
     if joined.isascii():
         data = joined.encode("ascii")
-        return len(data.translate(None, _ASCII_SPACE)) != len(data)
-    return _SPACE.search(joined) is not None
+        return len(data.translate(None, _ASCII_ODD)) != len(data)
+    return _SPACE.search(joined) is not None or not joined.replace("\n", "").isprintable()
 
 
 def _stripped(texts: list[Any]) -> bool:
-    """Whether every value is text, not empty, with no whitespace around it (TypeError
-    for a value that is not text). Read as one text when it holds no whitespace but its
-    line breaks, one for each join; else each value is stripped to tell."""
+    """Whether every value is text, not empty, with no whitespace around it and every
+    character printable (TypeError for a value that is not text). Read as one text when
+    it holds no whitespace or unprintable character but its line breaks, one for each
+    join; else each value is looked at to tell."""
     joined = "\n".join(texts)
     if (
         joined
         and joined.count("\n") == len(texts) - 1
-        and not _has_space(joined)
+        and not _has_odd_character(joined)
         and not joined.startswith("\n")
         and not joined.endswith("\n")
         and "\n\n" not in joined
     ):
         return bool(texts)
-    return all(map(str.__eq__, texts, map(str.strip, texts))) and all(texts)
+    return (
+        all(map(str.__eq__, texts, map(str.strip, texts)))
+        and all(texts)
+        and all(map(str.isprintable, texts))
+    )
 
 
 def _setting(settings: dict[str, Any], account: str, value: Any) -> None:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sendwarden.cli import main
+from sendwarden.directory.explain import shown
 from tests.support.redis_server import RedisServer
 from tests.support.sendwarden_config import dumps_toml
 
@@ -127,3 +132,50 @@ def test_api_tokens_for_accounts_only_the_directory_knows(
     )
     code, out, err = run(capsys, "check-config", "-c", str(config))
     assert code == 2 and "api.tokens[ghost].account" in err and "'ghost'" in err
+
+
+def test_an_odd_login_is_named_on_one_line_never_read_as_two(
+    tmp_path: Path, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A login holding a line break (the customer's text, in the provider's database)
+    is a bad row, named on one line; staff asking about such a login read it quoted on
+    one line, never as two; an SQL origin reads "sql URL row N"."""
+    database = tmp_path / "billing.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE logins (account TEXT, login TEXT)")
+        connection.executemany(
+            "INSERT INTO logins VALUES (?, ?)", [("acme", "plain"), ("acme", "ops\nroot")]
+        )
+    path = tmp_path / "sendwarden.toml"
+    path.write_text(
+        dumps_toml(
+            {
+                "redis": {"url": redis_server.url},
+                "consent": {"database": f"sqlite:///{tmp_path / 'consent.db'}"},
+                "directory": {
+                    "sql_url": f"sqlite:///{database}",
+                    "sql_query": "SELECT account, login FROM logins",
+                },
+            }
+        )
+    )
+    code, out, err = run(capsys, "account", "show", "acme", "-c", str(path))
+    assert code == 2 and not out
+    assert "row 2: login 'ops\\nroot' holds a character that does not print" in err, err
+    with sqlite3.connect(database) as connection:
+        connection.execute("DELETE FROM logins WHERE login != 'plain'")
+    code, out, _ = run(capsys, "account", "show", "acme", "-c", str(path))
+    assert code == 0, out
+    assert f"    plain  (sql sqlite:///{database} row 1)" in out.splitlines(), out
+    code, out, _ = run(capsys, "account", "which", "ops\nroot", "-c", str(path))
+    assert code == 0
+    assert out.splitlines()[0] == "SASL login 'ops\\nroot': 'login:ops\\nroot'", out
+    assert not any(line.startswith("root") for line in out.splitlines()), out
+
+
+@given(st.text())
+def test_shown_identities_are_one_printable_line(text: str) -> None:
+    """What staff read of an identity is one line, and says exactly what it was."""
+    printed = shown(text)
+    assert printed.isprintable() and "\n" not in printed
+    assert printed == text if text.isprintable() else ast.literal_eval(printed) == text

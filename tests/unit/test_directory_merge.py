@@ -157,9 +157,9 @@ def test_origins_name_source_and_line(tmp_path: Path) -> None:
     globex = snap.record("globex")
     assert globex is not None
     assert str(globex.origin) == "domain_map /etc/userdomains line 3"
-    assert [str(o) for o in globex.also] == ["sql sql db row 1"]
+    assert [str(o) for o in globex.also] == ["sql db row 1"]
     origin = snap.origin_of("domain", "g2.example")
-    assert origin is not None and str(origin) == "sql sql db row 1"
+    assert origin is not None and str(origin) == "sql db row 1"
 
 
 def test_without_a_snapshot_the_config_alone_answers() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import pytest
@@ -20,7 +21,7 @@ from sendwarden.directory.sources import (
     read_domain_map,
 )
 from sendwarden.directory.sql import (
-    _has_space,
+    _has_odd_character,
     _plain_domains,
     parse_sql_url,
     redacted,
@@ -359,14 +360,21 @@ def test_the_fast_plain_domain_check_is_the_regular_expression(joined: str) -> N
 
 
 @given(
-    st.lists(_DOMAIN_PIECES | st.sampled_from(["\x0b", "\x0c", "\r", "\x85", "\u2003"])).map(
-        "".join
-    )
+    st.lists(
+        _DOMAIN_PIECES
+        | st.sampled_from(
+            ["\x0b", "\x0c", "\r", "\x85", "\u2003", "\x00", "\x1c", "\u200b", "\xa0"]
+        )
+    ).map("".join)
 )
-def test_the_fast_whitespace_check_is_the_regular_expression(joined: str) -> None:
-    """Whitespace other than a line break is found in ASCII text as the regular
-    expression (any Unicode whitespace but the line break) finds it."""
-    assert _has_space(joined) is (re.search(r"[^\S\n]", joined) is not None)
+def test_the_fast_odd_character_check_is_the_plain_reading(joined: str) -> None:
+    """Whitespace other than a line break, or a character that does not print, is
+    found as the regular expression and ``str.isprintable`` find them."""
+    assert _has_odd_character(joined) is _odd_by_the_slow_reading(joined)
+
+
+def _odd_by_the_slow_reading(text: str) -> bool:
+    return re.search(r"[^\S\n]", text) is not None or not text.replace("\n", "").isprintable()
 
 
 def test_each_character_is_whitespace_to_both_checks_alike() -> None:
@@ -375,7 +383,7 @@ def test_each_character_is_whitespace_to_both_checks_alike() -> None:
     pattern = _PLAIN_DOMAIN.pattern
     for character in map(chr, range(0x3001)):
         text = f"ab{character}cd"
-        assert _has_space(text) is (re.search(r"[^\S\n]", text) is not None), repr(character)
+        assert _has_odd_character(text) is _odd_by_the_slow_reading(text), repr(character)
         for domain in (f"a{character}b.example", f"ab.{character}.example"):
             expected = re.fullmatch(rf"(?:{pattern}\n)*{pattern}", domain) is not None
             assert _plain_domains(domain) is expected, repr(domain)
@@ -427,3 +435,39 @@ def test_a_domain_holding_a_line_break_or_control_character_is_a_bad_row(
 def test_a_mapped_domain_holding_a_tab_is_a_bad_line() -> None:
     with pytest.raises(SourceError, match="line 2"):
         parse_domain_map("acme.example: acme\na.example\tb.example: acme\n", "map")
+
+
+@pytest.mark.parametrize(
+    "odd", ["ops\nroot", "ops\x00root", "ops\troot", "ops\u2028root", "ops\u200broot", "a\x85b"]
+)
+@pytest.mark.parametrize("others", [0, 1, 3])
+def test_a_login_holding_a_character_that_does_not_print_is_a_bad_row(
+    odd: str, others: int
+) -> None:
+    """A login with a line break, a control, format or separator character inside is
+    a bad row (named), read column by column or row by row alike: kept, it would read
+    as two logins wherever an account's logins are listed one a line."""
+    rows = [("acme", None, f"login{n}") for n in range(others)] + [("acme", None, odd)]
+    with pytest.raises(SourceError, match=f"row {others + 1}: login .* does not print"):
+        rows_one_by_one("sql", ["account", "domain", "login"], rows)
+    assert_read_alike(["account", "domain", "login"], rows)
+
+
+@given(
+    st.lists(
+        st.text(
+            st.sampled_from(["a", "B", "@", ".", " ", "\n", "\t", "\x00", "\xa0", "\u200b", "é"]),
+            max_size=6,
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_odd_logins_read_alike_both_ways(logins: list[str]) -> None:
+    """Whatever the logins hold, the column-by-column reading gives what the row-by-row
+    one gives (or the same error, naming the same rows); a login kept prints."""
+    rows = [(f"acct{n % 2}", None, login) for n, login in enumerate(logins)]
+    assert_read_alike(["account", "domain", "login"], rows)
+    with contextlib.suppress(SourceError):
+        data = rows_to_data("sql", ["account", "domain", "login"], rows)
+        assert all(login.isprintable() for login, _, _ in data.logins)
