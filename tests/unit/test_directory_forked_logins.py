@@ -181,17 +181,18 @@ def test_the_forked_logins_make_the_same_directory(
 
 def test_the_hostile_logins_are_all_there(pool: ProcessPoolExecutor, tmp_path: Path) -> None:
     """One build of the hard cases at once, read back through the snapshot: a login
-    claimed twice by one account and by two (with and without a previous owner), a
-    line break (a row of its own, no page holds it), controls, casefold twins."""
+    claimed twice by one account and by two (with and without a previous owner), odd
+    but printable logins, casefold twins; then logins holding a line break, a control
+    or a bidi override: bad rows, named, and no snapshot."""
     rows = [
         ("acme", "a.example", "Bob", None),
         ("acme", None, "bob", None),  # (the same account again: its first claim holds)
         ("web1", None, "BOB", None),  # (a second account: a conflict)
-        ("web1", None, "a\nb", None),
-        ("initech", None, "nul\x00", None),
+        ("web1", None, "a b", None),
+        ("initech", None, "ünï", None),
         ("initech", None, "Straße", None),
         ("acme", None, "STRASSE", None),
-        ("web1", None, "\u202eevil", None),
+        ("web1", None, "évil", None),
     ]
     url = _panel(tmp_path, "panel.db", rows)
     now = settings_from_mapping(
@@ -206,14 +207,28 @@ def test_the_hostile_logins_are_all_there(pool: ProcessPoolExecutor, tmp_path: P
     snapshot = Snapshot(tmp_path / "forked.db")
     try:
         assert snapshot.owner("login", "bob") is None
-        assert snapshot.owner("login", "a\nb") == "web1"
-        assert str(snapshot.origin_of("login", "a\nb")).endswith("row 4")
-        assert snapshot.owner("login", "nul\x00") == "initech"
-        assert snapshot.owner("login", "\u202eevil") == "web1"
+        assert snapshot.owner("login", "a b") == "web1"
+        assert str(snapshot.origin_of("login", "a b")).endswith("row 4")
+        assert snapshot.owner("login", "ünï") == "initech"
         web1 = snapshot.record("web1")
-        assert web1 is not None and "\u202eevil" in web1.logins
+        assert web1 is not None and web1.logins == ("a b", "évil")
         initech = snapshot.record("initech")
-        assert initech is not None and initech.logins == ("nul\x00",)
+        assert initech is not None and initech.logins == ("ünï",)
         assert report.logins == 3
     finally:
         snapshot.close()
+    rows += [("web1", None, "a\nb", None), ("initech", None, "nul\x00", None)]
+    rows += [("web1", None, "\u202eevil", None)]
+    now = settings_from_mapping(
+        {
+            "directory": {
+                "sql_url": _panel(tmp_path, "odd.db", rows),
+                "sql_query": "SELECT account, domain, login, uid FROM t",
+            }
+        }
+    ).directory
+    kind, error = pool.submit(build_forked, now, tmp_path / "odd-forked.db", None).result()
+    assert kind == "error"
+    for row in (9, 10, 11):
+        assert f"row {row}: login " in str(error), error
+    assert not (tmp_path / "odd-forked.db").exists()
