@@ -691,7 +691,7 @@ def _account_pages(
     """The accounts (sorted by id), :data:`ACCOUNT_PAGE` to a row: ``(page, first id,
     ids one a line, *numbers as arrays, *(texts run together, each one's length))``, so
     that building an account is one read, and writing 100,000 of them is 6,000 rows.
-    A text given as None: NULL (filled in later, see _Forked.copy_accounts)."""
+    A text given as None: NULL (the logins, kept in account_logins: see _write_logins)."""
     starts = range(0, len(ids), ACCOUNT_PAGE)
     columns: list[Iterable[Any]] = [
         range(len(starts)),
@@ -830,9 +830,15 @@ class Snapshot:
         self._paged = "pages" in tables
         self._accounts_paged = "account_pages" in tables
         # (older versions: the logins' pages in pages, the accounts' in account_pages)
-        self._page_table = {kind: "pages" for kind in _PAGED}
+        page_table = {kind: "pages" for kind in _PAGED}
         if "login_pages" in tables:
-            self._page_table["login"] = "login_pages"
+            page_table["login"] = "login_pages"
+        # (each kind's two queries written once here, not at every lookup)
+        self._page_queries = {
+            (kind, numbers): query.format(table)
+            for kind, table in page_table.items()
+            for numbers, query in _PAGE_QUERIES.items()
+        }
         self._account_query = _ACCOUNT_PAGE_QUERIES["account_logins" in tables]
         self._has_also = (
             self._connection.execute("SELECT 1 FROM also LIMIT 1").fetchone() is not None
@@ -897,7 +903,7 @@ class Snapshot:
         source and place only when asked for."""
         if not self._paged or kind not in _PAGED or not isinstance(key, str) or "\n" in key:
             return None  # (no page holds a key with a line break)
-        page = self._one(_PAGE_QUERIES[numbers].format(self._page_table[kind]), (kind, key))
+        page = self._one(self._page_queries[kind, numbers], (kind, key))
         if page is None:
             return None
         keys = f"\n{page[0]}\n"
