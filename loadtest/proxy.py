@@ -4,11 +4,17 @@ proxy as ``smtpd_proxy_filter``; 1 and 10 SMTP sessions; one run, configurations
 interleaved and repeated, the best of each printed with its ratio to its baseline,
 and the median of each round's ratio (steadier on a shared machine).
 
+The row "exim + no-op proxy" routes Exim's mail through ``loadtest/noop_proxy.py``
+instead, which speaks to Exim as sendwarden does and does nothing else: what Exim's
+own work on the proxy path (the cutthrough, a second reception, its spool writes)
+costs whatever the proxy. The gap between it and "exim + sendwarden proxy" is
+sendwarden's.
+
     .venv/bin/python -m loadtest.proxy [--messages 200] [--rounds 2] [--client smtp-source]
                                        [--sessions 1 10] [--mta exim postfix] [--cpu]
 
 ``--cpu`` adds the CPU each part used per message (Exim with all its processes, the
-sendwarden process, Redis, the client and the sink), from cgroups: on a shared machine
+proxy process, Redis, the client and the sink), from cgroups: on a shared machine
 msg/s swing with the other load, these much less.
 
 Rates are end to end: the client's first connection until the sink has every message
@@ -50,6 +56,7 @@ ACCOUNTS = [{"id": "acme", "domains": ["acme.example"], "networks": ["127.0.0.1/
 #: (label, baseline label, rig arguments)
 CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
     ("exim alone", "exim alone", {"mta": "exim", "milter": "none"}),
+    ("exim + no-op proxy", "exim alone", {"mta": "exim", "milter": "noop-proxy"}),
     ("exim + sendwarden proxy", "exim alone", {"mta": "exim", "milter": "sendwarden"}),
     ("postfix + sendwarden milter", "postfix + sendwarden milter", {"milter": "sendwarden"}),
     ("postfix + sendwarden proxy", "postfix + sendwarden milter", {"milter": "proxy"}),
@@ -74,7 +81,7 @@ def client_command(client: str, port: int, messages: int, sessions: int) -> list
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")  # cgroup v1; root only
 #: What --cpu accounts for, each in a cgroup of its own (children included: Exim's
 #: receiving and delivering processes are children of its daemon).
-PARTS = ("exim", "sendwarden", "redis", "client+sink")
+PARTS = ("exim", "proxy", "redis", "client+sink")
 
 
 class CpuGroups:
@@ -93,7 +100,7 @@ class CpuGroups:
         exim = rig.mta if isinstance(rig.mta, PrivateExim) else None
         pids = {
             "exim": wait_until(exim.pid, 10, "Exim wrote no pid file") if exim else None,
-            "sendwarden": rig.milter.pid if rig.milter else None,
+            "proxy": rig.milter.pid if rig.milter else None,  # sendwarden's or the no-op
             "redis": rig.redis.pid if rig.redis else None,
             "client+sink": os.getpid(),  # the sink's thread; the client is a child
         }

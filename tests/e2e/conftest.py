@@ -61,8 +61,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def make_rig() -> Iterator[Callable[..., Rig]]:
     """Factory: ``make_rig(**kwargs) -> Rig``, kwargs as ``tests.support.rig.start_rig``.
 
-    milter="sendwarden" (default) | "noop" | "none"; accounts, policy, consent,
-    config_extra, local_domains, sasl_users ({login: password}), verdicts (noop only),
+    milter="sendwarden" (default) | "noop" | "none" | "noop-proxy" (Exim); accounts, policy,
+    consent, config_extra, local_domains, sasl_users ({login: password}), verdicts (noop only),
     postfix_main_cf, with_redis, milter_env. Everything started is stopped after the test
     in reverse order (Postfix, milter, sink, Redis), also when the test fails; the logs
     of every part are printed then, so a failing test shows them.

@@ -350,3 +350,24 @@ def test_sighup_reloads_the_proxy_and_a_bad_file_keeps_the_running_rules(
     with rig.smtp(ALICE) as client:  # and passing mail still passes
         assert client.sendmail(ALICE, ["bob@remote.example"], message()) == {}
     wait_until(lambda: [m for m in rig.sink.messages if m.mail_from == ALICE], 30, "not delivered")
+
+
+def test_the_benchmarks_no_op_proxy_takes_the_same_path(make_rig: Callable[..., Rig]) -> None:
+    """loadtest.proxy's baseline row measures Exim's own work on the proxy path: the
+    no-op proxy (loadtest/noop_proxy.py) gets Exim's cutthrough and hands the message
+    back through the return port, logged in, exactly as sendwarden's proxy does."""
+    rig = make_rig(mta="exim", milter="noop-proxy", sasl_users=USERS)
+    mta = exim_of(rig)
+    with rig.smtp(ALICE) as client:
+        assert client.sendmail(ALICE, ["bob@remote.example"], message()) == {}
+    (delivered,) = rig.sink.wait_for(1, timeout=30)
+    assert delivered.rcpt_tos == ("bob@remote.example",)
+    lines = mta.log().splitlines()
+    cut_through = [line for line in lines if " >> bob@remote.example " in line]
+    assert len(cut_through) == 1, lines
+    assert " R=sendwarden_proxy T=sendwarden_proxy " in cut_through[0]
+    assert f"[127.0.0.1]:{mta.proxy_port} " in cut_through[0]
+    returned = [line for line in lines if " <= " in line and "H=(noop-proxy)" in line]
+    assert len(returned) == 1, lines
+    assert " P=esmtpa A=sendwarden_auth:sendwarden " in returned[0]
+    assert len(rig.sink.messages) == 1

@@ -33,7 +33,8 @@ from tests.support.sendwarden_config import (
 )
 from tests.support.sink import SmtpSink
 
-MilterKind = Literal["sendwarden", "noop", "none", "proxy"]
+REPO = Path(__file__).resolve().parents[2]
+MilterKind = Literal["sendwarden", "noop", "none", "proxy", "noop-proxy"]
 MtaKind = Literal["postfix", "sendmail", "exim"]
 #: The shared secret of the Exim rigs' proxy and Exim (tests only).
 PROXY_SECRET = "sendwarden-test-proxy-secret"
@@ -194,11 +195,15 @@ def start_rig(
     written from ``accounts``/``policy``/``consent``/``config_extra``; "noop" runs the
     recording no-op milter (with ``verdicts``); "none" configures Postfix without one.
     Redis is started for sendwarden only, unless ``with_redis`` says otherwise.
+    "noop-proxy" (Exim only) runs loadtest/noop_proxy.py, the benchmark's baseline, as
+    the proxy Exim routes outbound mail through.
     ``chroot``: Postfix runs with Debian's default chroot flags, and the milter socket is
     set up as deploy/postfix-main.cf says: inside the queue directory, named
     ``unix:sendwarden/milter.sock`` (no SASL users: the sasldb would be outside the chroot).
     ``socket_in_queue`` (default: as ``chroot``): that socket set-up, chrooted or not.
     """
+    if milter == "noop-proxy" and mta != "exim":
+        raise ValueError("the no-op proxy stands in for sendwarden proxy on Exim's path only")
     if socket_in_queue is None:
         socket_in_queue = chroot
     users = dict(DEFAULT_SASL_USERS if sasl_users is None else sasl_users)
@@ -312,6 +317,17 @@ def start_rig(
             )
         else:
             process = MilterProcess(config_path, log_path=rig_dir / "milter.log", env=milter_env)
+    elif milter == "noop-proxy" and mta == "exim":  # the benchmark's baseline proxy
+        argv = [
+            sys.executable, str(REPO / "loadtest" / "noop_proxy.py"),
+            "--listen", str(proxy_port), "--next-hop", str(mta_instance.return_port),
+            "--secret-file", str(rig_dir / "proxy.secret"),
+        ]  # fmt: skip
+        process = MilterProcess(
+            argv=argv,
+            socket=f"inet:{proxy_port}@127.0.0.1",
+            log_path=rig_dir / "milter.log",
+        )
     elif milter == "noop":
         events_path = rig_dir / "events.jsonl"
         process = MilterProcess(
