@@ -78,6 +78,9 @@ def client_command(client: str, port: int, messages: int, sessions: int) -> list
     ]  # fmt: skip
 
 
+#: Seconds the sink waits for the last message (a run takes seconds): a message deferred
+#: on the way is reported with every part's log, not waited for.
+DELIVERY_TIMEOUT = 120.0
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")  # cgroup v1; root only
 #: What --cpu accounts for, each in a cgroup of its own (children included: Exim's
 #: receiving and delivering processes are children of its daemon).
@@ -147,7 +150,10 @@ def run_once(
             raise RuntimeError(
                 f"{command[0]} failed: {result.stdout}{result.stderr}\n{rig.report()}"
             )
-        rig.sink.wait_for(messages, timeout=600)  # all delivered: nothing was refused
+        try:  # all delivered: nothing was refused (the rigs' Exim runs no queue runner,
+            rig.sink.wait_for(messages, timeout=DELIVERY_TIMEOUT)  # so a deferral stays)
+        except TimeoutError as error:  # which part deferred or lost it: their logs
+            raise RuntimeError(f"{error}\n{rig.report()}") from error
         rate = messages / (time.perf_counter() - started)
         if groups is not None and cpu is not None:
             after = groups.seconds()
@@ -180,7 +186,10 @@ def main(argv: Sequence[str]) -> None:
         for sessions in args.sessions:
             for label, _, kwargs in configs:
                 used: dict[str, float] | None = {} if args.cpu else None
-                rate = run_once(kwargs, args.messages, sessions, args.client, used)
+                try:
+                    rate = run_once(kwargs, args.messages, sessions, args.client, used)
+                except RuntimeError as error:
+                    raise SystemExit(f"{label}, {sessions} session(s): {error}") from error
                 rates.setdefault((label, sessions), []).append(rate)
                 if used:
                     cpu.setdefault((label, sessions), []).append(used)
