@@ -50,6 +50,13 @@ class Runtime:
     database: SharedDatabase | None = None
     shared_redis: Shared[RedisClient] | None = None
 
+    def open_stores_soon(self) -> None:
+        """Begin opening the durable database in the background: for the servers, at
+        start and reload (a reload naming the running one's finds it open already),
+        never for the CLI commands that build a runtime but may not need it."""
+        if self.database is not None:
+            self.database.open_soon()
+
     def close(self) -> None:
         self.pipeline.close()
         if self.database is not None:

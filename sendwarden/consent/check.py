@@ -6,14 +6,14 @@ end-of-message script counts the account's distinct recipients this hour and
 records this message's (``txn.recent_recipients``); only without it (no account
 counted there) does this check count, and record after acceptance, itself. Bulk
 mail costs one consent query on top. The consent
-database is opened on first use, so a milter whose customers send no bulk mail
-never needs it, and a database that is down at start-up is retried per message.
+database is opened on first use (the servers start opening it in the background
+when they start: SharedDatabase.open_soon), and a database that is down then is
+retried per message.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
 import redis
@@ -39,7 +39,7 @@ from sendwarden.policy.consent import (
 )
 from sendwarden.policy.facts import Transaction
 from sendwarden.policy.verdict import Action, Verdict
-from sendwarden.store import open_once
+from sendwarden.store.suspensions import SharedDatabase
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +52,19 @@ class ConsentCheck(Check):
     def __init__(
         self,
         settings: ConsentSettings,
-        open_store: Callable[[], ConsentStore],
+        ledger: Callable[[], ConsentStore],
         recent: RecipientCounter,
         release: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
-        self._open_store = open_store
+        # The open ledger, opened once by ``ledger`` itself (a SharedDatabase: one
+        # lock and one wait of at most ``timeout_ms``, StoreError when it cannot be
+        # reached), so this check keeps no second copy of it, nor of the waiting.
+        self._ledger = ledger
         self._recent = recent
         # A ledger shared with others (other checks, the configurations a reload
         # replaced) is given back by ``release``, never closed here under their feet.
         self._release = release
-        self._store: ConsentStore | None = None
-        self._store_lock = threading.Lock()
 
     def at_eom(self, txn: Transaction) -> Verdict | None:
         if not txn.recipients or not is_outbound(txn):
@@ -89,7 +90,7 @@ class ConsentCheck(Check):
             if one_click
             else "consent: List-Unsubscribe without RFC 8058 one-click",
         )
-        consenting = self._store_now().consenting(account.id, list(distinct), list_id_of(txn))
+        consenting = self._ledger().consenting(account.id, list(distinct), list_id_of(txn))
         outcome = consent_outcome(
             account.id,
             distinct,
@@ -116,12 +117,8 @@ class ConsentCheck(Check):
         self._recent.add(txn.account.id, delivered)
 
     def close(self) -> None:
-        with self._store_lock:
-            store, self._store = self._store, None
         if self._release is not None:
             self._release()
-        elif store is not None:
-            store.close()
 
     def _bulk_reasons(self, txn: Transaction, distinct_count: int) -> list[str]:
         """The message's own bulk signals first; the hourly count only when they are silent."""
@@ -134,39 +131,19 @@ class ConsentCheck(Check):
         reason = campaign_reason(recent, self._settings.bulk_distinct_recipients_per_hour)
         return [reason] if reason else []
 
-    def _store_now(self) -> ConsentStore:
-        """The ledger, opened on first use (StoreError when it cannot be reached); a
-        message waits at most ``timeout_ms`` for another one opening it."""
-        store = self._store
-        if store is not None:
-            return store
-        return open_once(self._store_lock, self._settings.timeout_ms, self._open)
-
-    def _open(self) -> ConsentStore:
-        if self._store is None:
-            self._store = self._open_store()
-        return self._store
-
 
 def consent_check_from_settings(
     settings: Settings,
     client: redis.Redis,
-    open_database: Callable[[], ConsentStore] | None = None,
+    database: Callable[[], ConsentStore] | None = None,
     recent: RecipientCounter | None = None,
 ) -> ConsentCheck:
-    """The check of one configuration: its ledger URL (or ``open_database``, shared
-    with the other users of the durable database and given back by its ``close``),
-    its Redis and key prefix (or ``recent``, the distinct-recipient counter shared
-    with the rate limit)."""
-
-    def open_store() -> ConsentStore:
-        if open_database is not None:
-            return open_database()
-        from sendwarden.consent.store import open_from_settings  # the driver only when needed
-
-        return open_from_settings(settings.consent)
-
+    """The check of one configuration: its ledger (``database``, shared with the
+    other users of the durable database, or its own SharedDatabase; given back by
+    the check's ``close``), its Redis and key prefix (or ``recent``, the
+    distinct-recipient counter shared with the rate limit)."""
+    if database is None:
+        database = SharedDatabase(settings)
     if recent is None:
         recent = RecentRecipients(client, settings.redis.key_prefix)
-    release = getattr(open_database, "close", None) if open_database is not None else None
-    return ConsentCheck(settings.consent, open_store, recent, release)
+    return ConsentCheck(settings.consent, database, recent, getattr(database, "close", None))

@@ -59,6 +59,7 @@ class MilterServer:
         if settings.milter.socket != self.runtime.settings.milter.socket:
             log.warning("milter.socket changed; the new socket takes effect only after a restart")
         runtime = build_runtime(settings, self.runtime)
+        runtime.open_stores_soon()
         self.generations.replace(runtime)
         recorder = metrics.current()
         if recorder is not None:
@@ -74,6 +75,7 @@ class MilterServer:
 
     def serve(self) -> int:
         settings = self.runtime.settings
+        self.runtime.open_stores_soon()  # the first messages need not wait for it
         probe = ConsentProbe(lambda: self.runtime.settings.consent)
         metrics_server = metrics.serve(
             settings.metrics.listen,

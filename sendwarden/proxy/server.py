@@ -560,6 +560,7 @@ class ProxyHandler(_HooksOnly):
         except (ConfigError, OSError, ValueError) as error:
             log.error("reload refused, keeping the running configuration: %s", error)
             return False
+        runtime.open_stores_soon()
         old = self.settings.proxy
         for key in ("listen", "policy_listen", "workers"):
             if getattr(settings.proxy, key) != getattr(old, key):
@@ -841,6 +842,7 @@ async def serve(
     check_settings(settings, secret)
     quiet_aiosmtpd()
     runtime = build_runtime(settings)
+    runtime.open_stores_soon()  # the first messages need not wait for it
     handler = ProxyHandler(settings, runtime, secret, config_path)
     proxy = settings.proxy
 

@@ -259,12 +259,13 @@ def parse_suspension(raw: bytes | str) -> Suspension:
 
 
 class _OpenedDatabase:
-    """The durable database, opened on first use."""
+    """The durable database, opened on first use (or ahead of it: :meth:`open_soon`)."""
 
     def __init__(self, settings: ConsentSettings) -> None:
         self.settings = settings
         self._lock = threading.Lock()  # held while the database is being opened
         self._store: Any = None
+        self._closed = False  # a late opener (the warm-up) must not open it again
 
     def get(self) -> Any:
         """The open database. While one thread opens it the others wait at most
@@ -274,7 +275,26 @@ class _OpenedDatabase:
             return store
         return open_once(self._lock, self.settings.timeout_ms, self._open)
 
+    def open_soon(self) -> threading.Thread | None:
+        """Begin opening it in a daemon thread, through :meth:`get` (the same lock), so
+        the first messages after a start or reload find it open, or nearly: under
+        load, importing the driver, connecting and checking the schema can outlast
+        ``consent.timeout_ms`` and tempfail them. None if it is open already."""
+        if self._store is not None or self._closed:
+            return None
+        thread = threading.Thread(target=self._warm, name="open consent database", daemon=True)
+        thread.start()
+        return thread
+
+    def _warm(self) -> None:
+        try:
+            self.get()
+        except Exception as error:  # a head start only: the first message tries again
+            log.info("consent database not opened ahead of the first message: %s", error)
+
     def _open(self) -> Any:
+        if self._closed:
+            raise StoreError("consent database", "closed")
         if self._store is None:
             from sendwarden.consent.store import open_from_settings  # driver on demand
 
@@ -282,7 +302,8 @@ class _OpenedDatabase:
         return self._store
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock:  # an open under way finishes first, and is closed here
+            self._closed = True
             store, self._store = self._store, None
         if store is not None:
             store.close()
@@ -309,6 +330,11 @@ class SharedDatabase:
     def __call__(self) -> Any:
         """The open database (StoreError when it cannot be opened in time)."""
         return self._shared.resource.get()
+
+    def open_soon(self) -> threading.Thread | None:
+        """Start opening it in the background (see :meth:`_OpenedDatabase.open_soon`);
+        for the long-running servers, not the CLI, which may never need it."""
+        return self._shared.resource.open_soon()
 
     def close(self) -> None:
         """Give this configuration's use back (once, however often it is called)."""

@@ -99,7 +99,7 @@ def build(
         opened.append(store)
         return store
 
-    check = ConsentCheck(settings.consent, open_store, counter)
+    check = ConsentCheck(settings.consent, open_store, counter, release=store.close)
     return Pipeline(settings, [RelayCheck(settings.policy.local_domains), check]), store, counter
 
 
@@ -256,7 +256,7 @@ def test_local_submission_is_judged_at_end_of_message() -> None:
     assert verdict.action is Action.REJECT
 
 
-def test_close_closes_an_opened_store() -> None:
+def test_close_gives_the_ledger_back() -> None:
     pipeline, store, _ = build(grants(people(6)))
     send(pipeline, people(6), [UNSUBSCRIBE])
     pipeline.close()
