@@ -300,7 +300,8 @@ def run(argv: list[str]) -> int:
 
         settings = load_settings(argv[1])
         configure_logging(settings.log.level, settings.log.decisions)
-        MilterServer(argv[1], settings)  # the pipeline source the adapter leases from
+        server = MilterServer(argv[1], settings)  # the pipeline source the adapter leases
+        server.runtime.open_stores_soon()  # at start, as the milter's own serve() does
         Milter.factory = SendwardenMilter
         socket_spec = settings.milter.socket
         tune_garbage_collector()
