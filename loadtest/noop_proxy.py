@@ -9,7 +9,7 @@ Between "Exim alone" and "Exim + sendwarden proxy", its row shows how much of th
 proxy path's cost is Exim's own (the cutthrough to a proxy, a second reception with
 its spool writes, a second delivery process) and how much is sendwarden's.
 
-    python loadtest/noop_proxy.py --listen PORT --next-hop PORT --secret-file FILE
+    python -m loadtest.noop_proxy --listen PORT --next-hop PORT --secret-file FILE
 """
 
 from __future__ import annotations
@@ -22,12 +22,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-MESSAGES_PER_CONNECTION = 10  # as sendwarden's relay (Exim queues after 10 on one connection)
-RETURN_LOGIN = "sendwarden"  # how the proxy logs in to Exim's return port
-MTA_LOGIN = "exim"  # how Exim logs in to the proxy
+import uvloop
+
+# What sendwarden's relay and the Exim rigs use, so that both proxies take one path.
+from sendwarden.proxy.relay import MECHANISM, MESSAGES_PER_CONNECTION
+from tests.support.exim import PROXY_LOGIN, RETURN_LOGIN
+
 EHLO_REPLY = (
-    b"250-noop-proxy\r\n250-PIPELINING\r\n250-DSN\r\n250-AUTH X-SENDWARDEN\r\n"
-    b"250 SIZE 104857600\r\n"
+    b"250-noop-proxy\r\n250-PIPELINING\r\n250-DSN\r\n"
+    + f"250-AUTH {MECHANISM}\r\n".encode()
+    + b"250 SIZE 104857600\r\n"
 )
 
 
@@ -71,7 +75,7 @@ class ReturnPort:
             await read_reply(reader)
             writer.write(b"EHLO noop-proxy\r\n")
             await read_reply(reader)
-            writer.write(f"AUTH X-SENDWARDEN {self.token}\r\n".encode())
+            writer.write(f"AUTH {MECHANISM} {self.token}\r\n".encode())
             if not (await read_reply(reader)).startswith(b"235"):
                 raise ConnectionError("the return port refused the login")
             sent = 0
@@ -134,7 +138,7 @@ async def serve_mta(
 
 async def serve(listen: int, next_hop: int, secret: str) -> None:
     hop = ReturnPort(next_hop, secret)
-    token = auth_token(MTA_LOGIN, secret)
+    token = auth_token(PROXY_LOGIN, secret)
     server = await asyncio.start_server(
         lambda reader, writer: serve_mta(reader, writer, hop, token), "127.0.0.1", listen
     )
@@ -149,12 +153,7 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--secret-file", type=Path, required=True)
     args = parser.parse_args(list(argv))
     secret = args.secret_file.read_text().strip()
-    try:  # the event loop sendwarden proxy runs on, when installed
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(args.listen, args.next_hop, secret))
-    else:
-        uvloop.run(serve(args.listen, args.next_hop, secret))
+    uvloop.run(serve(args.listen, args.next_hop, secret))  # sendwarden proxy's event loop
 
 
 if __name__ == "__main__":

@@ -319,7 +319,7 @@ def start_rig(
             process = MilterProcess(config_path, log_path=rig_dir / "milter.log", env=milter_env)
     elif milter == "noop-proxy" and mta == "exim":  # the benchmark's baseline proxy
         argv = [
-            sys.executable, str(REPO / "loadtest" / "noop_proxy.py"),
+            sys.executable, "-m", "loadtest.noop_proxy",
             "--listen", str(proxy_port), "--next-hop", str(mta_instance.return_port),
             "--secret-file", str(rig_dir / "proxy.secret"),
         ]  # fmt: skip
@@ -327,6 +327,7 @@ def start_rig(
             argv=argv,
             socket=f"inet:{proxy_port}@127.0.0.1",
             log_path=rig_dir / "milter.log",
+            cwd=REPO,
         )
     elif milter == "noop":
         events_path = rig_dir / "events.jsonl"
